@@ -1,0 +1,413 @@
+"""Task ``archive.chat``: archive one chat and end in exactly one outcome.
+
+    validate the job ─ invalid ──────────────────────────────► dead letter invalid_request
+    find the account ─ unknown ──────────────────────────────► dead letter unknown_account
+    call the provider, every attempt behind a permit of the shared limiter:
+        success ─────────────────────────────────────────────► archived / already_archived
+        permanent or account-level answer ───────────────────► dead letter with its reason
+        429, or no permit soon ──────────────────────────────► slow the account, run again later
+        transient ─ tenacity retries inside the task (a few seconds)
+                  ─ then Celery retries with a countdown ───► dead letter retries_exhausted
+
+The logic lives in ``ArchiveRunner`` (plain Python, tested without Celery); the Celery task only
+turns its ``Reschedule`` into ``self.retry`` and counts deliveries, so a job that kills its worker
+every time ends in the dead letters instead of looping.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
+from tenacity.wait import wait_exponential_jitter
+
+from config import Account, AccountRegistry
+from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
+from worker import app
+from worker.deadletters import DeadLetter
+from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob, job_summary
+from worker.outcomes import Kind, Outcome, Reason
+from worker.services import Services, get_accounts, get_services
+
+logger = logging.getLogger("chat_archiver.jobs")
+
+# Message headers that carry a job's history across Celery retries (they survive self.retry).
+ATTEMPTS_HEADER = "archiver_attempts"
+FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
+ROUNDS_HEADER = "archiver_transient_rounds"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What this delivery of a job knows of the ones before it."""
+
+    task_id: str
+    worker: str
+    attempts: int = 0  # provider calls made so far, all deliveries included
+    first_attempt_at: float | None = None
+    last_attempt_at: float | None = None
+    transient_rounds: int = 0  # Celery retries spent on transient failures
+
+    @classmethod
+    def from_headers(cls, task_id: str, worker: str, headers: Mapping[str, Any] | None) -> Delivery:
+        headers = headers or {}
+
+        def number(name: str, kind: type[int] | type[float]) -> Any:
+            try:
+                return kind(headers[name])
+            except (KeyError, TypeError, ValueError):
+                return None
+
+        return cls(
+            task_id=task_id,
+            worker=worker,
+            attempts=number(ATTEMPTS_HEADER, int) or 0,
+            first_attempt_at=number(FIRST_ATTEMPT_HEADER, float),
+            transient_rounds=number(ROUNDS_HEADER, int) or 0,
+        )
+
+    def headers(self) -> dict[str, Any]:
+        headers: dict[str, Any] = {
+            ATTEMPTS_HEADER: self.attempts,
+            ROUNDS_HEADER: self.transient_rounds,
+        }
+        if self.first_attempt_at is not None:
+            headers[FIRST_ATTEMPT_HEADER] = self.first_attempt_at
+        return headers
+
+    def attempted(self, at: float) -> Delivery:
+        return replace(
+            self,
+            attempts=self.attempts + 1,
+            first_attempt_at=self.first_attempt_at or at,
+            last_attempt_at=at,
+        )
+
+
+@dataclass(frozen=True)
+class Reschedule:
+    """Run the job again in ``countdown`` seconds (a Celery retry), carrying ``delivery``."""
+
+    countdown: float
+    delivery: Delivery
+    why: str
+
+
+class _RateLimited(Exception):
+    """No permit soon enough, or the provider answered 429: leave tenacity, reschedule."""
+
+    def __init__(self, wait: float, why: str) -> None:
+        super().__init__(why)
+        self.wait = wait
+        self.why = why
+
+
+@dataclass
+class _Progress:
+    """Mutable record of the current delivery's attempts (tenacity calls us repeatedly)."""
+
+    delivery: Delivery
+    last_answer: ProviderAnswer | None = None
+
+
+class ArchiveRunner:
+    def __init__(
+        self,
+        services: Services,
+        accounts: AccountRegistry,
+        client_factory: Callable[[], httpx.Client] = shared_client,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.accounts = accounts
+        self.client_factory = client_factory
+        self.sleep = sleep
+
+    # -- the job ------------------------------------------------------------------------------
+
+    def run(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any], delivery: Delivery
+    ) -> dict[str, Any] | Reschedule:
+        started = time.monotonic()
+        try:
+            if args:
+                raise InvalidJob(
+                    "archive.chat takes keyword arguments only (provider, account, chat_id)"
+                )
+            job = ArchiveJob.parse(kwargs)
+        except InvalidJob as error:
+            return self.dead_letter(
+                job_summary(kwargs), Reason.INVALID_REQUEST, str(error), delivery, started
+            )
+        account = self.accounts.find(job.provider, job.account)
+        if account is None:
+            return self.dead_letter(
+                job.kwargs(),
+                Reason.UNKNOWN_ACCOUNT,
+                f"no {job.provider} account {job.account} in the accounts file",
+                delivery,
+                started,
+            )
+        adapter = adapter_for(job.provider)
+        progress = _Progress(delivery)
+        try:
+            answer = self._call_with_retries(job, account, adapter, progress)
+        except _RateLimited as wait:
+            return Reschedule(self._jittered(wait.wait), progress.delivery, wait.why)
+        except SoftTimeLimitExceeded:
+            answer = None
+        return self._conclude(job, answer, progress.delivery, started)
+
+    def _conclude(
+        self, job: ArchiveJob, answer: ProviderAnswer | None, delivery: Delivery, started: float
+    ) -> dict[str, Any] | Reschedule:
+        if answer is not None and answer.verdict.kind is Kind.SUCCESS:
+            assert answer.verdict.outcome is not None
+            return self.finish(job.kwargs(), answer.verdict.outcome, delivery, started)
+        if answer is not None and answer.verdict.kind in (Kind.PERMANENT, Kind.ACCOUNT):
+            assert answer.verdict.reason is not None
+            return self.dead_letter(
+                job.kwargs(),
+                answer.verdict.reason,
+                self._describe(answer),
+                delivery,
+                started,
+                answer,
+            )
+        # Transient (or out of time): Celery retries, with a countdown, within the budget.
+        why = self._describe(answer) if answer else "soft time limit reached"
+        if delivery.transient_rounds >= self.settings.retry_budget:
+            return self.dead_letter(
+                job.kwargs(),
+                Reason.RETRIES_EXHAUSTED,
+                f"still failing after {delivery.attempts} attempts: {why}",
+                delivery,
+                started,
+                answer,
+            )
+        countdown = min(
+            self.settings.retry_countdown * 2**delivery.transient_rounds,
+            self.settings.retry_countdown_max,
+        )
+        return Reschedule(
+            self._jittered(countdown),
+            replace(delivery, transient_rounds=delivery.transient_rounds + 1),
+            why,
+        )
+
+    # -- provider calls -------------------------------------------------------------------------
+
+    def _call_with_retries(
+        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, progress: _Progress
+    ) -> ProviderAnswer:
+        retrying = Retrying(
+            stop=stop_after_attempt(self.settings.transient_attempts),
+            wait=wait_exponential_jitter(
+                multiplier=0.5, max=self.settings.transient_wait_max, jitter=0.5
+            ),
+            retry=retry_if_result(lambda answer: answer.verdict.kind is Kind.TRANSIENT),
+            # Out of attempts: hand back the last answer, the caller decides what comes next.
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
+            before_sleep=lambda state: self._log_transient(job, state),
+            sleep=self.sleep,
+        )
+        return retrying(self._attempt, job, account, adapter, progress)
+
+    def _attempt(
+        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, progress: _Progress
+    ) -> ProviderAnswer:
+        limiter = self.services.limiter
+        method = adapter.archive_method
+        permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
+        if not permit.granted:
+            raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.1f}s")
+        if permit.wait > 0:
+            self.sleep(permit.wait)
+        progress.delivery = progress.delivery.attempted(time.time())
+        answer = adapter.archive(self.client_factory(), account, job.chat_id)
+        progress.last_answer = answer
+        if answer.verdict.kind is Kind.RATE_LIMITED:
+            delay = limiter.penalize(account, method, answer.retry_after)
+            raise _RateLimited(delay, f"{account.key} answered 429")
+        return answer
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def finish(
+        self,
+        job: Mapping[str, Any],
+        outcome: Outcome,
+        delivery: Delivery,
+        started: float,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = {
+            "outcome": str(outcome),
+            "provider": job.get("provider"),
+            "account": job.get("account"),
+            "chat_id": job.get("chat_id"),
+            "attempts": delivery.attempts,
+            **{key: value for key, value in extra.items() if value is not None},
+        }
+        if job.get("request_id"):
+            result["request_id"] = job["request_id"]
+        self._log_outcome(result, job, delivery, time.monotonic() - started)
+        return result
+
+    def dead_letter(
+        self,
+        job: Mapping[str, Any],
+        reason: Reason,
+        detail: str,
+        delivery: Delivery,
+        started: float,
+        answer: ProviderAnswer | None = None,
+    ) -> dict[str, Any]:
+        now = time.time()
+        entry = DeadLetter(
+            reason=str(reason),
+            job=dict(job),
+            detail=detail,
+            http_status=answer.status if answer else None,
+            excerpt=answer.excerpt if answer else "",
+            attempts=delivery.attempts,
+            first_attempt_at=delivery.first_attempt_at or now,
+            last_attempt_at=delivery.last_attempt_at or now,
+            worker=delivery.worker,
+            task_id=delivery.task_id,
+        )
+        entry_id = self.services.dead_letters.add(entry)
+        return self.finish(
+            job,
+            Outcome.DEAD_LETTERED,
+            delivery,
+            started,
+            reason=str(reason),
+            detail=detail,
+            dead_letter_id=entry_id,
+        )
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(answer: ProviderAnswer) -> str:
+        status = f"HTTP {answer.status}" if answer.status is not None else "no answer"
+        return f"{status}: {answer.meaning}"
+
+    @staticmethod
+    def _jittered(seconds: float) -> float:
+        # Spread jobs that were stopped together so they do not come back together.
+        return max(0.05, seconds * random.uniform(1.0, 1.2))
+
+    def _log_transient(self, job: ArchiveJob, state: RetryCallState) -> None:
+        answer = state.outcome.result() if state.outcome and not state.outcome.failed else None
+        logger.info(
+            "transient failure for %s %s (attempt %d): %s",
+            job.account_key,
+            job.chat_id,
+            state.attempt_number,
+            self._describe(answer) if answer else "error",
+        )
+
+    @staticmethod
+    def _log_outcome(
+        result: Mapping[str, Any], job: Mapping[str, Any], delivery: Delivery, duration: float
+    ) -> None:
+        outcome = result["outcome"]
+        reason = result.get("reason")
+        level = logging.WARNING if outcome == Outcome.DEAD_LETTERED else logging.INFO
+        logger.log(
+            level,
+            "%s%s %s:%s %s job=%s attempts=%d duration=%.3fs",
+            outcome,
+            f" ({reason})" if reason else "",
+            job.get("provider"),
+            job.get("account"),
+            job.get("chat_id"),
+            delivery.task_id,
+            delivery.attempts,
+            duration,
+            extra={
+                "job_id": delivery.task_id,
+                "provider": job.get("provider"),
+                "account": job.get("account"),
+                "chat_id": job.get("chat_id"),
+                "outcome": outcome,
+                "reason": reason,
+                "attempts": delivery.attempts,
+                "duration": round(duration, 3),
+                "request_id": job.get("request_id"),
+                "source": job.get("source"),
+            },
+        )
+
+
+# -- the Celery task ------------------------------------------------------------------------------
+
+
+def _deliveries_key(services: Services, task_id: str) -> str:
+    return f"{services.settings.key_prefix}:deliveries:{task_id}"
+
+
+class ArchiveTask(Task):
+    # Validation is ours (a malformed message is dead-lettered, not refused by a TypeError).
+    typing = False
+
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
+        """An exception escaped the runner (a bug of ours) or the hard time limit killed the job:
+        dead-letter it so it can be replayed once fixed. Runs in the worker's main process for a
+        hard time limit."""
+        services = get_services()
+        delivery = Delivery.from_headers(task_id, self.request.hostname or "", self.request.headers)
+        ArchiveRunner(services, AccountRegistry()).dead_letter(
+            job_summary(kwargs),
+            Reason.INTERNAL_ERROR,
+            f"{type(exc).__name__} escaped the task (see the worker log)",
+            delivery,
+            time.monotonic(),
+        )
+        services.redis.delete(_deliveries_key(services, task_id))
+
+
+@app.task(bind=True, base=ArchiveTask, name=TASK_NAME, max_retries=None)
+def archive_chat(self: ArchiveTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    services = get_services()
+    request = self.request
+    delivery = Delivery.from_headers(request.id, request.hostname or "", request.headers)
+    runner = ArchiveRunner(services, get_accounts())
+
+    # Count deliveries that start; a clean end of any kind forgets the count. A job that keeps
+    # killing its worker is delivered again and again (acks_late): stop it after the cap.
+    key = _deliveries_key(services, request.id)
+    pipe = services.redis.pipeline()
+    pipe.incr(key)
+    pipe.expire(key, services.settings.visibility_timeout * (services.settings.max_deliveries + 1))
+    deliveries, _ = pipe.execute()
+    if deliveries > services.settings.max_deliveries:
+        services.redis.delete(key)
+        return runner.dead_letter(
+            job_summary(kwargs),
+            Reason.WORKER_LOST,
+            f"delivered {deliveries} times without finishing (it stops its worker)",
+            delivery,
+            time.monotonic(),
+        )
+
+    ending = runner.run(args, kwargs, delivery)
+    services.redis.delete(key)
+    if isinstance(ending, Reschedule):
+        raise self.retry(
+            countdown=ending.countdown, headers=ending.delivery.headers(), max_retries=None
+        )
+    return ending

@@ -1,0 +1,153 @@
+"""What every provider adapter shares: answer tables, the classifier, and one HTTP exchange.
+
+An adapter builds requests; the table (data, walked row by row by the unit tests) decides what
+each answer means. Nothing here raises on a provider answer or a network failure: every exchange
+ends in a ``ProviderAnswer`` whose texts are already redacted.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from config import Account, redact
+from worker.outcomes import TRANSIENT, Verdict
+
+EXCERPT_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of a provider's answer table: HTTP status (a range, inclusive) and, optionally, a
+    regular expression searched case-insensitively in the answer's text."""
+
+    statuses: tuple[int, int]
+    verdict: Verdict
+    meaning: str
+    pattern: str | None = None
+    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.pattern is not None:
+            object.__setattr__(self, "_regex", re.compile(self.pattern, re.IGNORECASE))
+
+    def matches(self, status: int, text: str) -> bool:
+        low, high = self.statuses
+        if not low <= status <= high:
+            return False
+        return self._regex is None or self._regex.search(text) is not None
+
+
+def status(code: int) -> tuple[int, int]:
+    return (code, code)
+
+
+def statuses(low: int, high: int) -> tuple[int, int]:
+    return (low, high)
+
+
+ANY_STATUS = statuses(100, 599)
+
+
+def classify(rules: tuple[Rule, ...], status_code: int, text: str) -> Rule:
+    """The first row that matches. Tables end with a catch-all row, so there always is one."""
+    for rule in rules:
+        if rule.matches(status_code, text):
+            return rule
+    raise LookupError(f"no rule for HTTP {status_code}: the table lacks its catch-all row")
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    verdict: Verdict
+    meaning: str  # the table row that matched, or what failed on the network
+    status: int | None = None  # None when no HTTP answer came (timeout, connection error)
+    excerpt: str = ""  # short and redacted: safe for logs, results and dead letters
+    retry_after: float | None = None
+    elapsed: float = 0.0
+
+
+def excerpt(text: str) -> str:
+    flat = " ".join(text.split())
+    # Redact before cutting, so a cut can never leave half a token behind.
+    flat = redact(flat)
+    return flat if len(flat) <= EXCERPT_LENGTH else flat[: EXCERPT_LENGTH - 1] + "…"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds (a number or an HTTP date), or None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+class ProviderAdapter(ABC):
+    """Speaks one provider's HTTP API. Subclasses give the table and build the requests."""
+
+    provider: str
+    archive_method: str
+    archive_rules: tuple[Rule, ...]
+
+    @abstractmethod
+    def archive_request(
+        self, client: httpx.Client, account: Account, chat_id: str
+    ) -> httpx.Request:
+        """The HTTP request that archives one chat."""
+
+    def answer_text(self, response: httpx.Response) -> str:
+        """The part of an answer the table's patterns are matched against."""
+        return response.text
+
+    def archive(self, client: httpx.Client, account: Account, chat_id: str) -> ProviderAnswer:
+        request = self.archive_request(client, account, chat_id)
+        return self.exchange(client, request, self.archive_rules)
+
+    def exchange(
+        self, client: httpx.Client, request: httpx.Request, rules: tuple[Rule, ...]
+    ) -> ProviderAnswer:
+        started = time.monotonic()
+        try:
+            response = client.send(request)
+        except httpx.TimeoutException as error:
+            # Never str(error) alone from here on without redact(): some carry the URL.
+            return ProviderAnswer(
+                TRANSIENT,
+                meaning="timeout",
+                excerpt=excerpt(f"{type(error).__name__}: {error}"),
+                elapsed=time.monotonic() - started,
+            )
+        except httpx.TransportError as error:
+            return ProviderAnswer(
+                TRANSIENT,
+                meaning="connection error",
+                excerpt=excerpt(f"{type(error).__name__}: {error}"),
+                elapsed=time.monotonic() - started,
+            )
+        text = self.answer_text(response)
+        rule = classify(rules, response.status_code, text)
+        return ProviderAnswer(
+            rule.verdict,
+            meaning=rule.meaning,
+            status=response.status_code,
+            excerpt=excerpt(response.text),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            elapsed=time.monotonic() - started,
+        )

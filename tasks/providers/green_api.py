@@ -1,0 +1,72 @@
+"""GREEN-API: archiveChat (https://green-api.com/en/docs/api/service/archiveChat).
+
+Every call is ``{apiUrl}/waInstance{idInstance}/{method}/{apiTokenInstance}``: the token is in the
+URL path, so a request URL must never reach a log, an exception text or a result. Error bodies
+are text identifiers whose prefix varies between doc revisions (``ArchiveChatError:`` /
+``archiveChatError:``), so rows match substrings, case-insensitively.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from config import GREEN_API, Account
+from worker.outcomes import (
+    ACCOUNT_UNAVAILABLE,
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    CHAT_NOT_FOUND,
+    INVALID_REQUEST,
+    NO_MESSAGES,
+    QUOTA_EXCEEDED,
+    RATE_LIMITED,
+    TRANSIENT,
+    UNAUTHORIZED,
+    UNEXPECTED_RESPONSE,
+)
+
+from .base import ANY_STATUS, ProviderAdapter, Rule, status, statuses
+
+# Order matters: the first matching row wins, and the catch-alls come last.
+ARCHIVE_RULES: tuple[Rule, ...] = (
+    Rule(statuses(200, 299), ARCHIVED, "archived"),
+    Rule(status(400), ALREADY_ARCHIVED, "chat already archived", r"already archive=true"),
+    Rule(status(400), NO_MESSAGES, "no incoming message in the chat", r"last message not found"),
+    Rule(status(400), CHAT_NOT_FOUND, "chat not found", r"chat with id .*not found"),
+    Rule(status(400), INVALID_REQUEST, "request validation failed", r"validation failed"),
+    # "instance in starting process" is a restart (minutes); "is starting or not authorized"
+    # below is a QR code nobody scanned. The first must be tried before the second.
+    Rule(status(400), TRANSIENT, "instance starting", r"starting process"),
+    Rule(status(400), ACCOUNT_UNAVAILABLE, "instance not authorized", r"not authorized"),
+    Rule(status(400), ACCOUNT_UNAVAILABLE, "instance expired or deleted", r"expired|is deleted"),
+    # A 500 that retrying cannot fix: chatId of the wrong JSON type.
+    Rule(status(500), INVALID_REQUEST, "chatId of the wrong type", r"interface conversion"),
+    Rule(status(401), UNAUTHORIZED, "wrong token"),
+    Rule(status(403), UNAUTHORIZED, "wrong idInstance or URL"),
+    # A 404 is a wrong path or host (#926), never "chat not found": every call of the account
+    # would fail the same way.
+    Rule(status(404), ACCOUNT_UNAVAILABLE, "wrong apiUrl or path"),
+    Rule(status(429), RATE_LIMITED, "rate limited"),
+    Rule(status(466), QUOTA_EXCEEDED, "monthly quota used"),
+    Rule(status(499), TRANSIENT, "client closed request"),
+    Rule(statuses(500, 599), TRANSIENT, "server error"),
+    Rule(ANY_STATUS, UNEXPECTED_RESPONSE, "answer not in GREEN-API's documentation"),
+)
+
+
+def method_url(account: Account, method: str) -> str:
+    """The URL of one method, token included: hand it to httpx only, never to a log."""
+    return f"{account.api_url}/waInstance{account.id}/{method}/{account.token.reveal()}"
+
+
+class GreenApiAdapter(ProviderAdapter):
+    provider = GREEN_API
+    archive_method = "archiveChat"
+    archive_rules = ARCHIVE_RULES
+
+    def archive_request(
+        self, client: httpx.Client, account: Account, chat_id: str
+    ) -> httpx.Request:
+        return client.build_request(
+            "POST", method_url(account, "archiveChat"), json={"chatId": chat_id}
+        )

@@ -1,0 +1,47 @@
+"""One ``httpx.Client`` per process, shared by every adapter: pooled connections, explicit timeouts.
+
+Celery's prefork pool forks children after the parent may have created a client; sockets must not
+be shared across processes, so the client is keyed by the process id and rebuilt after a fork.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import httpx
+
+from config import get_settings
+
+_lock = threading.Lock()
+_client: httpx.Client | None = None
+_client_pid: int | None = None
+
+
+def build_client() -> httpx.Client:
+    settings = get_settings()
+    return httpx.Client(
+        timeout=httpx.Timeout(settings.http_read_timeout, connect=settings.http_connect_timeout),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        headers={"User-Agent": "chat-archiver"},
+        # A redirect would resend the token to wherever it points.
+        follow_redirects=False,
+    )
+
+
+def shared_client() -> httpx.Client:
+    global _client, _client_pid
+    pid = os.getpid()
+    if _client is None or _client_pid != pid:
+        with _lock:
+            if _client is None or _client_pid != pid:
+                _client, _client_pid = build_client(), pid
+    return _client
+
+
+def close_shared_client() -> None:
+    global _client, _client_pid
+    with _lock:
+        if _client is not None and _client_pid == os.getpid():
+            _client.close()
+        _client, _client_pid = None, None

@@ -1,0 +1,75 @@
+"""Wassenger: archive a chat (``PUT /v1/chat/{deviceId}/chats/{chatId}/archive``).
+
+The API key goes in the ``Token`` header only (Wassenger also accepts a ``token`` query parameter,
+which would put it in URLs). Less is confirmed publicly than for GREEN-API (see providers.md):
+the path comes from the sibling WaliChat node, "already archived" has no documented answer, so
+this table treats 409 or a message saying so as success. Rows branch on status first, then on
+the error's ``message``/``errorCode`` only, never on the raw body, which may echo the path.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+
+from config import WASSENGER, Account
+from worker.outcomes import (
+    ACCOUNT_UNAVAILABLE,
+    ALREADY_ARCHIVED,
+    ARCHIVED,
+    CHAT_NOT_FOUND,
+    INVALID_REQUEST,
+    RATE_LIMITED,
+    TRANSIENT,
+    UNAUTHORIZED,
+    UNEXPECTED_RESPONSE,
+)
+
+from .base import ANY_STATUS, ProviderAdapter, Rule, status, statuses
+
+ARCHIVE_RULES: tuple[Rule, ...] = (
+    Rule(statuses(200, 299), ARCHIVED, "archived"),
+    Rule(status(409), ALREADY_ARCHIVED, "chat already archived"),
+    Rule(statuses(400, 499), ALREADY_ARCHIVED, "chat already archived", r"already archived"),
+    Rule(status(404), CHAT_NOT_FOUND, "chat not found", r"\bchat\b"),
+    # Status-specific account rows come before the "device" row, which would shadow them.
+    Rule(status(401), UNAUTHORIZED, "bad API key"),
+    Rule(status(403), UNAUTHORIZED, "API key lacks permission"),
+    Rule(status(402), ACCOUNT_UNAVAILABLE, "billing or plan"),
+    Rule(statuses(400, 404), ACCOUNT_UNAVAILABLE, "device not usable", r"\bdevice\b"),
+    # A 404 that names neither chat nor device: a wrong api_url or path fails every call.
+    Rule(status(404), ACCOUNT_UNAVAILABLE, "wrong api_url or path"),
+    Rule(status(400), INVALID_REQUEST, "invalid request"),
+    Rule(status(429), RATE_LIMITED, "rate limited"),
+    Rule(statuses(500, 599), TRANSIENT, "server error"),
+    Rule(ANY_STATUS, UNEXPECTED_RESPONSE, "answer not in Wassenger's documentation"),
+)
+
+API_PREFIX = "/v1"
+
+
+def auth_headers(account: Account) -> dict[str, str]:
+    return {"Token": account.token.reveal()}
+
+
+class WassengerAdapter(ProviderAdapter):
+    provider = WASSENGER
+    archive_method = "archive"
+    archive_rules = ARCHIVE_RULES
+
+    def archive_request(
+        self, client: httpx.Client, account: Account, chat_id: str
+    ) -> httpx.Request:
+        # The raw "@" stays in the path: it is a legal path character and what the API expects.
+        url = f"{account.api_url}{API_PREFIX}/chat/{account.id}/chats/{chat_id}/archive"
+        return client.build_request("PUT", url, headers=auth_headers(account))
+
+    def answer_text(self, response: httpx.Response) -> str:
+        try:
+            body = json.loads(response.content or b"null")
+        except ValueError:
+            return response.text
+        if isinstance(body, dict):
+            return f"{body.get('message', '')} {body.get('errorCode', '')}".strip()
+        return response.text

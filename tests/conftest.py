@@ -1,0 +1,97 @@
+"""Fixtures every test may use: a Redis of our own, settings and an accounts file.
+
+Tests never touch a Redis they did not start: pytest-redis runs a private ``redis-server`` on a
+free port for the session, and each test gets that server flushed after it.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports the Celery app (built from the environment at import): point it at a
+# port where nothing listens, so no test can ever publish to the machine's shared Redis by
+# accident. Tests that need a broker build their own app or set the variables themselves.
+os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
+os.environ.pop("ARCHIVER_REDIS_URL", None)
+
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from pytest_redis import factories
+
+from config import AccountRegistry, Settings, get_settings
+from worker.services import Services, get_accounts, get_services, reset_services
+
+# A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
+CANARY = "CANARYc4n4ry7f3a9e1d5b2"
+WASSENGER_CANARY = "CANARYw4ss3ng3r9d8c7b6a"
+GREEN_ID = "7105187566"
+WASSENGER_ID = "61b37a069cba0c15d6c81c8e"
+
+redis_server = factories.redis_proc(port=None)
+
+
+@pytest.fixture
+def redis_url(redis_server: object) -> Iterator[str]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/0"  # type: ignore[attr-defined]
+    yield url
+    # Our own server, started for this session: flushing it touches nobody else's data.
+    redis.Redis.from_url(url).flushall()
+
+
+def accounts_toml(
+    api_url: str,
+    green_id: str = GREEN_ID,
+    wassenger_id: str = WASSENGER_ID,
+    green_rate: str = "10/s",
+    wassenger_rate: str = "10/s",
+) -> str:
+    return textwrap.dedent(
+        f"""
+        [[accounts]]
+        provider = "green-api"
+        id = "{green_id}"
+        api_url = "{api_url}"
+        token_env = "TEST_GREEN_TOKEN"
+        rate_limit = "{green_rate}"
+
+        [[accounts]]
+        provider = "wassenger"
+        id = "{wassenger_id}"
+        api_url = "{api_url}"
+        token_env = "TEST_WASSENGER_TOKEN"
+        rate_limit = "{wassenger_rate}"
+        """
+    )
+
+
+@dataclass
+class Env:
+    settings: Settings
+    services: Services
+    accounts_file: Path
+    redis: redis.Redis
+
+    @property
+    def accounts(self) -> AccountRegistry:
+        return get_accounts()
+
+
+@pytest.fixture
+def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Env]:
+    """Settings pointing at the test Redis and an accounts file for a fake provider URL."""
+    accounts_file = tmp_path / "accounts.toml"
+    accounts_file.write_text(accounts_toml("http://provider.test"))
+    monkeypatch.setenv("TEST_GREEN_TOKEN", CANARY)
+    monkeypatch.setenv("TEST_WASSENGER_TOKEN", WASSENGER_CANARY)
+    monkeypatch.setenv("ARCHIVER_BROKER_URL", redis_url)
+    monkeypatch.setenv("ARCHIVER_ACCOUNTS_FILE", str(accounts_file))
+    reset_services()
+    services = get_services()
+    get_accounts()  # as a worker does at start: loads (and registers for redaction) the secrets
+    yield Env(get_settings(), services, accounts_file, services.redis)
+    reset_services()

@@ -1,0 +1,219 @@
+"""The archive job's paths, end to end inside one process: real Redis (limiter and dead letters),
+HTTP mocked with respx, sleeps recorded instead of slept."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from tasks.archive import ArchiveRunner, Delivery, Reschedule
+from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
+
+GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
+WASSENGER_URL = f"http://provider.test/v1/chat/{WASSENGER_ID}/chats/79001234567@c.us/archive"
+JOB = {
+    "provider": "green-api",
+    "account": GREEN_ID,
+    "chat_id": "79001234567@c.us",
+    "request_id": "req-1",
+    "source": "test",
+}
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    return []
+
+
+@pytest.fixture
+def runner(archiver_env: Env, sleeps: list[float]) -> ArchiveRunner:
+    client = httpx.Client(timeout=2)
+    return ArchiveRunner(
+        archiver_env.services,
+        archiver_env.accounts,
+        client_factory=lambda: client,
+        sleep=sleeps.append,
+    )
+
+
+def delivery(**kwargs: object) -> Delivery:
+    return Delivery(task_id="task-1", worker="test@host", **kwargs)  # type: ignore[arg-type]
+
+
+def test_archived(runner: ArchiveRunner) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, delivery())
+    assert result == {
+        "outcome": "archived",
+        "provider": "green-api",
+        "account": GREEN_ID,
+        "chat_id": "79001234567@c.us",
+        "attempts": 1,
+        "request_id": "req-1",
+    }
+
+
+def test_already_archived_is_success(runner: ArchiveRunner, archiver_env: Env) -> None:
+    with respx.mock() as mock:
+        mock.put(WASSENGER_URL).respond(409, json={"message": "Chat is already archived"})
+        result = runner.run(
+            (), {**JOB, "provider": "wassenger", "account": WASSENGER_ID}, delivery()
+        )
+    assert isinstance(result, dict) and result["outcome"] == "already_archived"
+    assert len(archiver_env.services.dead_letters) == 0
+
+
+def test_chat_not_found_is_dead_lettered_at_once(
+    runner: ArchiveRunner, archiver_env: Env, sleeps: list[float]
+) -> None:
+    with respx.mock() as mock:
+        route = mock.post(GREEN_URL).respond(400, text="chat with id 79001234567@c.us not found")
+        result = runner.run((), JOB, delivery())
+    assert route.call_count == 1 and sleeps == []  # never retried
+    assert isinstance(result, dict)
+    assert result["outcome"] == "dead_lettered" and result["reason"] == "chat_not_found"
+    entry = archiver_env.services.dead_letters.get(result["dead_letter_id"])
+    assert entry is not None
+    assert entry.job == JOB
+    assert entry.http_status == 400 and "not found" in entry.excerpt
+    assert entry.attempts == 1 and entry.worker == "test@host" and entry.task_id == "task-1"
+    assert entry.first_attempt_at is not None and entry.last_attempt_at is not None
+
+
+def test_transient_burst_is_retried_by_tenacity_then_archived(
+    runner: ArchiveRunner, sleeps: list[float]
+) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).mock(
+            side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"), httpx.Response(200)]
+        )
+        result = runner.run((), JOB, delivery())
+    assert isinstance(result, dict) and result["outcome"] == "archived"
+    assert result["attempts"] == 3
+    # Two backoff sleeps (exponential with jitter, capped), besides limiter waits of 0.
+    backoffs = [s for s in sleeps if s >= 0.5]
+    assert len(backoffs) == 2 and all(s <= 4.0 for s in backoffs)
+
+
+def test_persistent_transient_becomes_celery_retry_then_retries_exhausted(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    settings = archiver_env.settings
+    with respx.mock() as mock:
+        route = mock.post(GREEN_URL).respond(502)
+        first = runner.run((), JOB, delivery())
+        assert isinstance(first, Reschedule)
+        assert route.call_count == settings.transient_attempts
+        assert first.delivery.transient_rounds == 1
+        assert first.delivery.attempts == settings.transient_attempts
+        assert settings.retry_countdown <= first.countdown <= settings.retry_countdown * 1.2
+        assert first.countdown < settings.visibility_timeout
+        # The last round: the budget is spent, the job is dead-lettered, nothing is lost.
+        last = runner.run(
+            (),
+            JOB,
+            delivery(transient_rounds=settings.retry_budget, attempts=15, first_attempt_at=1.0),
+        )
+    assert isinstance(last, dict)
+    assert last["reason"] == "retries_exhausted"
+    entry = archiver_env.services.dead_letters.get(last["dead_letter_id"])
+    assert entry is not None and entry.attempts == 15 + settings.transient_attempts
+    assert entry.first_attempt_at == 1.0 and entry.http_status == 502
+
+
+def test_countdown_doubles_and_is_capped(runner: ArchiveRunner, archiver_env: Env) -> None:
+    settings = archiver_env.settings
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(500)
+        third = runner.run((), JOB, delivery(transient_rounds=2))
+        late = runner.run((), JOB, delivery(transient_rounds=4))
+    assert isinstance(third, Reschedule) and isinstance(late, Reschedule)
+    assert settings.retry_countdown * 4 <= third.countdown <= settings.retry_countdown * 4 * 1.2
+    assert late.countdown <= settings.retry_countdown_max * 1.2
+
+
+def test_rate_limited_is_rescheduled_never_dead_lettered(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    with respx.mock() as mock:
+        route = mock.post(GREEN_URL).respond(429, headers={"Retry-After": "5"})
+        result = runner.run((), JOB, delivery())
+    assert isinstance(result, Reschedule)
+    assert route.call_count == 1
+    assert 4.5 <= result.countdown <= 6.5  # Retry-After honoured, with jitter
+    assert len(archiver_env.services.dead_letters) == 0
+    # Every worker now holds off this account: the next permit is about 5 s away.
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    state = archiver_env.services.limiter.state(account, "archiveChat")
+    assert state.rate_limited == 1 and 4 < state.next_permit_in <= 5
+
+
+def test_no_permit_soon_reschedules_without_calling(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    archiver_env.services.limiter.penalize(account, "archiveChat", 30)
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, delivery())
+    assert isinstance(result, Reschedule) and route.call_count == 0
+    assert 29 < result.countdown <= 36
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (401, "Unauthorized", "unauthorized"),
+        (466, "QUOTE_EXCEEDED", "quota_exceeded"),
+        (400, "instance account not authorized", "account_unavailable"),
+        (400, "last message not found", "no_messages"),
+        (500, "interface conversion: interface {} is float64", "invalid_request"),
+    ],
+)
+def test_permanent_and_account_answers_are_dead_lettered(
+    runner: ArchiveRunner, status: int, body: str, reason: str
+) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(status, text=body)
+        result = runner.run((), JOB, delivery())
+    assert isinstance(result, dict) and result["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "detail"),
+    [
+        ((), {**JOB, "chat_id": "not-a-chat"}, "chat_id:"),
+        (("green-api",), {}, "keyword arguments only"),
+        ((), {"provider": "green-api"}, "account: missing"),
+    ],
+)
+def test_malformed_job_is_dead_lettered_invalid_request(
+    runner: ArchiveRunner, archiver_env: Env, args: tuple, kwargs: dict, detail: str
+) -> None:
+    with respx.mock(assert_all_called=False) as mock:
+        result = runner.run(args, kwargs, delivery())
+        assert not mock.calls
+    assert isinstance(result, dict) and result["reason"] == "invalid_request"
+    assert detail in result["detail"]
+    assert archiver_env.services.dead_letters.get(result["dead_letter_id"]) is not None
+
+
+def test_unknown_account_is_dead_lettered(runner: ArchiveRunner) -> None:
+    result = runner.run((), {**JOB, "account": "9999999999"}, delivery())
+    assert isinstance(result, dict) and result["reason"] == "unknown_account"
+
+
+def test_token_never_in_results_or_dead_letters(runner: ArchiveRunner, archiver_env: Env) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).mock(side_effect=httpx.ConnectError(f"refused {GREEN_URL}"))
+        mock.put(WASSENGER_URL).respond(404, json={"message": "Chat not found"})
+        results = [
+            runner.run((), JOB, delivery(transient_rounds=99)),
+            runner.run((), {**JOB, "provider": "wassenger", "account": WASSENGER_ID}, delivery()),
+        ]
+    assert CANARY not in repr(results)
+    for key in archiver_env.redis.scan_iter("*"):
+        dumped = archiver_env.redis.dump(key) or b""
+        assert CANARY.encode() not in dumped

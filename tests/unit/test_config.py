@@ -1,0 +1,198 @@
+"""Settings and the accounts file: good files load, every wrong one fails in one named line."""
+
+from __future__ import annotations
+
+import pickle
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from config import ConfigError, Secret, load_accounts, load_settings, parse_duration, parse_rate
+from config.units import Rate
+
+GOOD = """
+[[accounts]]
+provider = "green-api"
+id = "7105187566"
+api_url = "https://7105.api.greenapi.com/"
+token_env = "GREEN_API_TOKEN_7105"
+rate_limit = "10/s"
+
+[[accounts]]
+provider = "wassenger"
+id = "61b37a069cba0c15d6c81c8e"
+token_file = "{token_file}"
+rate_limit = "5/s"
+rate_limits = {{ listChats = "1/s" }}
+"""
+
+
+@pytest.fixture
+def write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("GREEN_API_TOKEN_7105", "greentoken-0123456789")
+    token_file = tmp_path / "wassenger.key"
+    token_file.write_text("wassengerkey-abcdef012345\n")
+
+    def _write(text: str) -> Path:
+        path = tmp_path / "accounts.toml"
+        path.write_text(textwrap.dedent(text).replace("{token_file}", str(token_file)))
+        return path
+
+    return _write
+
+
+def test_good_file_loads_with_defaults_and_secrets(write) -> None:
+    registry = load_accounts(write(GOOD.replace("{{", "{").replace("}}", "}")))
+    green = registry.get("green-api", "7105187566")
+    assert green.api_url == "https://7105.api.greenapi.com"  # trailing slash dropped
+    assert green.token.reveal() == "greentoken-0123456789"
+    assert green.rate("archiveChat") == Rate(10, 1)
+    assert green.rate("getChats") == Rate(1, 1)  # the provider table's default
+    wassenger = registry.get("wassenger", "61b37a069cba0c15d6c81c8e")
+    assert wassenger.api_url == "https://api.wassenger.com"
+    assert wassenger.token.reveal() == "wassengerkey-abcdef012345"  # newline stripped
+    assert wassenger.rate("archive") == Rate(5, 1)
+    assert wassenger.rate("listChats") == Rate(1, 1)
+    assert len(registry) == 2
+
+
+def test_secret_never_prints_and_cannot_be_pickled(write) -> None:
+    account = load_accounts(write(GOOD.replace("{{", "{").replace("}}", "}"))).get(
+        "green-api", "7105187566"
+    )
+    for text in (repr(account), str(account), f"{account}", repr(account.token)):
+        assert "greentoken-0123456789" not in text
+    with pytest.raises(TypeError):
+        pickle.dumps(Secret("some-secret-value"))
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ('provider = "telegram"\nid = "1"', "account 1 (telegram 1): provider: unknown provider"),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "NOT_SET_ANYWHERE"',
+            "account 1 (green-api 7105187566): token_env: environment variable "
+            "NOT_SET_ANYWHERE is not set",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_file = "/nonexistent/token"',
+            "token_file: cannot read /nonexistent/token",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"',
+            "token_env or token_file: give exactly one of them",
+        ),
+        (
+            'provider = "green-api"\nid = "71O5"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"',
+            "account 1 (green-api 71O5): id: '71O5' is not a green-api idInstance",
+        ),
+        (
+            'provider = "wassenger"\nid = "not-a-device"\ntoken_env = "GREEN_API_TOKEN_7105"',
+            "id: 'not-a-device' is not a wassenger device id, 24 hex characters",
+        ),
+        (
+            'provider = "green-api"\nid = 7105187566\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"',
+            "account 1 (green-api 7105187566): id: Input should be a valid string",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\ntoken_env = "GREEN_API_TOKEN_7105"',
+            "api_url: required for green-api",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "ftp://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"',
+            "api_url: 'ftp://x.test' is not an http(s) URL",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"\nrate_limit = "fast"',
+            "rate_limit: 'fast' is not a rate",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"\nrate_limits = { archive = "1/s" }',
+            "rate_limits.archive: unknown green-api method",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"\ntoken = "oops-a-secret"',
+            "token: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_wrong_account_fails_in_one_line_naming_account_and_field(
+    write, entry: str, expected: str
+) -> None:
+    path = write("[[accounts]]\n" + entry + "\n")
+    with pytest.raises(ConfigError) as caught:
+        load_accounts(path)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert expected in message
+    assert message.startswith(str(path))
+    # A secret given inline by mistake is never echoed back.
+    assert "oops-a-secret" not in message
+
+
+def test_duplicate_account_names_both(write) -> None:
+    one = (
+        '[[accounts]]\nprovider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+        'token_env = "GREEN_API_TOKEN_7105"\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"account 2 \(green-api 7105187566\): id: duplicate of account 1"
+    ):
+        load_accounts(write(one + one))
+
+
+def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"ARCHIVER_ACCOUNTS_FILE: .* does not exist"):
+        load_accounts(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[accounts]\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_accounts(bad)
+
+
+def test_settings_from_environment_and_one_line_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ARCHIVER_BROKER_URL", "redis://broker:6379/3")
+    monkeypatch.setenv("ARCHIVER_TRANSIENT_ATTEMPTS", "4")
+    settings = load_settings()
+    assert settings.broker_url == "redis://broker:6379/3"
+    assert settings.state_url == "redis://broker:6379/3"  # defaults to the broker
+    assert settings.transient_attempts == 4
+
+    monkeypatch.setenv("ARCHIVER_TRANSIENT_ATTEMPTS", "many")
+    with pytest.raises(
+        ConfigError, match=r"^ARCHIVER_TRANSIENT_ATTEMPTS: Input should be a valid integer"
+    ):
+        load_settings()
+    monkeypatch.delenv("ARCHIVER_TRANSIENT_ATTEMPTS")
+
+    # Countdowns longer than the visibility timeout would make Redis deliver jobs twice.
+    monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "600")
+    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "400")
+    with pytest.raises(ConfigError, match="RETRY_COUNTDOWN_MAX=400 must be at most half"):
+        load_settings()
+
+
+def test_rates_and_durations() -> None:
+    assert parse_rate("10/s") == Rate(10, 1)
+    assert parse_rate("600/m").per_second == 10
+    assert parse_rate("1/2s").interval == 2
+    assert str(parse_rate("5/s")) == "5/s"
+    assert parse_duration("30d") == 30 * 86400
+    assert parse_duration("6h") == 6 * 3600
+    assert parse_duration(90) == 90
+    for bad in ("10", "x/s", "0/s"):
+        with pytest.raises(ValueError, match="rate"):
+            parse_rate(bad)
+    for bad in ("soon", "0s", "-1d"):
+        with pytest.raises(ValueError, match="duration"):
+            parse_duration(bad)

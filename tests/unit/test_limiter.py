@@ -1,0 +1,78 @@
+"""The shared limiter's arithmetic, on a real Redis. (Its behaviour across worker processes and
+hosts is measured by tests/benchmarks/bench_rate_limit.py.)"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from config import parse_rate
+from tests.conftest import GREEN_ID, Env
+from worker.limiter import AccountLimiter
+
+
+@pytest.fixture
+def limiter(archiver_env: Env) -> AccountLimiter:
+    return AccountLimiter(archiver_env.redis, "t", margin=0.0)
+
+
+def test_permits_are_spaced_one_interval_apart(limiter: AccountLimiter, archiver_env: Env) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)  # 10/s: 100 ms apart
+    waits = [limiter.acquire(account, "archiveChat", max_wait=5).wait for _ in range(5)]
+    # Reserved slots: 0, 0.1, 0.2 ... from the first call (less the time the calls took).
+    for index, wait in enumerate(waits):
+        assert index * 0.1 - 0.05 <= wait <= index * 0.1 + 0.001
+
+
+def test_far_permit_is_refused_without_reserving(
+    limiter: AccountLimiter, archiver_env: Env
+) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    for _ in range(10):
+        assert limiter.acquire(account, "archiveChat", max_wait=5).granted
+    refused = limiter.acquire(account, "archiveChat", max_wait=0.5)
+    assert not refused.granted and 0.9 <= refused.wait <= 1.0
+    state = limiter.state(account, "archiveChat")
+    assert state.granted == 10 and state.deferred == 1
+    # The refusal reserved nothing: the next grantable slot did not move.
+    assert 0.9 <= state.next_permit_in <= 1.0
+
+
+def test_accounts_and_methods_do_not_share_a_limit(
+    limiter: AccountLimiter, archiver_env: Env
+) -> None:
+    green = archiver_env.accounts.get("green-api", GREEN_ID)
+    other = replace(green, id="7105000000")
+    for _ in range(5):
+        limiter.acquire(green, "archiveChat", max_wait=5)
+    assert limiter.acquire(other, "archiveChat", max_wait=5).wait == 0
+    assert limiter.acquire(green, "getChats", max_wait=5).wait == 0
+
+
+def test_margin_widens_the_interval(archiver_env: Env) -> None:
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.05)
+    assert limiter.interval(parse_rate("10/s")) == pytest.approx(0.105)
+    state_account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert limiter.state(state_account, "archiveChat").target_per_second == pytest.approx(10 / 1.05)
+
+
+def test_penalty_holds_off_every_caller(limiter: AccountLimiter, archiver_env: Env) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert limiter.penalize(account, "archiveChat", 2.0) == pytest.approx(2.0, abs=0.01)
+    assert limiter.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(2.0, abs=0.05)
+    # Without Retry-After: one window of the provider's rate (1 s for "10/s").
+    other = replace(account, id="7105000000")
+    assert limiter.penalize(other, "archiveChat", None) == pytest.approx(1.0, abs=0.01)
+    state = limiter.state(account, "archiveChat")
+    assert state.rate_limited == 1 and state.allowed_per_second == 10
+
+
+def test_recent_rate_counts_granted_slots(limiter: AccountLimiter, archiver_env: Env) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    for _ in range(3):
+        limiter.acquire(account, "archiveChat", max_wait=5)
+    # Slots at 0, 0.1, 0.2 s: only the one already due counts as "recent" right now.
+    state = limiter.state(account, "archiveChat")
+    assert 0.1 <= state.recent_per_second <= 0.3
+    assert state.granted == 3

@@ -1,0 +1,98 @@
+"""The producer: refuse invalid jobs at enqueue, publish valid ones as the task expects them,
+and publish many in few Redis round trips."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis.connection
+from celery import Celery
+
+from config import get_settings
+from tests.conftest import GREEN_ID, Env
+from worker.celery_app import create_app
+from worker.jobs import InvalidJob
+from worker.producer import enqueue_archive, enqueue_many
+
+
+@pytest.fixture
+def app(archiver_env: Env) -> Iterator[Celery]:
+    celery = create_app(get_settings())
+    yield celery
+    celery.close()
+
+
+def queued(env: Env, queue: str = "archive") -> list[dict]:
+    messages = []
+    for raw in env.redis.lrange(queue, 0, -1):
+        envelope = json.loads(raw)
+        body = json.loads(base64.b64decode(envelope["body"]))
+        messages.append({"headers": envelope["headers"], "kwargs": body[1], "args": body[0]})
+    return messages[::-1]  # LPUSH: the newest first in the list
+
+
+def test_one_job_is_published_with_its_kwargs(app: Celery, archiver_env: Env) -> None:
+    task_id = enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", request_id="r-9", app=app)
+    [message] = queued(archiver_env)
+    assert message["headers"]["task"] == "archive.chat"
+    assert message["headers"]["id"] == task_id
+    assert message["args"] == []
+    assert message["kwargs"] == {
+        "provider": "green-api",
+        "account": GREEN_ID,
+        "chat_id": "79001234567@c.us",
+        "request_id": "r-9",
+        "source": "api",
+    }
+
+
+def test_invalid_job_is_refused_and_nothing_is_published(app: Celery, archiver_env: Env) -> None:
+    with pytest.raises(InvalidJob, match="chat_id: 'nope' is not a green-api chat id"):
+        enqueue_archive("green-api", GREEN_ID, "nope", app=app)
+    assert queued(archiver_env) == []
+
+
+def test_bulk_reports_refusals_by_position(app: Celery, archiver_env: Env) -> None:
+    rows = [
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"},
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": "bad"},
+        InvalidJob("not a JSON object"),
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234568@c.us"},
+    ]
+    result = enqueue_many(rows, app=app)
+    assert [position for position, _ in result.enqueued] == [1, 4]
+    assert [(position, why.split(":")[0]) for position, why in result.refused] == [
+        (2, "chat_id"),
+        (3, "not a JSON object"),
+    ]
+    assert [m["kwargs"]["chat_id"] for m in queued(archiver_env)] == [
+        "79001234567@c.us",
+        "79001234568@c.us",
+    ]
+
+
+def test_bulk_uses_few_round_trips(
+    app: Celery, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sends = 0
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+        nonlocal sends
+        sends += 1
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    rows = [
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": f"7900{n:07d}@c.us"}
+        for n in range(2000)
+    ]
+    result = enqueue_many(rows, app=app, batch_size=500)
+    assert len(result.enqueued) == 2000
+    assert archiver_env.redis.llen("archive") == 2000
+    # One pipeline per 500 messages (plus their sent events) and a few setup commands,
+    # instead of 2000+ separate round trips.
+    assert sends <= 40, sends

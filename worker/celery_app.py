@@ -1,0 +1,87 @@
+"""The Celery app: ``celery -A worker worker|beat|flower`` finds it as ``worker.app``.
+
+Tasks are listed by module name (``include``), so nothing in ``worker`` imports ``tasks``.
+Every reliability setting below has a reason written next to it; ../shared/design.md has more.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from celery import Celery, signals
+
+from config import ConfigError, Settings, get_settings
+from worker.logs import install_redaction, use_json_format
+from worker.services import get_accounts
+
+TASK_MODULES = ["tasks.archive"]
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.state_url,
+        # JSON only: any service in any language can publish a job, and nothing is unpickled.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_expires": settings.result_expires,
+        "task_default_queue": settings.queue,
+        "timezone": "UTC",
+        # Acknowledge a job after it ends, one job per worker process at a time: a killed
+        # worker's job is delivered again (archiving is idempotent: "already archived").
+        "task_acks_late": True,
+        "worker_prefetch_multiplier": 1,
+        # A worker process that dies mid-job gives the job back; our delivery counter
+        # (tasks/archive.py) dead-letters a job that keeps killing its worker.
+        "task_reject_on_worker_lost": True,
+        # Redis redelivers what is not acknowledged within the visibility timeout; countdowns and
+        # time limits stay well under it (checked in config/settings.py).
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "task_time_limit": settings.task_time_limit,
+        # The soft limit raises inside the task, which treats it as a transient failure; the hard
+        # limit is the backstop that kills a job stuck where no exception reaches it.
+        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Flower follows jobs through events, from "sent" to done.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # Our consumer dead-letters undecodable and unknown messages instead of dropping them.
+        "worker_consumer": "worker.consumer:ArchiverConsumer",
+    }
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("chat-archiver", include=TASK_MODULES)
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+install_redaction()
+try:
+    app = create_app()
+except ConfigError as error:
+    # A wrong ARCHIVER_* variable: one line, not a traceback through Celery's loader.
+    sys.exit(f"chat-archiver: {error}")
+
+
+@signals.worker_init.connect
+def _check_accounts(**_: Any) -> None:
+    """Load the accounts file before the first job, so a wrong file stops the worker at start."""
+    try:
+        get_accounts()
+    except ConfigError as error:
+        sys.exit(f"chat-archiver: {error}")
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: Any = None, **_: Any) -> None:
+    if get_settings().log_format == "json":
+        use_json_format(logger)

@@ -1,0 +1,156 @@
+"""One rate limit per (provider, account, method), shared by every worker process and host.
+
+Celery's own ``rate_limit`` is per worker instance and bursty on Redis (celery#5732, #4727), so the
+limit lives in Redis. The algorithm is GCRA (the "generic cell rate algorithm", as in
+redis-cell and throttled): one key holds the account's *theoretical arrival time* (TAT), the
+moment the next call may go. A permit reserves the slot at TAT and moves TAT one interval on,
+atomically in a Lua script on Redis's own clock, so every host agrees on time.
+
+Why GCRA and not a token bucket or Dramatiq's sliding windows: those allow a burst of the whole
+limit at once, and a burst of N followed by another N one window later reaches the provider a few
+milliseconds apart and is answered 429 by a sliding-window limiter. GCRA with no burst spaces
+calls evenly, so no one-second window holds more than the limit even with some jitter between
+permit and arrival; the interval is made ``margin`` wider than the provider's to absorb that
+jitter.
+
+A permit is a reservation: ``wait`` says how long to sleep before calling. A slot further away
+than ``max_wait`` is not reserved (the caller reschedules the job instead of holding a worker).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from config import Account, Rate
+
+# KEYS: tat, stats hash, recent zset. ARGV: interval µs, max wait µs, recent window µs.
+# Returns {granted (0/1), wait µs as a string} (Lua numbers would be truncated to integers).
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local wait = tat - now
+if wait > max_wait then
+  redis.call('HINCRBY', KEYS[2], 'deferred', 1)
+  return {0, tostring(wait)}
+end
+local next_tat = tat + interval
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX',
+           math.floor((next_tat - now) / 1000) + 60000)
+redis.call('HINCRBY', KEYS[2], 'granted', 1)
+redis.call('HINCRBY', KEYS[2], 'waited_us', wait)
+redis.call('ZADD', KEYS[3], tat, string.format('%d', tat))
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]))
+redis.call('PEXPIRE', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000) * 2 + 60000)
+return {1, tostring(wait)}
+"""
+
+# KEYS: tat, stats hash. ARGV: delay µs. Pushes the next slot at least `delay` away (a 429).
+_PENALIZE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local not_before = now + tonumber(ARGV[1])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < not_before then
+  redis.call('SET', KEYS[1], string.format('%d', not_before), 'PX',
+             math.floor(tonumber(ARGV[1]) / 1000) + 60000)
+end
+redis.call('HINCRBY', KEYS[2], 'rate_limited', 1)
+redis.call('HSET', KEYS[2], 'last_rate_limited_at', string.format('%d', now))
+return string.format('%d', not_before - now)
+"""
+
+RECENT_WINDOW = 10.0  # seconds over which "recent rate" is measured
+MICROS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Permit:
+    granted: bool
+    wait: float  # granted: seconds to sleep before calling; refused: seconds to the next slot
+
+
+@dataclass(frozen=True)
+class LimiterState:
+    account: str
+    method: str
+    allowed_per_second: float
+    target_per_second: float  # what the limiter aims at: allowed, less the margin
+    recent_per_second: float
+    granted: int
+    deferred: int
+    rate_limited: int  # 429s answered by the provider despite the limiter
+    waited_seconds: float
+    next_permit_in: float
+
+
+class AccountLimiter:
+    def __init__(self, client: redis.Redis, prefix: str, margin: float = 0.03) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._margin = margin
+        self._acquire = client.register_script(_ACQUIRE)
+        self._penalize = client.register_script(_PENALIZE)
+
+    def _keys(self, account: Account, method: str) -> tuple[str, str, str]:
+        base = f"{self._prefix}:limiter:{account.provider}:{account.id}:{method}"
+        return base, f"{base}:stats", f"{base}:recent"
+
+    def interval(self, rate: Rate) -> float:
+        return rate.interval * (1.0 + self._margin)
+
+    def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
+        interval = self.interval(account.rate(method))
+        granted, wait = self._acquire(
+            keys=self._keys(account, method),
+            args=[int(interval * MICROS), int(max_wait * MICROS), int(RECENT_WINDOW * MICROS)],
+        )
+        return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
+
+    def wait_for_permit(self, account: Account, method: str, max_wait: float) -> Permit:
+        """Acquire and, when granted, sleep until the reserved slot."""
+        permit = self.acquire(account, method, max_wait)
+        if permit.granted and permit.wait > 0:
+            time.sleep(permit.wait)
+        return permit
+
+    def penalize(self, account: Account, method: str, delay: float | None) -> float:
+        """The provider answered 429: hold every worker off this account for ``delay`` seconds
+        (its Retry-After), or one interval of the provider's window when it gave none.
+        Returns the seconds until the next slot."""
+        rate = account.rate(method)
+        delay = rate.period if delay is None else delay
+        tat_key, stats_key, _ = self._keys(account, method)
+        result = self._penalize(keys=[tat_key, stats_key], args=[int(delay * MICROS)])
+        return float(result) / MICROS
+
+    def state(self, account: Account, method: str) -> LimiterState:
+        tat_key, stats_key, recent_key = self._keys(account, method)
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.time()
+        pipe.get(tat_key)
+        pipe.hgetall(stats_key)
+        pipe.zrange(recent_key, 0, -1, withscores=True)
+        (seconds, micros), tat, stats, recent = pipe.execute()
+        now = seconds * MICROS + micros
+        window_start = now - RECENT_WINDOW * MICROS
+        recent_count = sum(1 for _, score in recent if window_start < score <= now)
+        rate = account.rate(method)
+        return LimiterState(
+            account=account.key,
+            method=method,
+            allowed_per_second=rate.per_second,
+            target_per_second=1.0 / self.interval(rate),
+            recent_per_second=recent_count / RECENT_WINDOW,
+            granted=int(stats.get("granted", 0)),
+            deferred=int(stats.get("deferred", 0)),
+            rate_limited=int(stats.get("rate_limited", 0)),
+            waited_seconds=int(stats.get("waited_us", 0)) / MICROS,
+            next_permit_in=max(0.0, (float(tat) - now) / MICROS) if tat else 0.0,
+        )

@@ -1,0 +1,61 @@
+"""The process's shared services, built once from settings: accounts, limiter, dead letters.
+
+Built lazily so importing the app does not read files or open connections; rebuilt per process
+because Redis clients must not cross a fork (see worker/state.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+import redis
+
+from config import AccountRegistry, Settings, get_settings, load_accounts
+from worker.deadletters import DeadLetterStore
+from worker.limiter import AccountLimiter
+from worker.state import reset_state_redis, state_redis
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    redis: redis.Redis
+    limiter: AccountLimiter
+    dead_letters: DeadLetterStore
+
+
+@lru_cache(maxsize=1)
+def get_accounts() -> AccountRegistry:
+    return load_accounts(get_settings().accounts_file)
+
+
+_services: tuple[int, Services] | None = None
+
+
+def get_services() -> Services:
+    global _services
+    pid = os.getpid()
+    if _services is None or _services[0] != pid:
+        settings = get_settings()
+        client = state_redis()
+        _services = (
+            pid,
+            Services(
+                settings=settings,
+                redis=client,
+                limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
+                dead_letters=DeadLetterStore(client, settings.key_prefix),
+            ),
+        )
+    return _services[1]
+
+
+def reset_services() -> None:
+    """Forget everything built from settings (tests that change the environment)."""
+    global _services
+    _services = None
+    get_accounts.cache_clear()
+    get_settings.cache_clear()
+    reset_state_redis()

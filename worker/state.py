@@ -1,0 +1,45 @@
+"""The Redis that holds our state (limiter, dead letters, locks, counters) and how keys are named.
+
+One client per process, rebuilt after a fork like the HTTP client: prefork children must not
+share the parent's sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+
+from config import get_settings
+
+_lock = threading.Lock()
+_client: redis.Redis | None = None
+_client_pid: int | None = None
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+    )
+
+
+def state_redis() -> redis.Redis:
+    global _client, _client_pid
+    pid = os.getpid()
+    if _client is None or _client_pid != pid:
+        with _lock:
+            if _client is None or _client_pid != pid:
+                _client, _client_pid = connect(get_settings().state_url), pid
+    return _client
+
+
+def reset_state_redis() -> None:
+    """Forget the client (tests that switch Redis, and settings reloads)."""
+    global _client, _client_pid
+    with _lock:
+        _client, _client_pid = None, None
