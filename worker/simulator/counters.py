@@ -1,0 +1,115 @@
+"""Per account and method call counters, and the sliding one-second window they share with the
+rate limiter.
+
+A window holds the monotonic times of the calls it accepted during the last second. The limiter
+asks it whether one more call fits; the counters use a second, independent window to record the
+highest number of calls that were accepted inside any one-second span (`peak_1s`). They are kept
+apart on purpose: resetting counters between test phases must not reset the limiter, which would
+let a test accidentally burst above a provider's limit.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+WINDOW_SECONDS = 1.0
+
+
+class SlidingWindow:
+    """Monotonic timestamps of the accepted events of the last `WINDOW_SECONDS`."""
+
+    __slots__ = ("_times",)
+
+    def __init__(self) -> None:
+        self._times: deque[float] = deque()
+
+    def _expire(self, now: float) -> None:
+        # An event exactly one second old is outside: "the last 1.0 s" is (now-1, now].
+        horizon = now - WINDOW_SECONDS
+        times = self._times
+        while times and times[0] <= horizon:
+            times.popleft()
+
+    def count(self, now: float) -> int:
+        self._expire(now)
+        return len(self._times)
+
+    def fits(self, now: float, limit: int | None) -> bool:
+        if not limit:
+            return True
+        return self.count(now) < limit
+
+    def add(self, now: float) -> int:
+        """Record one accepted event; return how many the window holds with it."""
+        self._expire(now)
+        self._times.append(now)
+        return len(self._times)
+
+    def clear(self) -> None:
+        self._times.clear()
+
+
+@dataclass(slots=True)
+class MethodCounter:
+    calls: int = 0
+    rate_limited: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    peak_1s: int = 0
+    window: SlidingWindow = field(default_factory=SlidingWindow)
+
+    def accepted(self, now: float) -> None:
+        in_window = self.window.add(now)
+        if in_window > self.peak_1s:
+            self.peak_1s = in_window
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "rate_limited": self.rate_limited,
+            "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+            "peak_1s": self.peak_1s,
+        }
+
+
+class Counters:
+    """Counters keyed by account label (`"green-api:7105187566"`) and provider method name.
+
+    Requests that never reach an account (unknown instance or device, unknown path) are counted in
+    `unmatched` only, because there is no account to charge them to.
+    """
+
+    def __init__(self) -> None:
+        self._by_account: dict[str, dict[str, MethodCounter]] = {}
+        self.unmatched = 0
+
+    def method(self, account: str, method: str) -> MethodCounter:
+        methods = self._by_account.get(account)
+        if methods is None:
+            methods = self._by_account[account] = {}
+        counter = methods.get(method)
+        if counter is None:
+            counter = methods[method] = MethodCounter()
+        return counter
+
+    def record_status(self, counter: MethodCounter, status: int) -> None:
+        counter.by_status[status] = counter.by_status.get(status, 0) + 1
+
+    def reset(self) -> None:
+        self._by_account.clear()
+        self.unmatched = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        accounts: dict[str, dict[str, Any]] = {}
+        calls = rate_limited = 0
+        for label in sorted(self._by_account):
+            methods = self._by_account[label]
+            accounts[label] = {name: methods[name].snapshot() for name in sorted(methods)}
+            for counter in methods.values():
+                calls += counter.calls
+                rate_limited += counter.rate_limited
+        return {
+            "accounts": accounts,
+            "totals": {"calls": calls, "rate_limited": rate_limited, "unmatched": self.unmatched},
+        }
