@@ -20,6 +20,7 @@ from worker.outcomes import (
     ARCHIVED,
     CHAT_NOT_FOUND,
     INVALID_REQUEST,
+    QUOTA_EXCEEDED,
     RATE_LIMITED,
     TRANSIENT,
     UNAUTHORIZED,
@@ -36,6 +37,7 @@ ARCHIVE_RULES: tuple[Rule, ...] = (
     # Status-specific account rows come before the "device" row, which would shadow them.
     Rule(status(401), UNAUTHORIZED, "bad API key"),
     Rule(status(403), UNAUTHORIZED, "API key lacks permission"),
+    Rule(status(402), QUOTA_EXCEEDED, "quota used", r"quota"),
     Rule(status(402), ACCOUNT_UNAVAILABLE, "billing or plan"),
     Rule(statuses(400, 404), ACCOUNT_UNAVAILABLE, "device not usable", r"\bdevice\b"),
     # A 404 that names neither chat nor device: a wrong api_url or path fails every call.

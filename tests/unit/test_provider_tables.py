@@ -99,6 +99,7 @@ WASSENGER_ANSWERS: list[tuple[int, dict | str, Verdict]] = [
         {"status": 402, "message": "Device plan does not support this feature"},
         ACCOUNT_UNAVAILABLE,
     ),
+    (402, {"status": 402, "message": "Monthly quota exceeded for this device"}, QUOTA_EXCEEDED),
     (429, {"status": 429, "message": "Too many requests"}, RATE_LIMITED),
     (500, {"status": 500, "message": "Internal error"}, TRANSIENT),
     (502, "Bad Gateway", TRANSIENT),

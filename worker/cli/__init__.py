@@ -1,0 +1,30 @@
+"""``chat-archiver``: the command for people. Each group lives in its own module.
+
+Exit codes: 0 success; 1 with a one-line reason on error (click prints it as ``Error: ...``);
+``status`` exits 1 when something needs attention.
+"""
+
+from __future__ import annotations
+
+import click
+
+from worker.cli.common import install_cli_logging
+from worker.cli.demo import demo
+from worker.cli.dlq import dlq
+from worker.cli.enqueue import enqueue
+from worker.cli.simulate import simulate
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="chat-archiver")
+def main() -> None:
+    """Archive WhatsApp chats through GREEN-API and Wassenger on Celery workers."""
+    install_cli_logging()
+
+
+main.add_command(enqueue)
+main.add_command(dlq)
+main.add_command(simulate)
+main.add_command(demo)
+
+__all__ = ["main"]
