@@ -201,7 +201,7 @@ def load_accounts(path: Path | str) -> AccountRegistry:
             data = tomllib.load(file)
     except FileNotFoundError:
         raise ConfigError(
-            f"ARCHIVER_ACCOUNTS_FILE: {path} does not exist (see accounts.example.toml)"
+            f"ARCHIVER_ACCOUNTS_FILE: {path} does not exist (see config/accounts.example.toml)"
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None

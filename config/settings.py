@@ -67,6 +67,17 @@ class Settings(BaseSettings):
                     f"ARCHIVER_{name.upper()}={getattr(self, name):g} must be at most half of "
                     f"ARCHIVER_VISIBILITY_TIMEOUT={self.visibility_timeout} (jobs would run twice)"
                 )
+        # Tenacity's attempts (each up to both HTTP timeouts) and its waits must fit in the task
+        # time limit, or the limit, not the HTTP client, ends slow calls.
+        worst_call = self.transient_attempts * (self.http_connect_timeout + self.http_read_timeout)
+        worst = worst_call + (self.transient_attempts - 1) * self.transient_wait_max
+        if worst > 0.9 * self.task_time_limit:
+            raise ValueError(
+                f"ARCHIVER_TASK_TIME_LIMIT={self.task_time_limit} is too short for "
+                f"{self.transient_attempts} attempts with HTTP timeouts of "
+                f"{self.http_connect_timeout:g}+{self.http_read_timeout:g}s "
+                f"(needs {worst / 0.9:.0f})"
+            )
         if self.retry_countdown > self.retry_countdown_max:
             raise ValueError(
                 "ARCHIVER_RETRY_COUNTDOWN must not exceed ARCHIVER_RETRY_COUNTDOWN_MAX"

@@ -18,6 +18,15 @@ from worker.services import get_accounts
 TASK_MODULES = ["tasks.archive"]
 
 
+def soft_time_limit(hard: int) -> int:
+    """A tenth of the hard limit before it (at least 1 s, at most 30 s)."""
+    return max(1, hard - max(1, min(30, hard // 10)))
+
+
+def restore_interval(visibility_timeout: int) -> float:
+    return min(60.0, max(1.0, visibility_timeout / 10))
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
@@ -39,12 +48,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Redis redelivers what is not acknowledged within the visibility timeout; countdowns and
         # time limits stay well under it (checked in config/settings.py).
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # kombu looks for expired unacknowledged jobs every interval * throttle seconds
+            # (100 s by default): a tenth of the visibility timeout, at most a minute, instead.
+            "unacked_restore_interval": restore_interval(settings.visibility_timeout),
+            "unacked_restore_throttle": 1,
+        },
         "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_time_limit": settings.task_time_limit,
         # The soft limit raises inside the task, which treats it as a transient failure; the hard
         # limit is the backstop that kills a job stuck where no exception reaches it.
-        "task_soft_time_limit": max(1, settings.task_time_limit - 30),
+        "task_soft_time_limit": soft_time_limit(settings.task_time_limit),
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         # Flower follows jobs through events, from "sent" to done.

@@ -180,6 +180,13 @@ def test_settings_from_environment_and_one_line_errors(monkeypatch: pytest.Monke
     monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "400")
     with pytest.raises(ConfigError, match="RETRY_COUNTDOWN_MAX=400 must be at most half"):
         load_settings()
+    monkeypatch.delenv("ARCHIVER_RETRY_COUNTDOWN_MAX")
+    monkeypatch.delenv("ARCHIVER_VISIBILITY_TIMEOUT")
+
+    # The HTTP timeouts, not the task's time limit, must end a slow call.
+    monkeypatch.setenv("ARCHIVER_TASK_TIME_LIMIT", "30")
+    with pytest.raises(ConfigError, match="TASK_TIME_LIMIT=30 is too short for 3 attempts"):
+        load_settings()
 
 
 def test_rates_and_durations() -> None:
@@ -196,3 +203,15 @@ def test_rates_and_durations() -> None:
     for bad in ("soon", "0s", "-1d"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+def test_the_example_accounts_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README and the start-up error point people at it: it must stay valid."""
+    monkeypatch.setenv("GREEN_API_TOKEN_7105", "example-green-token")
+    monkeypatch.setenv("WASSENGER_API_KEY", "example-wassenger-key")
+    example = Path(__file__).parents[2] / "config" / "accounts.example.toml"
+    registry = load_accounts(example)
+    assert {account.key for account in registry} == {
+        "green-api:7105187566",
+        "wassenger:61b37a069cba0c15d6c81c8e",
+    }

@@ -18,8 +18,9 @@ from worker.logs import install_redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a line of text stays one line (scripts read them); tables still fit the width.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def install_cli_logging() -> None:

@@ -1,0 +1,164 @@
+"""A real deployment in miniature: our own Redis, the simulator over loopback HTTP, and real
+``celery -A worker worker`` processes started the way the README says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from celery.result import AsyncResult
+
+from config import Settings
+from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
+from worker.celery_app import create_app
+from worker.deadletters import DeadLetter, DeadLetterStore
+from worker.local import WORKER_READY, CeleryProcess, worker_process
+from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
+
+pytestmark = pytest.mark.integration
+
+# Fast retries, a short visibility timeout: the same code paths, in seconds instead of minutes.
+FAST = {
+    "ARCHIVER_TRANSIENT_WAIT_MAX": "0.2",
+    "ARCHIVER_RETRY_BUDGET": "2",
+    "ARCHIVER_RETRY_COUNTDOWN": "0.3",
+    "ARCHIVER_RETRY_COUNTDOWN_MAX": "1",
+    "ARCHIVER_HTTP_CONNECT_TIMEOUT": "0.5",
+    "ARCHIVER_HTTP_READ_TIMEOUT": "1",
+    "ARCHIVER_VISIBILITY_TIMEOUT": "12",
+    "ARCHIVER_TASK_TIME_LIMIT": "6",
+    "ARCHIVER_RESULT_EXPIRES": "600",
+}
+
+
+class Cluster:
+    """Redis + simulator + workers, and what a test needs to drive and observe them."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        simulator: SimulatorHandle,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.redis_url = redis_url
+        self.simulator = simulator
+        self.sim = SimulatorClient(simulator.url)
+        self.workdir = workdir
+        accounts = workdir / "accounts.toml"
+        accounts.write_text(accounts_toml(simulator.url))
+        self.env = {
+            "ARCHIVER_BROKER_URL": redis_url,
+            "ARCHIVER_REDIS_URL": redis_url,
+            "ARCHIVER_ACCOUNTS_FILE": str(accounts),
+            "TEST_GREEN_TOKEN": CANARY,
+            "TEST_WASSENGER_TOKEN": WASSENGER_CANARY,
+            **FAST,
+            **(env or {}),
+        }
+        settings_env = {
+            k.removeprefix("ARCHIVER_").lower(): v
+            for k, v in self.env.items()
+            if k.startswith("ARCHIVER_")
+        }
+        self.settings = Settings(**settings_env)
+        self.app: Celery = create_app(self.settings)
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.dead_letters = DeadLetterStore(self.redis, self.settings.key_prefix)
+        self.workers: list[CeleryProcess] = []
+        self.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=[])
+        self.sim.put_account("wassenger", WASSENGER_ID, token=WASSENGER_CANARY, chats=[])
+        self.sim.reset_counters()
+
+    def start_worker(self, name: str = "w1", concurrency: int = 2, **options: Any) -> CeleryProcess:
+        worker = worker_process(
+            self.env, self.workdir / f"{name}.log", name=name, concurrency=concurrency, **options
+        )
+        worker.start()
+        worker.wait_for_log(WORKER_READY, timeout=60)
+        self.workers.append(worker)
+        return worker
+
+    def add_chats(self, provider: str, chats: list[str], **fields: Any) -> None:
+        account = GREEN_ID if provider == "green-api" else WASSENGER_ID
+        self.sim.add_chats(provider, account, [{"id": chat, **fields} for chat in chats])
+
+    def result(self, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        outcome = AsyncResult(task_id, app=self.app)
+        deadline = time.monotonic() + timeout
+        while not outcome.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {task_id} reached no outcome in {timeout}s")
+            time.sleep(0.05)
+        assert outcome.successful(), outcome.traceback
+        return outcome.result
+
+    def dead_letter(self, result: dict[str, Any]) -> DeadLetter:
+        entry = self.dead_letters.get(result["dead_letter_id"])
+        assert entry is not None
+        return entry
+
+    def calls(self, provider: str, method: str) -> int:
+        account = GREEN_ID if provider == "green-api" else WASSENGER_ID
+        counters = self.sim.counters()["accounts"].get(f"{provider}:{account}", {})
+        return int(counters.get(method, {}).get("calls", 0))
+
+    def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker.cli", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=60,
+            check=False,
+        )
+
+    def logs(self) -> str:
+        return "".join(worker.log() for worker in self.workers)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.stop()
+        self.sim.close()
+        self.app.close()
+
+
+@pytest.fixture(scope="module")
+def simulator() -> Iterator[SimulatorHandle]:
+    with start_in_thread() as handle:
+        yield handle
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_server: object) -> Iterator[str]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/1"  # type: ignore[attr-defined]
+    yield url
+    redis.Redis.from_url(url).flushdb()  # our own server: nobody else's data
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    module_redis_url: str, simulator: SimulatorHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    """One worker for a whole module: starting Celery costs seconds, the tests share it."""
+    c = Cluster(module_redis_url, simulator, tmp_path_factory.mktemp("cluster"))
+    c.start_worker()
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def fresh_cluster(redis_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster with no worker yet, for tests that start, stop and kill workers themselves."""
+    c = Cluster(redis_url, simulator, tmp_path)
+    yield c
+    c.close()

@@ -1,0 +1,165 @@
+"""``chat-archiver`` as people run it: a real process, real Redis, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import CANARY, GREEN_ID, accounts_toml
+from worker.deadletters import DeadLetter, DeadLetterStore
+from worker.local import CeleryProcess
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    accounts = tmp_path / "accounts.toml"
+    accounts.write_text(accounts_toml("http://127.0.0.1:9"))
+    return {
+        **os.environ,
+        "ARCHIVER_BROKER_URL": redis_url,
+        "ARCHIVER_ACCOUNTS_FILE": str(accounts),
+        "TEST_GREEN_TOKEN": CANARY,
+        "TEST_WASSENGER_TOKEN": CANARY + "w",
+    }
+
+
+def run(
+    env: dict[str, str], *args: str, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        input=stdin,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_enqueue_one_job_prints_its_id(env: dict[str, str], redis_url: str) -> None:
+    done = run(
+        env,
+        "enqueue",
+        "--provider",
+        "green-api",
+        "--account",
+        GREEN_ID,
+        "--chat-id",
+        "79001234567@c.us",
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.strip()) == 36  # a task id
+    assert redis.Redis.from_url(redis_url).llen("archive") == 1
+
+
+def test_enqueue_refuses_a_bad_job_in_one_line(env: dict[str, str], redis_url: str) -> None:
+    done = run(
+        env, "enqueue", "--provider", "green-api", "--account", GREEN_ID, "--chat-id", "+7 900"
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        "Error: chat_id: '+7 900' is not a green-api chat id "
+        "(79001234567@c.us, 120363043968066561@g.us or 123456789012345@lid)"
+    )
+    assert redis.Redis.from_url(redis_url).llen("archive") == 0
+
+
+def test_enqueue_csv_reports_refused_lines(
+    env: dict[str, str], redis_url: str, tmp_path: Path
+) -> None:
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(
+        "provider,account,chat_id,request_id\n"
+        f"green-api,{GREEN_ID},79001234567@c.us,a\n"
+        f"green-api,{GREEN_ID},not-a-chat,b\n"
+        "\n"
+        f"green-api,{GREEN_ID},79001234568@c.us,c,extra-cell\n"
+        f"wassenger,{GREEN_ID},447362053576@c.us,d\n"
+        f"green-api,{GREEN_ID},120363043968066561@g.us\n"
+    )
+    done = run(env, "enqueue", "--file", str(jobs))
+    assert done.returncode == 1
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("line 3: chat_id: 'not-a-chat'")
+    assert lines[1] == "line 5: more cells than the header names"
+    assert lines[2].startswith("line 6: account: '7105187566' is not a wassenger device id")
+    assert lines[-1] == "enqueued 2, refused 3"
+    assert redis.Redis.from_url(redis_url).llen("archive") == 2
+
+
+def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
+    stdin = (
+        f'{{"provider": "green-api", "account": "{GREEN_ID}", "chat_id": "79001234567@c.us"}}\n'
+        "this is not json\n"
+        f'{{"provider": "green-api", "account": "{GREEN_ID}", "chat_id": "79001234569@c.us"}}\n'
+    )
+    done = run(env, "enqueue", "--file", "-", stdin=stdin)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[0].startswith("line 2: not a JSON object")
+    assert done.stdout.strip().endswith("enqueued 2, refused 1")
+    assert redis.Redis.from_url(redis_url).llen("archive") == 2
+
+
+def test_dlq_show_and_purge_with_confirmation(env: dict[str, str], redis_url: str) -> None:
+    store = DeadLetterStore(redis.Redis.from_url(redis_url, decode_responses=True), "chat-archiver")
+    ids = [
+        store.add(
+            DeadLetter(
+                reason="chat_not_found",
+                job={
+                    "provider": "green-api",
+                    "account": GREEN_ID,
+                    "chat_id": f"7900123456{n}@c.us",
+                },
+                detail="HTTP 400: chat not found",
+            )
+        )
+        for n in range(3)
+    ]
+    shown = run(env, "dlq", "show", ids[0])
+    assert shown.returncode == 0 and "7900123456" in shown.stdout
+    missing = run(env, "dlq", "show", "nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error: no dead letter 'nope'"
+
+    declined = run(env, "dlq", "purge", "--reason", "chat_not_found", stdin="n\n")
+    assert declined.returncode == 1 and len(store) == 3  # asked, refused: nothing deleted
+    assert run(env, "dlq", "purge").returncode == 2  # says which entries, or nothing happens
+    purged = run(env, "dlq", "purge", ids[0], "--yes")
+    assert purged.returncode == 0 and "purged 1" in purged.stdout
+    assert sorted(e.id for e in store.iter()) == sorted(ids[1:])
+    listed = run(env, "dlq", "list")
+    assert listed.returncode == 0 and "2 dead letters" in listed.stdout
+
+
+def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
+    done = run({**env, "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0"}, "dlq", "list")
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_worker_refuses_a_wrong_accounts_file_at_start(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[[accounts]]\nprovider = "green-api"\nid = "7105187566"\n'
+        'api_url = "https://x.test"\ntoken_env = "MISSING_TOKEN_VAR"\n'
+    )
+    worker = CeleryProcess(
+        ["worker", "-P", "solo"],
+        {**env, "ARCHIVER_ACCOUNTS_FILE": str(bad)},
+        tmp_path / "worker.log",
+    ).start()
+    assert worker.process is not None
+    assert worker.process.wait(60) != 0
+    assert (
+        f"chat-archiver: {bad}: account 1 (green-api 7105187566): token_env: environment "
+        "variable MISSING_TOKEN_VAR is not set"
+    ) in worker.log()

@@ -1,0 +1,90 @@
+"""Workers die; jobs do not: late acks, Redis redelivery and the delivery cap, with SIGKILLs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GREEN_ID
+from tests.integration.conftest import Cluster
+from worker.producer import enqueue_many
+
+pytestmark = pytest.mark.integration
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Field 4 is the parent pid; the command name (field 2) may hold spaces, so split after it.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+def test_sigkilled_worker_loses_no_job(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    chats = [f"7900000{n:04d}@c.us" for n in range(8)]
+    cluster.add_chats("green-api", chats)
+    # Slow answers keep jobs in flight when the worker dies.
+    cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 800})
+    first = cluster.start_worker("doomed", concurrency=2)
+    rows = [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat} for chat in chats]
+    task_ids = [task_id for _, task_id in enqueue_many(rows, app=cluster.app).enqueued]
+    wait_for(lambda: cluster.calls("green-api", "archiveChat") >= 2, 20, "no job started")
+
+    first.signal(signal.SIGKILL, group=True)  # the main process and its pool, mid-job
+    first.process.wait(10)  # type: ignore[union-attr]
+    cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 0})
+    cluster.start_worker("rescuer", concurrency=2)
+
+    # Unacknowledged jobs come back after the visibility timeout (12 s here).
+    outcomes = [cluster.result(task_id, timeout=60)["outcome"] for task_id in task_ids]
+    assert set(outcomes) <= {"archived", "already_archived"}
+    for chat in chats:
+        assert cluster.sim.chat("green-api", GREEN_ID, chat)["archived"] is True
+
+
+def test_job_that_kills_its_worker_every_time_is_dead_lettered(fresh_cluster: Cluster) -> None:
+    cluster = fresh_cluster
+    cluster.add_chats("green-api", ["79000000666@c.us"])
+    # Each delivery hangs at the provider long enough for us to kill the process running it.
+    cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 5000})
+    worker = cluster.start_worker("victim", concurrency=1)
+    [(_, task_id)] = enqueue_many(
+        [{"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000666@c.us"}],
+        app=cluster.app,
+    ).enqueued
+    max_deliveries = cluster.settings.max_deliveries
+    for delivery in range(1, max_deliveries + 1):
+        wait_for(
+            lambda d=delivery: cluster.calls("green-api", "archiveChat") >= d,
+            30,
+            f"delivery {delivery} never reached the provider",
+        )
+        for child in children(worker.pid):
+            os.kill(child, signal.SIGKILL)  # the pool process dies mid-job, like a segfault
+    result = cluster.result(task_id, timeout=60)
+    assert result["outcome"] == "dead_lettered" and result["reason"] == "worker_lost"
+    # The delivery after the cap calls nobody: it goes straight to the dead letters.
+    assert cluster.calls("green-api", "archiveChat") == max_deliveries
+    entry = cluster.dead_letter(result)
+    assert entry.job["chat_id"] == "79000000666@c.us"
+    assert f"delivered {max_deliveries + 1} times" in entry.detail
