@@ -35,6 +35,7 @@ from worker import app
 from worker.deadletters import DeadLetter
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob, job_summary
 from worker.outcomes import Kind, Outcome, Reason
+from worker.routing import account_queue
 from worker.services import Services, get_accounts, get_services
 
 logger = logging.getLogger("chat_archiver.jobs")
@@ -55,9 +56,16 @@ class Delivery:
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
     transient_rounds: int = 0  # Celery retries spent on transient failures
+    queue: str | None = None  # the queue this delivery came from
 
     @classmethod
-    def from_headers(cls, task_id: str, worker: str, headers: Mapping[str, Any] | None) -> Delivery:
+    def from_headers(
+        cls,
+        task_id: str,
+        worker: str,
+        headers: Mapping[str, Any] | None,
+        queue: str | None = None,
+    ) -> Delivery:
         headers = headers or {}
 
         def number(name: str, kind: type[int] | type[float]) -> Any:
@@ -72,6 +80,7 @@ class Delivery:
             attempts=number(ATTEMPTS_HEADER, int) or 0,
             first_attempt_at=number(FIRST_ATTEMPT_HEADER, float),
             transient_rounds=number(ROUNDS_HEADER, int) or 0,
+            queue=queue,
         )
 
     def headers(self) -> dict[str, Any]:
@@ -94,11 +103,17 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Reschedule:
-    """Run the job again in ``countdown`` seconds (a Celery retry), carrying ``delivery``."""
+    """Run the job again in ``countdown`` seconds on ``queue`` (a Celery retry), carrying
+    ``delivery``. A countdown of 0 with the account's queue forwards a job from the intake."""
 
     countdown: float
     delivery: Delivery
     why: str
+    queue: str
+
+
+class _Forward(Exception):
+    """A job from the intake queue whose account has no permit free: move it to its queue."""
 
 
 class _RateLimited(Exception):
@@ -110,12 +125,19 @@ class _RateLimited(Exception):
         self.why = why
 
 
+# A job that arrived on the intake queue runs at once only if its account has a permit this
+# close; otherwise it moves to its account's queue, where it waits its turn without standing in
+# front of other accounts' jobs.
+INTAKE_MAX_WAIT = 0.1
+
+
 @dataclass
 class _Progress:
     """Mutable record of the current delivery's attempts (tenacity calls us repeatedly)."""
 
     delivery: Delivery
-    last_answer: ProviderAnswer | None = None
+    # True until the first permit is asked for, when the job came from the intake queue.
+    may_forward: bool = False
 
 
 class ArchiveRunner:
@@ -158,17 +180,25 @@ class ArchiveRunner:
                 started,
             )
         adapter = adapter_for(job.provider)
-        progress = _Progress(delivery)
+        home = account_queue(self.settings.queue, account.provider, account.id)
+        progress = _Progress(delivery, may_forward=delivery.queue != home)
         try:
             answer = self._call_with_retries(job, account, adapter, progress)
+        except _Forward:
+            return Reschedule(0, progress.delivery, "forwarded to the account's queue", home)
         except _RateLimited as wait:
-            return Reschedule(self._jittered(wait.wait), progress.delivery, wait.why)
+            return Reschedule(self._jittered(wait.wait), progress.delivery, wait.why, home)
         except SoftTimeLimitExceeded:
             answer = None
-        return self._conclude(job, answer, progress.delivery, started)
+        return self._conclude(job, answer, progress.delivery, started, home)
 
     def _conclude(
-        self, job: ArchiveJob, answer: ProviderAnswer | None, delivery: Delivery, started: float
+        self,
+        job: ArchiveJob,
+        answer: ProviderAnswer | None,
+        delivery: Delivery,
+        started: float,
+        home: str,
     ) -> dict[str, Any] | Reschedule:
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
             assert answer.verdict.outcome is not None
@@ -202,6 +232,7 @@ class ArchiveRunner:
             self._jittered(countdown),
             replace(delivery, transient_rounds=delivery.transient_rounds + 1),
             why,
+            home,
         )
 
     # -- provider calls -------------------------------------------------------------------------
@@ -227,14 +258,17 @@ class ArchiveRunner:
     ) -> ProviderAnswer:
         limiter = self.services.limiter
         method = adapter.archive_method
-        permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
+        may_forward, progress.may_forward = progress.may_forward, False
+        max_wait = INTAKE_MAX_WAIT if may_forward else self.settings.limiter_max_wait
+        permit = limiter.acquire(account, method, max_wait)
         if not permit.granted:
+            if may_forward:
+                raise _Forward
             raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.1f}s")
         if permit.wait > 0:
             self.sleep(permit.wait)
         progress.delivery = progress.delivery.attempted(time.time())
         answer = adapter.archive(self.client_factory(), account, job.chat_id)
-        progress.last_answer = answer
         if answer.verdict.kind is Kind.RATE_LIMITED:
             delay = limiter.penalize(account, method, answer.retry_after)
             raise _RateLimited(delay, f"{account.key} answered 429")
@@ -384,7 +418,8 @@ class ArchiveTask(Task):
 def archive_chat(self: ArchiveTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
     services = get_services()
     request = self.request
-    delivery = Delivery.from_headers(request.id, request.hostname or "", request.headers)
+    queue = (request.delivery_info or {}).get("routing_key")
+    delivery = Delivery.from_headers(request.id, request.hostname or "", request.headers, queue)
     runner = ArchiveRunner(services, get_accounts())
 
     # Count deliveries that start; a clean end of any kind forgets the count. A job that keeps
@@ -408,6 +443,10 @@ def archive_chat(self: ArchiveTask, *args: Any, **kwargs: Any) -> dict[str, Any]
     services.redis.delete(key)
     if isinstance(ending, Reschedule):
         raise self.retry(
-            countdown=ending.countdown, headers=ending.delivery.headers(), max_retries=None
+            # Explicit, 0 included: with None Celery waits default_retry_delay (180 s).
+            countdown=ending.countdown,
+            queue=ending.queue,
+            headers=ending.delivery.headers(),
+            max_retries=None,
         )
     return ending

@@ -13,6 +13,7 @@ from celery import Celery, signals
 
 from config import ConfigError, Settings, get_settings
 from worker.logs import install_redaction, use_json_format
+from worker.routing import account_queues
 from worker.services import get_accounts
 
 TASK_MODULES = ["tasks.archive"]
@@ -93,6 +94,13 @@ def _check_accounts(**_: Any) -> None:
         get_accounts()
     except ConfigError as error:
         sys.exit(f"chat-archiver: {error}")
+
+
+@signals.celeryd_after_setup.connect
+def _consume_account_queues(instance: Any = None, **_: Any) -> None:
+    """Consume every configured account's own queue besides the intake (see worker/routing.py)."""
+    for queue in account_queues(get_settings().queue, get_accounts()):
+        instance.app.amqp.queues.select_add(queue)
 
 
 @signals.after_setup_logger.connect

@@ -15,8 +15,11 @@ from typing import Any
 
 from celery import Celery, uuid
 
+from config import AccountRegistry, ConfigError
 from worker.celery_app import app as default_app
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob
+from worker.routing import queue_for
+from worker.services import get_accounts
 
 BATCH_SIZE = 500
 
@@ -27,7 +30,18 @@ class BulkResult:
     refused: list[tuple[int, str]] = field(default_factory=list)  # (position, why)
 
 
-def _publish(celery: Celery, job: ArchiveJob, producer: Any) -> str:
+def _registry() -> AccountRegistry | None:
+    """This process's accounts, to route each job to its account's queue. A producer without
+    an accounts file publishes to the intake queue, and the worker forwards (worker/routing.py)."""
+    try:
+        return get_accounts()
+    except ConfigError:
+        return None
+
+
+def _publish(
+    celery: Celery, job: ArchiveJob, producer: Any, registry: AccountRegistry | None
+) -> str:
     """Publish one job the way ``send_task`` does, minus its result-backend subscription.
 
     With the Redis result backend, ``send_task`` SUBSCRIBEs to each new task's result channel
@@ -37,7 +51,8 @@ def _publish(celery: Celery, job: ArchiveJob, producer: Any) -> str:
     """
     task_id = uuid()
     kwargs = job.kwargs()
-    options = celery.amqp.router.route({}, TASK_NAME, (), kwargs)
+    queue = queue_for(celery.conf.task_default_queue, registry, job.provider, job.account)
+    options = celery.amqp.router.route({"queue": queue}, TASK_NAME, (), kwargs)
     message = celery.amqp.create_task_message(
         task_id, TASK_NAME, (), kwargs, create_sent_event=celery.conf.task_send_sent_event
     )
@@ -72,7 +87,7 @@ def enqueue_job(data: Mapping[str, Any], app: Celery | None = None) -> str:
     job = ArchiveJob.parse(data)
     celery = app or default_app
     with celery.producer_or_acquire() as producer:
-        return _publish(celery, job, producer)
+        return _publish(celery, job, producer, _registry())
 
 
 def enqueue_many(
@@ -90,6 +105,7 @@ def enqueue_many(
     """
     celery = app or default_app
     result = BulkResult()
+    registry = _registry()
     with celery.producer_or_acquire() as producer, producer.batch(max_size=batch_size):
         for position, row in enumerate(rows, start=1):
             try:
@@ -99,7 +115,7 @@ def enqueue_many(
             except InvalidJob as error:
                 result.refused.append((position, str(error)))
             else:
-                result.enqueued.append((position, _publish(celery, job, producer)))
+                result.enqueued.append((position, _publish(celery, job, producer, registry)))
             if on_progress is not None and position % batch_size == 0:
                 on_progress(position)
     if on_progress is not None:

@@ -16,6 +16,8 @@ from worker.local import CeleryProcess
 
 pytestmark = pytest.mark.integration
 
+GREEN_QUEUE = f"archive.green-api.{GREEN_ID}"  # producers route to the account's own queue
+
 
 @pytest.fixture
 def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
@@ -57,7 +59,7 @@ def test_enqueue_one_job_prints_its_id(env: dict[str, str], redis_url: str) -> N
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip()) == 36  # a task id
-    assert redis.Redis.from_url(redis_url).llen("archive") == 1
+    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 1
 
 
 def test_enqueue_refuses_a_bad_job_in_one_line(env: dict[str, str], redis_url: str) -> None:
@@ -69,7 +71,7 @@ def test_enqueue_refuses_a_bad_job_in_one_line(env: dict[str, str], redis_url: s
         "Error: chat_id: '+7 900' is not a green-api chat id "
         "(79001234567@c.us, 120363043968066561@g.us or 123456789012345@lid)"
     )
-    assert redis.Redis.from_url(redis_url).llen("archive") == 0
+    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 0
 
 
 def test_enqueue_csv_reports_refused_lines(
@@ -92,7 +94,7 @@ def test_enqueue_csv_reports_refused_lines(
     assert lines[1] == "line 5: more cells than the header names"
     assert lines[2].startswith("line 6: account: '7105187566' is not a wassenger device id")
     assert lines[-1] == "enqueued 2, refused 3"
-    assert redis.Redis.from_url(redis_url).llen("archive") == 2
+    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
 
 
 def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
@@ -105,7 +107,7 @@ def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
     assert done.returncode == 1
     assert done.stdout.splitlines()[0].startswith("line 2: not a JSON object")
     assert done.stdout.strip().endswith("enqueued 2, refused 1")
-    assert redis.Redis.from_url(redis_url).llen("archive") == 2
+    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
 
 
 def test_dlq_show_and_purge_with_confirmation(env: dict[str, str], redis_url: str) -> None:

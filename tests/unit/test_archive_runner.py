@@ -37,8 +37,13 @@ def runner(archiver_env: Env, sleeps: list[float]) -> ArchiveRunner:
     )
 
 
+GREEN_QUEUE = f"archive.green-api.{GREEN_ID}"
+
+
 def delivery(**kwargs: object) -> Delivery:
-    return Delivery(task_id="task-1", worker="test@host", **kwargs)  # type: ignore[arg-type]
+    """A delivery from the account's own queue unless the test says otherwise."""
+    fields: dict = {"task_id": "task-1", "worker": "test@host", "queue": GREEN_QUEUE, **kwargs}
+    return Delivery(**fields)
 
 
 def test_archived(runner: ArchiveRunner) -> None:
@@ -217,3 +222,43 @@ def test_token_never_in_results_or_dead_letters(runner: ArchiveRunner, archiver_
     for key in archiver_env.redis.scan_iter("*"):
         dumped = archiver_env.redis.dump(key) or b""
         assert CANARY.encode() not in dumped
+
+
+def test_intake_job_runs_at_once_when_a_permit_is_free(runner: ArchiveRunner) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, delivery(queue="archive"))
+    assert isinstance(result, dict) and result["outcome"] == "archived"
+
+
+def test_intake_job_moves_to_its_account_queue_when_the_account_is_busy(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    for _ in range(5):  # five calls already reserved: the next permit is ~0.5 s away
+        archiver_env.services.limiter.acquire(account, "archiveChat", max_wait=5)
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, delivery(queue="archive"))
+        assert route.call_count == 0
+        # The same job on its own queue waits for its permit instead.
+        waited = runner.run((), JOB, delivery())
+    assert isinstance(result, Reschedule)
+    assert result.countdown == 0 and result.queue == GREEN_QUEUE
+    assert isinstance(waited, dict) and waited["outcome"] == "archived"
+
+
+def test_every_reschedule_targets_the_account_queue(runner: ArchiveRunner) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).mock(
+            side_effect=[
+                httpx.Response(429),
+                httpx.Response(503),
+                httpx.Response(503),
+                httpx.Response(503),
+            ]
+        )
+        limited = runner.run((), JOB, delivery())
+        failing = runner.run((), JOB, delivery(queue="archive"))
+    assert isinstance(limited, Reschedule) and limited.queue == GREEN_QUEUE
+    assert isinstance(failing, Reschedule) and failing.queue == GREEN_QUEUE

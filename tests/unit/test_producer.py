@@ -25,7 +25,10 @@ def app(archiver_env: Env) -> Iterator[Celery]:
     celery.close()
 
 
-def queued(env: Env, queue: str = "archive") -> list[dict]:
+GREEN_QUEUE = f"archive.green-api.{GREEN_ID}"
+
+
+def queued(env: Env, queue: str = GREEN_QUEUE) -> list[dict]:
     messages = []
     for raw in env.redis.lrange(queue, 0, -1):
         envelope = json.loads(raw)
@@ -92,7 +95,16 @@ def test_bulk_uses_few_round_trips(
     ]
     result = enqueue_many(rows, app=app, batch_size=500)
     assert len(result.enqueued) == 2000
-    assert archiver_env.redis.llen("archive") == 2000
+    assert archiver_env.redis.llen(GREEN_QUEUE) == 2000
     # One pipeline per 500 messages (plus their sent events) and a few setup commands,
     # instead of 2000+ separate round trips.
     assert sends <= 40, sends
+
+
+def test_jobs_go_to_their_account_queue_or_else_the_intake(app: Celery, archiver_env: Env) -> None:
+    """A configured account's jobs skip the intake (fairness); others go there, and the worker
+    dead-letters or forwards them."""
+    enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", app=app)
+    enqueue_archive("green-api", "7100000000", "79001234567@c.us", app=app)
+    assert [m["kwargs"]["account"] for m in queued(archiver_env)] == [GREEN_ID]
+    assert [m["kwargs"]["account"] for m in queued(archiver_env, "archive")] == ["7100000000"]
