@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -165,3 +166,15 @@ def test_worker_refuses_a_wrong_accounts_file_at_start(env: dict[str, str], tmp_
         f"chat-archiver: {bad}: account 1 (green-api 7105187566): token_env: environment "
         "variable MISSING_TOKEN_VAR is not set"
     ) in worker.log()
+
+
+def test_limits_shows_each_account_limiter(env: dict[str, str], redis_url: str) -> None:
+    done = run(env, "limits", "--json")
+    assert done.returncode == 0, done.stderr
+    states = {(s["account"], s["method"]): s for s in json.loads(done.stdout)}
+    green = states[(f"green-api:{GREEN_ID}", "archiveChat")]
+    assert green["allowed_per_second"] == 10 and green["rate_limited"] == 0
+    assert ("wassenger:61b37a069cba0c15d6c81c8e", "archive") in states
+    assert all(method in ("archiveChat", "archive") for _, method in states)  # unused: hidden
+    table = run(env, "limits")
+    assert table.returncode == 0 and "archiveChat" in table.stdout

@@ -12,6 +12,7 @@ from worker.cli.common import install_cli_logging
 from worker.cli.demo import demo
 from worker.cli.dlq import dlq
 from worker.cli.enqueue import enqueue
+from worker.cli.limits import limits
 from worker.cli.simulate import simulate
 
 
@@ -26,5 +27,6 @@ main.add_command(enqueue)
 main.add_command(dlq)
 main.add_command(simulate)
 main.add_command(demo)
+main.add_command(limits)
 
 __all__ = ["main"]

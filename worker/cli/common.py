@@ -18,9 +18,13 @@ from worker.logs import install_redaction
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# soft_wrap: a line of text stays one line (scripts read them); tables still fit the width.
+# soft_wrap: a line of text stays one line (scripts read them); tables still fit the width,
+# which for a pipe or a log file (80 columns by default) would crush them.
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+for _console in (console, err_console):
+    if not _console.is_terminal:
+        _console.width = max(_console.width, 160)
 
 
 def install_cli_logging() -> None:

@@ -1,0 +1,63 @@
+"""``chat-archiver limits``: the shared limiter's state, per account and method."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import click
+from rich.table import Table
+
+from worker.cli.common import console, one_line_errors
+from worker.limiter import LimiterState
+from worker.services import get_accounts, get_services
+
+
+def limiter_states(all_methods: bool = False) -> list[LimiterState]:
+    """Every account's archive method, and each other method that has been used."""
+    limiter = get_services().limiter
+    states = []
+    for account in get_accounts():
+        for method in account.rates:
+            state = limiter.state(account, method)
+            if all_methods or method == account.spec.archive_method or state.granted:
+                states.append(state)
+    return states
+
+
+@click.command()
+@click.option("--all", "all_methods", is_flag=True, help="Also methods never called yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@one_line_errors
+def limits(all_methods: bool, as_json: bool) -> None:
+    """Allowed and recent rate, 429s and the next permit of every account's limiter."""
+    states = limiter_states(all_methods)
+    if as_json:
+        click.echo(json.dumps([asdict(state) for state in states], indent=2))
+        return
+    table = Table(
+        "account",
+        "method",
+        "allowed/s",
+        "target/s",
+        "recent/s",
+        "granted",
+        "deferred",
+        "429s",
+        "waited s",
+        "next permit in",
+    )
+    for state in states:
+        table.add_row(
+            state.account,
+            state.method,
+            f"{state.allowed_per_second:g}",
+            f"{state.target_per_second:.2f}",
+            f"{state.recent_per_second:.2f}",
+            str(state.granted),
+            str(state.deferred),
+            str(state.rate_limited),
+            f"{state.waited_seconds:.1f}",
+            f"{state.next_permit_in:.2f}s",
+        )
+    console.print(table)
