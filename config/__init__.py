@@ -8,6 +8,7 @@ from config.errors import ConfigError
 from config.providers import GREEN_API, PROVIDERS, WASSENGER, ProviderSpec, provider_spec
 from config.secrets import Secret, redact
 from config.settings import Settings, get_settings, load_settings
+from config.sweep import SweepPolicy
 from config.units import Rate, parse_duration, parse_rate
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Rate",
     "Secret",
     "Settings",
+    "SweepPolicy",
     "UnknownAccount",
     "get_settings",
     "load_accounts",

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError, field_va
 from config.errors import ConfigError, first_pydantic_error
 from config.providers import PROVIDERS, ProviderSpec, provider_spec
 from config.secrets import Secret
+from config.sweep import SweepEntry, SweepPolicy
 from config.units import Rate, parse_rate
 
 
@@ -31,6 +32,7 @@ class Account:
     # Calls allowed per method (every method the provider has a rate for).
     rates: dict[str, Rate] = field(default_factory=dict)
     name: str = ""
+    sweep: SweepPolicy | None = None  # None: never swept
 
     @property
     def key(self) -> str:
@@ -88,6 +90,7 @@ class _AccountEntry(BaseModel):
     rate_limit: StrictStr | None = None
     rate_limits: dict[str, StrictStr] = {}
     name: StrictStr = ""
+    sweep: SweepEntry | None = None
 
     @field_validator("provider")
     @classmethod
@@ -162,6 +165,7 @@ def _build_account(entry: _AccountEntry) -> Account:
         token=_read_secret(entry),
         rates=rates,
         name=entry.name,
+        sweep=entry.sweep.policy(spec.name) if entry.sweep else None,
     )
 
 

@@ -40,9 +40,13 @@ class Settings(BaseSettings):
     # task time limit must stay well under it or jobs run twice (kombu#337, celery#5935).
     visibility_timeout: int = Field(3600, gt=0)
     task_time_limit: int = Field(300, gt=0)
+    # A sweep lists an account at the provider's listing rate (about 1 call/s): minutes.
+    sweep_time_limit: int = Field(1800, gt=0)
     result_expires: int = Field(86400, gt=0)
     # A job delivered this many times without finishing (it kills its worker) is dead-lettered.
     max_deliveries: int = Field(3, ge=1)
+    # How long a chat's "job pending" mark outlives a crash that skipped its release.
+    pending_ttl: int = Field(86400, gt=0)
 
     # The limiter spaces calls this fraction wider than the provider's limit: the window
     # semantics are undocumented and a request reaches the provider a few ms after its permit.
@@ -61,7 +65,7 @@ class Settings(BaseSettings):
     def _countdowns_under_visibility_timeout(self) -> Settings:
         # Half the visibility timeout leaves room for the time a job waits in the queue.
         limit = self.visibility_timeout / 2
-        for name in ("retry_countdown_max", "task_time_limit"):
+        for name in ("retry_countdown_max", "task_time_limit", "sweep_time_limit"):
             if getattr(self, name) > limit:
                 raise ValueError(
                     f"ARCHIVER_{name.upper()}={getattr(self, name):g} must be at most half of "

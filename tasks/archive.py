@@ -179,6 +179,14 @@ class ArchiveRunner:
                 delivery,
                 started,
             )
+        claim = self.services.pending.claim(
+            self.services.pending.key(job.provider, job.account, job.chat_id), delivery.task_id
+        )
+        if not claim.won:
+            # Another job for this chat is pending or running: it makes the one provider call.
+            return self.finish(
+                job.kwargs(), Outcome.DUPLICATE, delivery, started, duplicate_of=claim.owner
+            )
         adapter = adapter_for(job.provider)
         home = account_queue(self.settings.queue, account.provider, account.id)
         progress = _Progress(delivery, may_forward=delivery.queue != home)
@@ -294,8 +302,22 @@ class ArchiveRunner:
         }
         if job.get("request_id"):
             result["request_id"] = job["request_id"]
+        self._release(job, delivery.task_id)
         self._log_outcome(result, job, delivery, time.monotonic() - started)
         return result
+
+    def _pending_key(self, job: Mapping[str, Any]) -> str | None:
+        parts = [job.get(name) for name in ("provider", "account", "chat_id")]
+        if not all(isinstance(part, str) for part in parts):
+            return None
+        return self.services.pending.key(*parts)  # type: ignore[arg-type]
+
+    def _release(self, job: Mapping[str, Any], task_id: str) -> None:
+        """The job has ended: its chat may be asked for again. A no-op unless this job holds
+        the chat's mark (a duplicate, or a malformed job, holds nothing)."""
+        key = self._pending_key(job)
+        if key is not None:
+            self.services.pending.release(key, task_id)
 
     def dead_letter(
         self,

@@ -14,7 +14,6 @@ import os
 os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
 os.environ.pop("ARCHIVER_REDIS_URL", None)
 
-import textwrap
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import redis
 from pytest_redis import factories
 
 from config import AccountRegistry, Settings, get_settings
+from worker.producer import reset_default_producer
 from worker.services import Services, get_accounts, get_services, reset_services
 
 # A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
@@ -49,24 +49,24 @@ def accounts_toml(
     wassenger_id: str = WASSENGER_ID,
     green_rate: str = "10/s",
     wassenger_rate: str = "10/s",
+    wassenger_sweep: str | None = None,
 ) -> str:
-    return textwrap.dedent(
-        f"""
-        [[accounts]]
-        provider = "green-api"
-        id = "{green_id}"
-        api_url = "{api_url}"
-        token_env = "TEST_GREEN_TOKEN"
-        rate_limit = "{green_rate}"
+    sweep = f"[accounts.sweep]\n{wassenger_sweep}\n" if wassenger_sweep is not None else ""
+    return f"""
+[[accounts]]
+provider = "green-api"
+id = "{green_id}"
+api_url = "{api_url}"
+token_env = "TEST_GREEN_TOKEN"
+rate_limit = "{green_rate}"
 
-        [[accounts]]
-        provider = "wassenger"
-        id = "{wassenger_id}"
-        api_url = "{api_url}"
-        token_env = "TEST_WASSENGER_TOKEN"
-        rate_limit = "{wassenger_rate}"
-        """
-    )
+[[accounts]]
+provider = "wassenger"
+id = "{wassenger_id}"
+api_url = "{api_url}"
+token_env = "TEST_WASSENGER_TOKEN"
+rate_limit = "{wassenger_rate}"
+{sweep}"""
 
 
 @dataclass
@@ -91,7 +91,9 @@ def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
     monkeypatch.setenv("ARCHIVER_BROKER_URL", redis_url)
     monkeypatch.setenv("ARCHIVER_ACCOUNTS_FILE", str(accounts_file))
     reset_services()
+    reset_default_producer()
     services = get_services()
     get_accounts()  # as a worker does at start: loads (and registers for redaction) the secrets
     yield Env(get_settings(), services, accounts_file, services.redis)
     reset_services()
+    reset_default_producer()

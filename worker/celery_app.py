@@ -16,7 +16,7 @@ from worker.logs import install_redaction, use_json_format
 from worker.routing import account_queues
 from worker.services import get_accounts
 
-TASK_MODULES = ["tasks.archive"]
+TASK_MODULES = ["tasks.archive", "tasks.sweep"]
 
 
 def soft_time_limit(hard: int) -> int:
@@ -69,6 +69,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": True,
         # Our consumer dead-letters undecodable and unknown messages instead of dropping them.
         "worker_consumer": "worker.consumer:ArchiverConsumer",
+        # Beat: RedBeat keeps the schedule in Redis behind a lock (worker/beat.py).
+        "beat_scheduler": "worker.beat:SweepScheduler",
+        "beat_max_loop_interval": 30,
+        "redbeat_redis_url": settings.state_url,
+        "redbeat_redis_options": {},
+        "redbeat_key_prefix": f"{settings.key_prefix}:redbeat",
     }
 
 

@@ -25,7 +25,7 @@ from worker.celery_app import create_app
 from worker.deadletters import DeadLetterStore
 from worker.jobs import InvalidJob
 from worker.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
-from worker.producer import enqueue_many
+from worker.producer import ArchiveProducer
 from worker.simulator import SimulatorClient, SimulatorError, start_in_thread
 from worker.state import connect
 
@@ -206,7 +206,8 @@ def run_demo(console: Console, timeout: float = 90.0) -> bool:
             for n, j in enumerate(JOBS, 1)
         ]
         rows.append(INVALID_JOB)
-        result = enqueue_many(rows, app=app)
+        # No accounts file in this process: jobs go to the intake and the worker forwards them.
+        result = ArchiveProducer(app, settings, accounts=None, state=state).enqueue_many(rows)
         task_ids = dict(result.enqueued)
         for position, why in result.refused:
             console.print(f"Refused at enqueue (job {position}): {why}")

@@ -12,10 +12,12 @@ Every provider answer means exactly one ``Verdict``::
     Kind.RATE_LIMITED  429                                   -> slow the account, run again;
                                                                 never a failure
 
-A job ends in exactly one ``Outcome``; a dead-lettered job also carries a ``Reason``. Reasons that
-are not provider answers come from the job itself (``unknown_account``, ``invalid_request``), from
-running out of retries (``retries_exhausted``), from a job that never finishes because it kills
-its worker (``worker_lost``) and from a bug of ours (``internal_error``).
+A job ends in exactly one ``Outcome``; a dead-lettered job also carries a ``Reason``. A job for
+a chat that another job is already archiving ends as ``duplicate`` without calling the provider.
+Reasons that are not provider answers come from the job itself (``unknown_account``,
+``invalid_request``), from running out of retries (``retries_exhausted``), from a job that never
+finishes because it kills its worker (``worker_lost``) and from a bug of ours
+(``internal_error``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class Outcome(StrEnum):
     ARCHIVED = "archived"
     ALREADY_ARCHIVED = "already_archived"
     DEAD_LETTERED = "dead_lettered"
+    # Another job for the same chat was pending or running (its id is in the result's
+    # `duplicate_of`): that job makes the provider call. Not an error.
+    DUPLICATE = "duplicate"
 
 
 class Reason(StrEnum):

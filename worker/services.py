@@ -15,6 +15,7 @@ import redis
 from config import AccountRegistry, Settings, get_settings, load_accounts
 from worker.deadletters import DeadLetterStore
 from worker.limiter import AccountLimiter
+from worker.pending import PendingJobs
 from worker.state import reset_state_redis, state_redis
 
 
@@ -24,6 +25,7 @@ class Services:
     redis: redis.Redis
     limiter: AccountLimiter
     dead_letters: DeadLetterStore
+    pending: PendingJobs
 
 
 @lru_cache(maxsize=1)
@@ -47,6 +49,7 @@ def get_services() -> Services:
                 redis=client,
                 limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
                 dead_letters=DeadLetterStore(client, settings.key_prefix),
+                pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
             ),
         )
     return _services[1]

@@ -2,10 +2,10 @@
 
 from config import GREEN_API, WASSENGER
 
-from .base import ProviderAdapter, ProviderAnswer, Rule, classify
-from .green_api import GreenApiAdapter
+from .base import ChatInfo, ListingError, ProviderAdapter, ProviderAnswer, Rule, classify
+from .green_api import MESSAGE_WINDOW_CAP, GreenApiAdapter, GreenApiListings
 from .http import close_shared_client, shared_client
-from .wassenger import WassengerAdapter
+from .wassenger import WassengerAdapter, WassengerListings
 
 ADAPTERS: dict[str, ProviderAdapter] = {
     GREEN_API: GreenApiAdapter(),
@@ -19,11 +19,16 @@ def adapter_for(provider: str) -> ProviderAdapter:
 
 __all__ = [
     "ADAPTERS",
+    "MESSAGE_WINDOW_CAP",
+    "ChatInfo",
     "GreenApiAdapter",
+    "GreenApiListings",
+    "ListingError",
     "ProviderAdapter",
     "ProviderAnswer",
     "Rule",
     "WassengerAdapter",
+    "WassengerListings",
     "adapter_for",
     "classify",
     "close_shared_client",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -120,6 +122,45 @@ class ProviderAdapter(ABC):
         request = self.archive_request(client, account, chat_id)
         return self.exchange(client, request, self.archive_rules)
 
+    @contextmanager
+    def listing(
+        self, client: httpx.Client, method: str, request: httpx.Request
+    ) -> Iterator[httpx.Response]:
+        """Send a listing request and yield its streamed 2xx response; anything else raises
+        ListingError with the answer classified by the provider's table (its rows for account
+        problems, 429 and 5xx hold for every method)."""
+        started = time.monotonic()
+        try:
+            response = client.send(request, stream=True)
+        except httpx.TransportError as error:
+            meaning = "timeout" if isinstance(error, httpx.TimeoutException) else "connection error"
+            raise ListingError(
+                method,
+                ProviderAnswer(
+                    TRANSIENT,
+                    meaning,
+                    excerpt=excerpt(f"{type(error).__name__}: {error}"),
+                    elapsed=time.monotonic() - started,
+                ),
+            ) from None
+        try:
+            if not 200 <= response.status_code < 300:
+                response.read()
+                raise ListingError(method, self._answer(response, self.archive_rules, started))
+            yield response
+        except httpx.TransportError as error:
+            raise ListingError(
+                method,
+                ProviderAnswer(
+                    TRANSIENT,
+                    "stream broken",
+                    excerpt=excerpt(f"{type(error).__name__}: {error}"),
+                    elapsed=time.monotonic() - started,
+                ),
+            ) from None
+        finally:
+            response.close()
+
     def exchange(
         self, client: httpx.Client, request: httpx.Request, rules: tuple[Rule, ...]
     ) -> ProviderAnswer:
@@ -141,8 +182,12 @@ class ProviderAdapter(ABC):
                 excerpt=excerpt(f"{type(error).__name__}: {error}"),
                 elapsed=time.monotonic() - started,
             )
-        text = self.answer_text(response)
-        rule = classify(rules, response.status_code, text)
+        return self._answer(response, rules, started)
+
+    def _answer(
+        self, response: httpx.Response, rules: tuple[Rule, ...], started: float
+    ) -> ProviderAnswer:
+        rule = classify(rules, response.status_code, self.answer_text(response))
         return ProviderAnswer(
             rule.verdict,
             meaning=rule.meaning,
@@ -151,3 +196,58 @@ class ProviderAdapter(ABC):
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             elapsed=time.monotonic() - started,
         )
+
+
+# -- listings, for sweeps ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChatInfo:
+    """One chat as a listing shows it, in the same shape for both providers."""
+
+    id: str
+    kind: str  # "user" | "group" | "channel"
+    archived: bool
+    last_activity: float | None = None  # unix time of the newest message, when the listing says
+    unread: int | None = None  # None: the provider does not say
+    status: str | None = None  # Wassenger's platform status
+    labels: tuple[str, ...] = ()
+
+
+def kind_of(chat_id: str) -> str:
+    """What a chat is, from its id (the same in both APIs and never ambiguous)."""
+    if chat_id.endswith("@g.us"):
+        return "group"
+    if chat_id.endswith("@newsletter"):
+        return "channel"
+    return "user"
+
+
+class ListingError(Exception):
+    """A listing call did not answer 2xx (or failed on the network): the answer says why."""
+
+    def __init__(self, method: str, answer: ProviderAnswer) -> None:
+        status = f"HTTP {answer.status}" if answer.status is not None else "no answer"
+        super().__init__(f"{method}: {status}: {answer.meaning}")
+        self.method = method
+        self.answer = answer
+
+
+class ResponseReader:
+    """A file-like view of a streamed httpx response, for ijson's incremental parser."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.iter_bytes()
+        self._buffer = b""
+
+    def read(self, size: int = -1) -> bytes:
+        while size < 0 or len(self._buffer) < size:
+            try:
+                self._buffer += next(self._chunks)
+            except StopIteration:
+                break
+        if size < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data

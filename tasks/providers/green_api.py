@@ -8,7 +8,10 @@ are text identifiers whose prefix varies between doc revisions (``ArchiveChatErr
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
+import ijson
 
 from config import GREEN_API, Account
 from worker.outcomes import (
@@ -25,7 +28,16 @@ from worker.outcomes import (
     UNEXPECTED_RESPONSE,
 )
 
-from .base import ANY_STATUS, ProviderAdapter, Rule, status, statuses
+from .base import (
+    ANY_STATUS,
+    ChatInfo,
+    ProviderAdapter,
+    ResponseReader,
+    Rule,
+    kind_of,
+    status,
+    statuses,
+)
 
 # Order matters: the first matching row wins, and the catch-alls come last.
 ARCHIVE_RULES: tuple[Rule, ...] = (
@@ -70,3 +82,56 @@ class GreenApiAdapter(ProviderAdapter):
         return client.build_request(
             "POST", method_url(account, "archiveChat"), json={"chatId": chat_id}
         )
+
+
+# -- listings, for sweeps ---------------------------------------------------------------------
+
+# lastIncomingMessages / lastOutgoingMessages answer at most this many messages: a full answer
+# may have cut off older ones, so chats missing from it are not proven inactive.
+MESSAGE_WINDOW_CAP = 10_000
+
+
+class GreenApiListings:
+    """getChats (newest activity first, per GREEN-API's docs: "in chronological order", and
+    `count` keeps "the number of chats sorted by chat activity time"), the two message windows
+    and getChatHistory. Everything is streamed: a 100,000-chat answer never sits in memory."""
+
+    def __init__(self, adapter: GreenApiAdapter) -> None:
+        self.adapter = adapter
+
+    def chats(
+        self, client: httpx.Client, account: Account, count: int | None = None
+    ) -> Iterator[ChatInfo]:
+        params = {"count": count} if count is not None else None
+        request = client.build_request("GET", method_url(account, "getChats"), params=params)
+        with self.adapter.listing(client, "getChats", request) as response:
+            for item in ijson.items(ResponseReader(response), "item"):
+                chat_id = item.get("id") if isinstance(item, dict) else None
+                if isinstance(chat_id, str):
+                    yield ChatInfo(chat_id, kind_of(chat_id), bool(item.get("archive")))
+
+    def recent_messages(
+        self, client: httpx.Client, account: Account, method: str, minutes: int
+    ) -> Iterator[tuple[str, float]]:
+        """(chat id, unix time) of each message of the last `minutes`, newest first."""
+        request = client.build_request(
+            "GET", method_url(account, method), params={"minutes": minutes}
+        )
+        with self.adapter.listing(client, method, request) as response:
+            for item in ijson.items(ResponseReader(response), "item"):
+                if isinstance(item, dict) and isinstance(item.get("chatId"), str):
+                    yield item["chatId"], float(item.get("timestamp") or 0)
+
+    def newest_message_at(
+        self, client: httpx.Client, account: Account, chat_id: str
+    ) -> float | None:
+        """The time of the chat's newest message, or None when it has none."""
+        request = client.build_request(
+            "POST", method_url(account, "getChatHistory"), json={"chatId": chat_id, "count": 1}
+        )
+        with self.adapter.listing(client, "getChatHistory", request) as response:
+            response.read()
+            messages = response.json()
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            return float(messages[0].get("timestamp") or 0) or None
+        return None

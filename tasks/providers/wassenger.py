@@ -10,6 +10,7 @@ the error's ``message``/``errorCode`` only, never on the raw body, which may ech
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import httpx
 
@@ -27,7 +28,7 @@ from worker.outcomes import (
     UNEXPECTED_RESPONSE,
 )
 
-from .base import ANY_STATUS, ProviderAdapter, Rule, status, statuses
+from .base import ANY_STATUS, ChatInfo, ProviderAdapter, Rule, kind_of, status, statuses
 
 ARCHIVE_RULES: tuple[Rule, ...] = (
     Rule(statuses(200, 299), ARCHIVED, "archived"),
@@ -75,3 +76,55 @@ class WassengerAdapter(ProviderAdapter):
         if isinstance(body, dict):
             return f"{body.get('message', '')} {body.get('errorCode', '')}".strip()
         return response.text
+
+
+# -- listings, for sweeps ---------------------------------------------------------------------
+
+
+class WassengerListings:
+    """Chats of a device, oldest activity first, a page at a time (a page is a bare JSON array;
+    a page shorter than `size` is the last)."""
+
+    def __init__(self, adapter: WassengerAdapter) -> None:
+        self.adapter = adapter
+
+    def chats_page(
+        self,
+        client: httpx.Client,
+        account: Account,
+        page: int,
+        size: int,
+        statuses: frozenset[str] | None = None,
+    ) -> list[ChatInfo]:
+        params: dict[str, str | int] = {"sort": "lastMessageAt:asc", "page": page, "size": size}
+        if statuses:
+            params["status"] = ",".join(sorted(statuses))
+        url = f"{account.api_url}{API_PREFIX}/chat/{account.id}/chats"
+        request = client.build_request("GET", url, params=params, headers=auth_headers(account))
+        with self.adapter.listing(client, "listChats", request) as response:
+            response.read()
+            items = response.json()
+        if not isinstance(items, list):
+            return []
+        return [chat for chat in map(_chat_info, items) if chat is not None]
+
+
+def _chat_info(item: object) -> ChatInfo | None:
+    if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+        return None
+    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+    last = item.get("lastMessageAt")
+    labels = tuple(
+        label.get("name", "") if isinstance(label, dict) else str(label)
+        for label in item.get("labels") or ()
+    )
+    return ChatInfo(
+        id=item["id"],
+        kind=kind_of(item["id"]),
+        # Archived for WhatsApp: either flag says so (providers.md).
+        archived=item.get("waStatus") == "archived" or bool(meta.get("isArchived")),
+        last_activity=datetime.fromisoformat(last).timestamp() if isinstance(last, str) else None,
+        unread=int(meta.get("unreadCount") or 0),
+        status=item.get("status") if isinstance(item.get("status"), str) else None,
+        labels=labels,
+    )

@@ -16,11 +16,12 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from config import Settings
+from config import Settings, load_accounts
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
 from worker.celery_app import create_app
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.local import WORKER_READY, CeleryProcess, worker_process
+from worker.producer import ArchiveProducer
 from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
 
 pytestmark = pytest.mark.integration
@@ -35,6 +36,7 @@ FAST = {
     "ARCHIVER_HTTP_READ_TIMEOUT": "1",
     "ARCHIVER_VISIBILITY_TIMEOUT": "12",
     "ARCHIVER_TASK_TIME_LIMIT": "6",
+    "ARCHIVER_SWEEP_TIME_LIMIT": "6",
     "ARCHIVER_RESULT_EXPIRES": "600",
 }
 
@@ -48,13 +50,14 @@ class Cluster:
         simulator: SimulatorHandle,
         workdir: Path,
         env: dict[str, str] | None = None,
+        wassenger_sweep: str | None = None,
     ) -> None:
         self.redis_url = redis_url
         self.simulator = simulator
         self.sim = SimulatorClient(simulator.url)
         self.workdir = workdir
         accounts = workdir / "accounts.toml"
-        accounts.write_text(accounts_toml(simulator.url))
+        accounts.write_text(accounts_toml(simulator.url, wassenger_sweep=wassenger_sweep))
         self.env = {
             "ARCHIVER_BROKER_URL": redis_url,
             "ARCHIVER_REDIS_URL": redis_url,
@@ -72,6 +75,12 @@ class Cluster:
         self.settings = Settings(**settings_env)
         self.app: Celery = create_app(self.settings)
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        # The producer reads the same accounts file as the workers, so it routes each job to
+        # its account's queue; raw send_task calls in tests exercise the intake path.
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith("TEST_")})
+        self.producer = ArchiveProducer(
+            self.app, self.settings, load_accounts(accounts), self.redis
+        )
         self.dead_letters = DeadLetterStore(self.redis, self.settings.key_prefix)
         self.workers: list[CeleryProcess] = []
         self.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=[])
@@ -86,6 +95,12 @@ class Cluster:
         worker.wait_for_log(WORKER_READY, timeout=60)
         self.workers.append(worker)
         return worker
+
+    def start_beat(self, name: str = "beat") -> CeleryProcess:
+        beat = CeleryProcess(["beat", "-l", "INFO"], self.env, self.workdir / f"{name}.log")
+        beat.start()
+        self.workers.append(beat)
+        return beat
 
     def add_chats(self, provider: str, chats: list[str], **fields: Any) -> None:
         account = GREEN_ID if provider == "green-api" else WASSENGER_ID

@@ -19,8 +19,10 @@ pytestmark = pytest.mark.integration
 def test_archived_and_already_archived(cluster: Cluster) -> None:
     cluster.add_chats("green-api", ["79000000001@c.us"])
     cluster.add_chats("wassenger", ["447000000001@c.us"], archived=True)
-    green = enqueue_archive("green-api", GREEN_ID, "79000000001@c.us", app=cluster.app)
-    wassenger = enqueue_archive("wassenger", WASSENGER_ID, "447000000001@c.us", app=cluster.app)
+    green = enqueue_archive("green-api", GREEN_ID, "79000000001@c.us", producer=cluster.producer)
+    wassenger = enqueue_archive(
+        "wassenger", WASSENGER_ID, "447000000001@c.us", producer=cluster.producer
+    )
     assert cluster.result(green)["outcome"] == "archived"
     assert cluster.result(wassenger)["outcome"] == "already_archived"
     assert cluster.sim.chat("green-api", GREEN_ID, "79000000001@c.us")["archived"] is True
@@ -29,7 +31,12 @@ def test_archived_and_already_archived(cluster: Cluster) -> None:
 def test_chat_not_found_is_dead_lettered_once_never_retried(cluster: Cluster) -> None:
     before = cluster.calls("green-api", "archiveChat")
     task_id = enqueue_archive(
-        "green-api", GREEN_ID, "79000000404@c.us", request_id="r-404", source="it", app=cluster.app
+        "green-api",
+        GREEN_ID,
+        "79000000404@c.us",
+        request_id="r-404",
+        source="it",
+        producer=cluster.producer,
     )
     result = cluster.result(task_id)
     assert result["outcome"] == "dead_lettered" and result["reason"] == "chat_not_found"
@@ -49,7 +56,9 @@ def test_chat_not_found_is_dead_lettered_once_never_retried(cluster: Cluster) ->
 def test_5xx_burst_is_retried_then_archived(cluster: Cluster) -> None:
     cluster.add_chats("wassenger", ["447000000503@c.us"])
     cluster.sim.patch_account("wassenger", WASSENGER_ID, faults={"fail_next": [503, 502]})
-    task_id = enqueue_archive("wassenger", WASSENGER_ID, "447000000503@c.us", app=cluster.app)
+    task_id = enqueue_archive(
+        "wassenger", WASSENGER_ID, "447000000503@c.us", producer=cluster.producer
+    )
     result = cluster.result(task_id)
     assert result["outcome"] == "archived" and result["attempts"] == 3
 
@@ -60,7 +69,9 @@ def test_persistent_5xx_ends_in_retries_exhausted(cluster: Cluster) -> None:
         "wassenger", WASSENGER_ID, faults={"error_ratio": 1.0, "error_statuses": [503]}
     )
     try:
-        task_id = enqueue_archive("wassenger", WASSENGER_ID, "447000000599@c.us", app=cluster.app)
+        task_id = enqueue_archive(
+            "wassenger", WASSENGER_ID, "447000000599@c.us", producer=cluster.producer
+        )
         result = cluster.result(task_id)
     finally:
         cluster.sim.patch_account("wassenger", WASSENGER_ID, faults={"error_ratio": 0.0})
@@ -74,7 +85,7 @@ def test_persistent_5xx_ends_in_retries_exhausted(cluster: Cluster) -> None:
 
 def test_bad_input_is_refused_at_enqueue_and_dead_lettered_at_the_worker(cluster: Cluster) -> None:
     with pytest.raises(InvalidJob, match="chat_id:"):
-        enqueue_archive("green-api", GREEN_ID, "not a chat", app=cluster.app)
+        enqueue_archive("green-api", GREEN_ID, "not a chat", producer=cluster.producer)
     # A service that skips our producer and sends garbage: dead-lettered, the worker survives.
     bad = cluster.app.send_task("archive.chat", kwargs={"provider": "green-api", "chat_id": 5})
     positional = cluster.app.send_task("archive.chat", args=["green-api", GREEN_ID])
@@ -93,7 +104,7 @@ def test_bad_input_is_refused_at_enqueue_and_dead_lettered_at_the_worker(cluster
             headers={"task": "archive.chat", "id": str(uuid.uuid4())},
         )
     cluster.add_chats("green-api", ["79000000777@c.us"])
-    after = enqueue_archive("green-api", GREEN_ID, "79000000777@c.us", app=cluster.app)
+    after = enqueue_archive("green-api", GREEN_ID, "79000000777@c.us", producer=cluster.producer)
     assert cluster.result(after)["outcome"] == "archived"  # still alive and working
     details = [entry.detail for entry in cluster.dead_letters.iter(reason="invalid_request")]
     assert any("unknown task 'archive.chatt'" in detail for detail in details), details
@@ -101,7 +112,7 @@ def test_bad_input_is_refused_at_enqueue_and_dead_lettered_at_the_worker(cluster
 
 
 def test_dlq_replay_archives_the_job_once_the_chat_exists(cluster: Cluster) -> None:
-    task_id = enqueue_archive("green-api", GREEN_ID, "79000000888@c.us", app=cluster.app)
+    task_id = enqueue_archive("green-api", GREEN_ID, "79000000888@c.us", producer=cluster.producer)
     entry = cluster.dead_letter(cluster.result(task_id))
     listed = cluster.cli("dlq", "list", "--reason", "chat_not_found", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -120,7 +131,7 @@ def test_bulk_enqueue_reaches_every_outcome(cluster: Cluster) -> None:
     chats = [f"7900000{n:04d}@c.us" for n in range(40)]
     cluster.add_chats("green-api", chats[:30])
     rows = [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat} for chat in chats]
-    result = enqueue_many(rows, app=cluster.app)
+    result = enqueue_many(rows, producer=cluster.producer)
     outcomes = [cluster.result(task_id)["outcome"] for _, task_id in result.enqueued]
     assert outcomes.count("archived") == 30 and outcomes.count("dead_lettered") == 10
 
@@ -135,14 +146,14 @@ def test_zz_canary_token_is_nowhere(cluster: Cluster) -> None:
         GREEN_ID,
         faults={"timeout_after_success_ms": 30000},
     )
-    slow = enqueue_archive("green-api", GREEN_ID, "79000000999@c.us", app=cluster.app)
+    slow = enqueue_archive("green-api", GREEN_ID, "79000000999@c.us", producer=cluster.producer)
     # The server archived, the client timed out; the retry answers "already archived".
     assert cluster.result(slow, timeout=60)["outcome"] == "already_archived"
     assert "79000000999@c.us (attempt 1): no answer: timeout" in cluster.logs()
     cluster.sim.patch_account(
         "green-api", GREEN_ID, faults={"timeout_after_success_ms": 0}, token="rotated-token-123456"
     )
-    refused = enqueue_archive("green-api", GREEN_ID, "79000000999@c.us", app=cluster.app)
+    refused = enqueue_archive("green-api", GREEN_ID, "79000000999@c.us", producer=cluster.producer)
     assert cluster.result(refused)["reason"] == "unauthorized"
     cluster.sim.patch_account("green-api", GREEN_ID, token=CANARY)
 

@@ -47,7 +47,7 @@ def test_sigkilled_worker_loses_no_job(fresh_cluster: Cluster) -> None:
     cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 800})
     first = cluster.start_worker("doomed", concurrency=2)
     rows = [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat} for chat in chats]
-    task_ids = [task_id for _, task_id in enqueue_many(rows, app=cluster.app).enqueued]
+    task_ids = [task_id for _, task_id in enqueue_many(rows, producer=cluster.producer).enqueued]
     wait_for(lambda: cluster.calls("green-api", "archiveChat") >= 2, 20, "no job started")
 
     first.signal(signal.SIGKILL, group=True)  # the main process and its pool, mid-job
@@ -70,7 +70,7 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered(fresh_cluster: Cl
     worker = cluster.start_worker("victim", concurrency=1)
     [(_, task_id)] = enqueue_many(
         [{"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000666@c.us"}],
-        app=cluster.app,
+        producer=cluster.producer,
     ).enqueued
     max_deliveries = cluster.settings.max_deliveries
     for delivery in range(1, max_deliveries + 1):

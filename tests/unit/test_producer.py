@@ -9,19 +9,18 @@ from collections.abc import Iterator
 
 import pytest
 import redis.connection
-from celery import Celery
 
 from config import get_settings
 from tests.conftest import GREEN_ID, Env
 from worker.celery_app import create_app
 from worker.jobs import InvalidJob
-from worker.producer import enqueue_archive, enqueue_many
+from worker.producer import ArchiveProducer, enqueue_archive, enqueue_many
 
 
 @pytest.fixture
-def app(archiver_env: Env) -> Iterator[Celery]:
+def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
     celery = create_app(get_settings())
-    yield celery
+    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.accounts, archiver_env.redis)
     celery.close()
 
 
@@ -37,8 +36,10 @@ def queued(env: Env, queue: str = GREEN_QUEUE) -> list[dict]:
     return messages[::-1]  # LPUSH: the newest first in the list
 
 
-def test_one_job_is_published_with_its_kwargs(app: Celery, archiver_env: Env) -> None:
-    task_id = enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", request_id="r-9", app=app)
+def test_one_job_is_published_with_its_kwargs(producer: ArchiveProducer, archiver_env: Env) -> None:
+    task_id = enqueue_archive(
+        "green-api", GREEN_ID, "79001234567@c.us", request_id="r-9", producer=producer
+    )
     [message] = queued(archiver_env)
     assert message["headers"]["task"] == "archive.chat"
     assert message["headers"]["id"] == task_id
@@ -52,20 +53,22 @@ def test_one_job_is_published_with_its_kwargs(app: Celery, archiver_env: Env) ->
     }
 
 
-def test_invalid_job_is_refused_and_nothing_is_published(app: Celery, archiver_env: Env) -> None:
+def test_invalid_job_is_refused_and_nothing_is_published(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
     with pytest.raises(InvalidJob, match="chat_id: 'nope' is not a green-api chat id"):
-        enqueue_archive("green-api", GREEN_ID, "nope", app=app)
+        enqueue_archive("green-api", GREEN_ID, "nope", producer=producer)
     assert queued(archiver_env) == []
 
 
-def test_bulk_reports_refusals_by_position(app: Celery, archiver_env: Env) -> None:
+def test_bulk_reports_refusals_by_position(producer: ArchiveProducer, archiver_env: Env) -> None:
     rows = [
         {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"},
         {"provider": "green-api", "account": GREEN_ID, "chat_id": "bad"},
         InvalidJob("not a JSON object"),
         {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234568@c.us"},
     ]
-    result = enqueue_many(rows, app=app)
+    result = enqueue_many(rows, producer=producer)
     assert [position for position, _ in result.enqueued] == [1, 4]
     assert [(position, why.split(":")[0]) for position, why in result.refused] == [
         (2, "chat_id"),
@@ -78,7 +81,7 @@ def test_bulk_reports_refusals_by_position(app: Celery, archiver_env: Env) -> No
 
 
 def test_bulk_uses_few_round_trips(
-    app: Celery, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+    producer: ArchiveProducer, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     sends = 0
     original = redis.connection.AbstractConnection.send_packed_command
@@ -93,7 +96,7 @@ def test_bulk_uses_few_round_trips(
         {"provider": "green-api", "account": GREEN_ID, "chat_id": f"7900{n:07d}@c.us"}
         for n in range(2000)
     ]
-    result = enqueue_many(rows, app=app, batch_size=500)
+    result = enqueue_many(rows, producer=producer, batch_size=500)
     assert len(result.enqueued) == 2000
     assert archiver_env.redis.llen(GREEN_QUEUE) == 2000
     # One pipeline per 500 messages (plus their sent events) and a few setup commands,
@@ -101,10 +104,12 @@ def test_bulk_uses_few_round_trips(
     assert sends <= 40, sends
 
 
-def test_jobs_go_to_their_account_queue_or_else_the_intake(app: Celery, archiver_env: Env) -> None:
+def test_jobs_go_to_their_account_queue_or_else_the_intake(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
     """A configured account's jobs skip the intake (fairness); others go there, and the worker
     dead-letters or forwards them."""
-    enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", app=app)
-    enqueue_archive("green-api", "7100000000", "79001234567@c.us", app=app)
+    enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", producer=producer)
+    enqueue_archive("green-api", "7100000000", "79001234567@c.us", producer=producer)
     assert [m["kwargs"]["account"] for m in queued(archiver_env)] == [GREEN_ID]
     assert [m["kwargs"]["account"] for m in queued(archiver_env, "archive")] == ["7100000000"]

@@ -14,6 +14,7 @@ from worker.cli.dlq import dlq
 from worker.cli.enqueue import enqueue
 from worker.cli.limits import limits
 from worker.cli.simulate import simulate
+from worker.cli.sweep import sweep
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,5 +29,6 @@ main.add_command(dlq)
 main.add_command(simulate)
 main.add_command(demo)
 main.add_command(limits)
+main.add_command(sweep)
 
 __all__ = ["main"]

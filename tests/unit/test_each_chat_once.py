@@ -1,0 +1,94 @@
+"""Each chat once: one pending or running job per chat, whoever asks, until it ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import respx
+
+from config import get_settings
+from tasks.archive import ArchiveRunner, Delivery, Reschedule
+from tests.conftest import CANARY, GREEN_ID, Env
+from worker.celery_app import create_app
+from worker.producer import ArchiveProducer
+
+GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
+JOB = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
+QUEUE = f"archive.green-api.{GREEN_ID}"
+
+
+@pytest.fixture
+def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
+    celery = create_app(get_settings())
+    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.accounts, archiver_env.redis)
+    celery.close()
+
+
+@pytest.fixture
+def runner(archiver_env: Env) -> ArchiveRunner:
+    client = httpx.Client(timeout=2)
+    return ArchiveRunner(
+        archiver_env.services,
+        archiver_env.accounts,
+        client_factory=lambda: client,
+        sleep=lambda _: None,
+    )
+
+
+def test_enqueueing_a_pending_chat_again_publishes_nothing(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
+    first = producer.enqueue(JOB)
+    again = producer.enqueue({**JOB, "source": "sweep"})
+    assert again == first  # the caller gets the pending job's id
+    bulk = producer.enqueue_many([JOB, {**JOB, "chat_id": "79001234568@c.us"}, JOB])
+    assert bulk.duplicates == [(1, first), (3, first)]
+    assert len(bulk.enqueued) == 1
+    assert archiver_env.redis.llen(QUEUE) == 2
+
+
+def test_a_duplicate_job_makes_no_provider_call(runner: ArchiveRunner, archiver_env: Env) -> None:
+    pending = archiver_env.services.pending
+    pending.claim(pending.key("green-api", GREEN_ID, "79001234567@c.us"), "the-first-job")
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, Delivery("a-raw-send-task", "w@h", queue=QUEUE))
+    assert route.call_count == 0
+    assert isinstance(result, dict)
+    assert result["outcome"] == "duplicate" and result["duplicate_of"] == "the-first-job"
+    # The duplicate does not free a chat it never held.
+    assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) == "the-first-job"
+
+
+def test_the_mark_lasts_through_retries_and_goes_at_the_end(
+    producer: ArchiveProducer, runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    pending = archiver_env.services.pending
+    key = pending.key("green-api", GREEN_ID, "79001234567@c.us")
+    task_id = producer.enqueue(JOB)
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).mock(side_effect=[httpx.Response(429), httpx.Response(200)])
+        retry = runner.run((), JOB, Delivery(task_id, "w@h", queue=QUEUE))
+        assert isinstance(retry, Reschedule)
+        assert pending.owner(key) == task_id  # still pending: a new request is a duplicate
+        assert producer.enqueue(JOB) == task_id
+        done = runner.run((), JOB, Delivery(task_id, "w@h", queue=QUEUE))
+    assert isinstance(done, dict) and done["outcome"] == "archived"
+    assert pending.owner(key) is None
+    # A later, separate request is a new job.
+    assert producer.enqueue(JOB) != task_id
+
+
+def test_a_failed_publish_frees_the_chats(
+    producer: ArchiveProducer, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("broker went away")
+
+    monkeypatch.setattr(producer.app.amqp, "send_task_message", broken)
+    with pytest.raises(ConnectionError):
+        producer.enqueue(JOB)
+    pending = archiver_env.services.pending
+    assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) is None

@@ -1,0 +1,46 @@
+"""Celery beat: one sweep per account, on the schedule its policy gives.
+
+``celery -A worker beat`` uses RedBeat (celery-redbeat): the schedule lives in Redis and a beat
+holds a Redis lock while it runs, so a second beat started by mistake waits for the lock instead
+of sending every sweep twice, and takes over if the first one dies. The schedule is rebuilt from
+the accounts file each time beat starts; RedBeat drops entries of accounts that left the file.
+(Each sweep also takes a per-account lock, so overlapping ticks skip: tasks/sweep.py.)
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from redbeat import RedBeatScheduler
+
+from config import AccountRegistry
+from config.sweep import parse_crontab
+from worker.services import get_accounts
+
+SWEEP_TASK = "archive.sweep"  # named, not imported: worker never imports tasks
+
+
+def sweep_schedule(accounts: AccountRegistry) -> dict[str, dict[str, Any]]:
+    """Beat entries, one per account whose sweep is enabled."""
+    entries = {}
+    for account in accounts:
+        policy = account.sweep
+        if policy is None or not policy.enabled:
+            continue
+        if policy.every:
+            schedule: Any = timedelta(seconds=policy.every)
+        else:
+            schedule = parse_crontab(policy.schedule or "")
+        entries[f"sweep {account.key}"] = {
+            "task": SWEEP_TASK,
+            "schedule": schedule,
+            "kwargs": {"provider": account.provider, "account": account.id},
+        }
+    return entries
+
+
+class SweepScheduler(RedBeatScheduler):  # type: ignore[misc]
+    def setup_schedule(self) -> None:
+        self.app.conf.beat_schedule = sweep_schedule(get_accounts())
+        super().setup_schedule()
