@@ -48,6 +48,13 @@ class Settings(BaseSettings):
     # How long a chat's "job pending" mark outlives a crash that skipped its release.
     pending_ttl: int = Field(86400, gt=0)
 
+    # An account that answers "unauthorized"/"unavailable"/"quota" is paused (worker/circuit.py):
+    # probed after the cooldown, doubling up to the maximum; its jobs wait at most max_pause,
+    # then go to the dead letters with the account's reason.
+    circuit_cooldown: float = Field(30.0, gt=0)
+    circuit_cooldown_max: float = Field(600.0, gt=0)
+    circuit_max_pause: float = Field(86400.0, gt=0)
+
     # The limiter spaces calls this fraction wider than the provider's limit: the window
     # semantics are undocumented and a request reaches the provider a few ms after its permit.
     limiter_margin: float = Field(0.03, ge=0, lt=0.5)
@@ -65,7 +72,12 @@ class Settings(BaseSettings):
     def _countdowns_under_visibility_timeout(self) -> Settings:
         # Half the visibility timeout leaves room for the time a job waits in the queue.
         limit = self.visibility_timeout / 2
-        for name in ("retry_countdown_max", "task_time_limit", "sweep_time_limit"):
+        for name in (
+            "retry_countdown_max",
+            "task_time_limit",
+            "sweep_time_limit",
+            "circuit_cooldown_max",
+        ):
             if getattr(self, name) > limit:
                 raise ValueError(
                     f"ARCHIVER_{name.upper()}={getattr(self, name):g} must be at most half of "

@@ -4,14 +4,19 @@
     find the account ─ unknown ──────────────────────────────► dead letter unknown_account
     call the provider, every attempt behind a permit of the shared limiter:
         success ─────────────────────────────────────────────► archived / already_archived
-        permanent or account-level answer ───────────────────► dead letter with its reason
+        permanent answer ────────────────────────────────────► dead letter with its reason
+        account-level answer (bad token, quota...) ──────────► open the account's circuit, park
         429, or no permit soon ──────────────────────────────► slow the account, run again later
         transient ─ tenacity retries inside the task (a few seconds)
                   ─ then Celery retries with a countdown ───► dead letter retries_exhausted
 
+While an account's circuit is open (worker/circuit.py), its jobs are parked without calling the
+provider, and one probe at a time finds out whether it answers again.
+
 The logic lives in ``ArchiveRunner`` (plain Python, tested without Celery); the Celery task only
-turns its ``Reschedule`` into ``self.retry`` and counts deliveries, so a job that kills its worker
-every time ends in the dead letters instead of looping.
+turns its endings (tasks/delivery.py) into ``self.retry`` or a parked state, and counts
+deliveries, so a job that kills its worker every time ends in the dead letters instead of
+looping.
 """
 
 from __future__ import annotations
@@ -25,91 +30,26 @@ from typing import Any
 
 import httpx
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from config import Account, AccountRegistry
+from tasks.delivery import Delivery, Parked, Reschedule
 from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
 from worker import app
+from worker.circuit import Decision, ParkedJob
 from worker.deadletters import DeadLetter
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob, job_summary
 from worker.outcomes import Kind, Outcome, Reason
+from worker.producer import ArchiveProducer, default_producer
 from worker.routing import account_queue
 from worker.services import Services, get_accounts, get_services
 
 logger = logging.getLogger("chat_archiver.jobs")
 
-# Message headers that carry a job's history across Celery retries (they survive self.retry).
-ATTEMPTS_HEADER = "archiver_attempts"
-FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
-ROUNDS_HEADER = "archiver_transient_rounds"
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What this delivery of a job knows of the ones before it."""
-
-    task_id: str
-    worker: str
-    attempts: int = 0  # provider calls made so far, all deliveries included
-    first_attempt_at: float | None = None
-    last_attempt_at: float | None = None
-    transient_rounds: int = 0  # Celery retries spent on transient failures
-    queue: str | None = None  # the queue this delivery came from
-
-    @classmethod
-    def from_headers(
-        cls,
-        task_id: str,
-        worker: str,
-        headers: Mapping[str, Any] | None,
-        queue: str | None = None,
-    ) -> Delivery:
-        headers = headers or {}
-
-        def number(name: str, kind: type[int] | type[float]) -> Any:
-            try:
-                return kind(headers[name])
-            except (KeyError, TypeError, ValueError):
-                return None
-
-        return cls(
-            task_id=task_id,
-            worker=worker,
-            attempts=number(ATTEMPTS_HEADER, int) or 0,
-            first_attempt_at=number(FIRST_ATTEMPT_HEADER, float),
-            transient_rounds=number(ROUNDS_HEADER, int) or 0,
-            queue=queue,
-        )
-
-    def headers(self) -> dict[str, Any]:
-        headers: dict[str, Any] = {
-            ATTEMPTS_HEADER: self.attempts,
-            ROUNDS_HEADER: self.transient_rounds,
-        }
-        if self.first_attempt_at is not None:
-            headers[FIRST_ATTEMPT_HEADER] = self.first_attempt_at
-        return headers
-
-    def attempted(self, at: float) -> Delivery:
-        return replace(
-            self,
-            attempts=self.attempts + 1,
-            first_attempt_at=self.first_attempt_at or at,
-            last_attempt_at=at,
-        )
-
-
-@dataclass(frozen=True)
-class Reschedule:
-    """Run the job again in ``countdown`` seconds on ``queue`` (a Celery retry), carrying
-    ``delivery``. A countdown of 0 with the account's queue forwards a job from the intake."""
-
-    countdown: float
-    delivery: Delivery
-    why: str
-    queue: str
+PROBE_TASK = "archive.probe"
+PARKED_STATE = "PARKED"
 
 
 class _Forward(Exception):
@@ -147,18 +87,20 @@ class ArchiveRunner:
         accounts: AccountRegistry,
         client_factory: Callable[[], httpx.Client] = shared_client,
         sleep: Callable[[float], None] = time.sleep,
+        producer: Callable[[], ArchiveProducer] = default_producer,
     ) -> None:
         self.services = services
         self.settings = services.settings
         self.accounts = accounts
         self.client_factory = client_factory
         self.sleep = sleep
+        self.producer = producer
 
     # -- the job ------------------------------------------------------------------------------
 
     def run(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], delivery: Delivery
-    ) -> dict[str, Any] | Reschedule:
+    ) -> dict[str, Any] | Reschedule | Parked:
         started = time.monotonic()
         try:
             if args:
@@ -187,31 +129,52 @@ class ArchiveRunner:
             return self.finish(
                 job.kwargs(), Outcome.DUPLICATE, delivery, started, duplicate_of=claim.owner
             )
+        circuit = self.services.circuit
+        decision = circuit.check(account)
+        if decision is Decision.PARK:
+            return self.park(job, account, delivery, started, None)
+        probing = decision is Decision.PROBE
         adapter = adapter_for(job.provider)
         home = account_queue(self.settings.queue, account.provider, account.id)
-        progress = _Progress(delivery, may_forward=delivery.queue != home)
+        progress = _Progress(delivery, may_forward=delivery.queue != home and not probing)
         try:
             answer = self._call_with_retries(job, account, adapter, progress)
         except _Forward:
             return Reschedule(0, progress.delivery, "forwarded to the account's queue", home)
         except _RateLimited as wait:
+            if probing:
+                circuit.release_probe(account)
             return Reschedule(self._jittered(wait.wait), progress.delivery, wait.why, home)
         except SoftTimeLimitExceeded:
             answer = None
-        return self._conclude(job, answer, progress.delivery, started, home)
+        return self._conclude(job, account, answer, progress.delivery, started, home, probing)
 
     def _conclude(
         self,
         job: ArchiveJob,
+        account: Account,
         answer: ProviderAnswer | None,
         delivery: Delivery,
         started: float,
         home: str,
-    ) -> dict[str, Any] | Reschedule:
+        probing: bool,
+    ) -> dict[str, Any] | Reschedule | Parked:
+        kind = answer.verdict.kind if answer is not None else Kind.TRANSIENT
+        if kind is Kind.ACCOUNT:
+            assert answer is not None and answer.verdict.reason is not None
+            probe_in = self.services.circuit.trip(
+                account, str(answer.verdict.reason), self._describe(answer), probing
+            )
+            return self.park(job, account, delivery, started, answer, probe_in)
+        if probing and kind is not Kind.TRANSIENT:
+            # The account answered something other than an account problem: it works again.
+            self.resume(account)
+        if probing and kind is Kind.TRANSIENT:
+            self.services.circuit.release_probe(account)  # could not tell: the next job probes
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
             assert answer.verdict.outcome is not None
             return self.finish(job.kwargs(), answer.verdict.outcome, delivery, started)
-        if answer is not None and answer.verdict.kind in (Kind.PERMANENT, Kind.ACCOUNT):
+        if answer is not None and answer.verdict.kind is Kind.PERMANENT:
             assert answer.verdict.reason is not None
             return self.dead_letter(
                 job.kwargs(),
@@ -277,6 +240,7 @@ class ArchiveRunner:
             self.sleep(permit.wait)
         progress.delivery = progress.delivery.attempted(time.time())
         answer = adapter.archive(self.client_factory(), account, job.chat_id)
+        self.services.metrics.provider_call(account.provider, account.id, answer.elapsed)
         if answer.verdict.kind is Kind.RATE_LIMITED:
             delay = limiter.penalize(account, method, answer.retry_after)
             raise _RateLimited(delay, f"{account.key} answered 429")
@@ -303,6 +267,13 @@ class ArchiveRunner:
         if job.get("request_id"):
             result["request_id"] = job["request_id"]
         self._release(job, delivery.task_id)
+        self.services.metrics.job_outcome(
+            str(job.get("provider")),
+            str(job.get("account")),
+            str(outcome),
+            result.get("reason"),
+            job.get("chat_id") if isinstance(job.get("chat_id"), str) else None,
+        )
         self._log_outcome(result, job, delivery, time.monotonic() - started)
         return result
 
@@ -351,6 +322,58 @@ class ArchiveRunner:
             detail=detail,
             dead_letter_id=entry_id,
         )
+
+    def park(
+        self,
+        job: ArchiveJob,
+        account: Account,
+        delivery: Delivery,
+        started: float,
+        answer: ProviderAnswer | None,
+        probe_in: float | None = None,
+    ) -> Parked:
+        """Keep the job in the account's parked list until the account answers again; make
+        sure a probe is on its way (this trip's, or a replacement for a lost one)."""
+        circuit = self.services.circuit
+        circuit.park(
+            account, ParkedJob(delivery.task_id, job.kwargs(), delivery.headers(), time.time())
+        )
+        if not circuit.is_open(account):
+            # The circuit closed between our check and our parking: nobody would release us.
+            self.resume(account)
+        if probe_in is None:
+            probe_in = circuit.probe_to_schedule(account)
+        if probe_in is not None:
+            self.producer().send(
+                PROBE_TASK,
+                {"provider": account.provider, "account": account.id},
+                countdown=probe_in + 0.5,
+            )
+        state = circuit.state(account)
+        reason = state.reason or (
+            str(answer.verdict.reason)
+            if answer and answer.verdict.reason
+            else "account_unavailable"
+        )
+        why = f"{account.key} paused ({reason}): {state.detail or 'waiting for a probe'}"
+        logger.info("parked %s %s job=%s (%s)", account.key, job.chat_id, delivery.task_id, reason)
+        return Parked(delivery, reason, why)
+
+    def resume(self, account: Account) -> int:
+        """Close the account's circuit and put every parked job back on its queue."""
+        circuit = self.services.circuit
+        circuit.close(account)
+        home = account_queue(self.settings.queue, account.provider, account.id)
+        released = 0
+        with circuit.releasing(account) as mine:
+            while mine and (jobs := circuit.head(account, 500)):
+                self.producer().republish(jobs, home)
+                circuit.drop_head(account, len(jobs))
+                released += len(jobs)
+        logger.info(
+            "%s answers again: circuit closed, %d parked jobs released", account.key, released
+        )
+        return released
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -463,6 +486,14 @@ def archive_chat(self: ArchiveTask, *args: Any, **kwargs: Any) -> dict[str, Any]
 
     ending = runner.run(args, kwargs, delivery)
     services.redis.delete(key)
+    if isinstance(ending, Parked):
+        # Not done: the job waits, durably, in the account's parked list. A custom state keeps
+        # AsyncResult.ready() false; Ignore acknowledges the message without a result.
+        self.update_state(
+            state=PARKED_STATE,
+            meta={"outcome": "parked", "reason": ending.reason, "detail": ending.why},
+        )
+        raise Ignore()
     if isinstance(ending, Reschedule):
         raise self.retry(
             # Explicit, 0 included: with None Celery waits default_retry_delay (180 s).

@@ -410,9 +410,8 @@ def archive_sweep(
     accounts = sweep_accounts(get_accounts(), provider, account)
     if provider is None:
         for target in accounts:
-            self.app.send_task(
-                SWEEP_TASK,
-                kwargs={"provider": target.provider, "account": target.id, "dry_run": dry_run},
+            default_producer().send(
+                SWEEP_TASK, {"provider": target.provider, "account": target.id, "dry_run": dry_run}
             )
         return {"scheduled": [target.key for target in accounts]}
     [target] = accounts

@@ -6,17 +6,19 @@ Every reliability setting below has a reason written next to it; ../shared/desig
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Any
 
-from celery import Celery, signals
+import click
+from celery import Celery, bootsteps, signals
 
 from config import ConfigError, Settings, get_settings
 from worker.logs import install_redaction, use_json_format
 from worker.routing import account_queues
 from worker.services import get_accounts
 
-TASK_MODULES = ["tasks.archive", "tasks.sweep"]
+TASK_MODULES = ["tasks.archive", "tasks.probe", "tasks.sweep"]
 
 
 def soft_time_limit(hard: int) -> int:
@@ -114,3 +116,25 @@ def _consume_account_queues(instance: Any = None, **_: Any) -> None:
 def _log_format(logger: Any = None, **_: Any) -> None:
     if get_settings().log_format == "json":
         use_json_format(logger)
+
+
+class LogFormatStep(bootsteps.Step):
+    """``celery -A worker worker --log-format json``: the option the environment variable
+    ARCHIVER_LOG_FORMAT also gives (beat and Flower take the variable)."""
+
+    def __init__(self, parent: Any, log_format: str | None = None, **options: Any) -> None:
+        super().__init__(parent, **options)
+        if log_format == "json":
+            use_json_format(logging.getLogger())
+            use_json_format(logging.getLogger("celery.task"))
+
+
+app.user_options["worker"].add(
+    click.Option(
+        ["--log-format"],
+        type=click.Choice(["text", "json"]),
+        default=None,
+        help="text (default) or json: one JSON object per log line.",
+    )
+)
+app.steps["worker"].add(LogFormatStep)

@@ -1,14 +1,16 @@
 """The dead-letter store: every job that can never succeed as it is, kept until an operator acts.
 
 Redis has no dead-letter exchange (a rejected message is simply deleted) and Celery's result
-backend expires, so the store is ours. Two keys under the prefix:
+backend expires, so the store is ours. Three keys under the prefix:
 
     {prefix}:dlq:entries   hash  entry id -> entry as JSON
     {prefix}:dlq:index     zset  entry id, scored by the time it was dead-lettered
+    {prefix}:dlq:counts    hash  "reason|provider:account" -> entries (for status and metrics,
+                                 which must not read every entry)
 
-Both are written in one MULTI. Entries hold the job, never a secret: excerpts are redacted before
-they get here. An entry leaves the store only when an operator purges it or when its job has been
-enqueued again (replay), never on its own.
+They change together, in one MULTI. Entries hold the job, never a secret: excerpts are
+redacted before they get here. An entry leaves the store only when an operator purges it or when
+its job has been enqueued again (replay), never on its own.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ class DeadLetterStore:
         self._redis = client
         self._entries = f"{prefix}:dlq:entries"
         self._index = f"{prefix}:dlq:index"
+        self._counts = f"{prefix}:dlq:counts"
 
     def add(self, entry: DeadLetter) -> str:
         pipe = self._redis.pipeline(transaction=True)
         pipe.hset(self._entries, entry.id, entry.to_json())
         pipe.zadd(self._index, {entry.id: entry.created_at})
+        pipe.hincrby(self._counts, f"{entry.reason}|{entry.account}", 1)
         pipe.execute()
         return entry.id
 
@@ -112,24 +116,43 @@ class DeadLetterStore:
                 if limit is not None and produced >= limit:
                     return
 
-    def counts(self) -> dict[str, Counter[str]]:
-        """How many entries per reason and per account."""
-        by_reason: Counter[str] = Counter()
-        by_account: Counter[str] = Counter()
-        for entry in self.iter():
-            by_reason[entry.reason] += 1
-            by_account[entry.account] += 1
-        return {"reason": by_reason, "account": by_account}
+    def counts(self) -> Counter[tuple[str, str]]:
+        """Entries per (reason, account)."""
+        found: Counter[tuple[str, str]] = Counter()
+        for key, value in self._redis.hgetall(self._counts).items():
+            reason, account = key.split("|", 1)
+            if int(value) > 0:
+                found[(reason, account)] = int(value)
+        return found
 
     def remove(self, entry_ids: Iterable[str]) -> int:
         ids = list(entry_ids)
         if not ids:
             return 0
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(self._entries, *ids)
-        pipe.zrem(self._index, *ids)
-        removed, _ = pipe.execute()
-        return int(removed)
+        removed = 0
+        # WATCH the entries: counts must fall by exactly what is removed, even if two operators
+        # purge and replay the same entries at once.
+        with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._entries)
+                    texts = pipe.hmget(self._entries, ids)
+                    present = [
+                        (i, DeadLetter.from_json(t))
+                        for i, t in zip(ids, texts, strict=True)
+                        if t is not None
+                    ]
+                    if not present:
+                        return 0
+                    pipe.multi()
+                    pipe.hdel(self._entries, *(i for i, _ in present))
+                    pipe.zrem(self._index, *(i for i, _ in present))
+                    for _, entry in present:
+                        pipe.hincrby(self._counts, f"{entry.reason}|{entry.account}", -1)
+                    removed = int(pipe.execute()[0])
+                    return removed
+                except redis.WatchError:
+                    continue
 
     def replay(
         self,

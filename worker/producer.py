@@ -22,6 +22,7 @@ from celery import Celery, uuid
 
 from config import AccountRegistry, ConfigError, Settings, get_settings
 from worker.celery_app import app
+from worker.circuit import ParkedJob
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob
 from worker.pending import Claim, PendingJobs
 from worker.routing import queue_for
@@ -116,6 +117,47 @@ class ArchiveProducer:
             # TTL. A job that did reach the queue runs anyway; archiving twice is harmless.
             self.pending.release_many(won)
             raise
+
+    def send(
+        self,
+        task_name: str,
+        kwargs: dict[str, Any],
+        *,
+        queue: str | None = None,
+        countdown: float | None = None,
+    ) -> str:
+        """Send one of our own tasks (a probe, a sweep) by name, without the result-backend
+        subscription ``send_task`` would make (see _publish)."""
+        task_id = uuid()
+        amqp = self.app.amqp
+        options = amqp.router.route({"queue": queue or self.settings.queue}, task_name, (), kwargs)
+        message = amqp.create_task_message(
+            task_id,
+            task_name,
+            (),
+            kwargs,
+            countdown=countdown,
+            create_sent_event=self.app.conf.task_send_sent_event,
+        )
+        with self.app.producer_or_acquire() as producer:
+            amqp.send_task_message(producer, task_name, message, **options)
+        return task_id
+
+    def republish(self, jobs: list[ParkedJob], queue: str) -> None:
+        """Put parked jobs back on a queue, each with its own task id and history (headers);
+        their chats' pending marks are theirs already."""
+        amqp = self.app.amqp
+        with self.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
+            for job in jobs:
+                options = amqp.router.route({"queue": queue}, TASK_NAME, (), job.kwargs)
+                message = amqp.create_task_message(
+                    job.task_id,
+                    TASK_NAME,
+                    (),
+                    job.kwargs,
+                    create_sent_event=self.app.conf.task_send_sent_event,
+                )
+                amqp.send_task_message(producer, TASK_NAME, message, headers=job.headers, **options)
 
     def _publish(self, producer: Any, job: ArchiveJob, task_id: str) -> None:
         """Publish one job the way ``send_task`` does, minus its result-backend subscription.

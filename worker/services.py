@@ -13,8 +13,10 @@ from functools import lru_cache
 import redis
 
 from config import AccountRegistry, Settings, get_settings, load_accounts
+from worker.circuit import AccountCircuit
 from worker.deadletters import DeadLetterStore
 from worker.limiter import AccountLimiter
+from worker.metrics import MetricsRecorder
 from worker.pending import PendingJobs
 from worker.state import reset_state_redis, state_redis
 
@@ -26,6 +28,8 @@ class Services:
     limiter: AccountLimiter
     dead_letters: DeadLetterStore
     pending: PendingJobs
+    circuit: AccountCircuit
+    metrics: MetricsRecorder
 
 
 @lru_cache(maxsize=1)
@@ -50,6 +54,14 @@ def get_services() -> Services:
                 limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
                 dead_letters=DeadLetterStore(client, settings.key_prefix),
                 pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
+                circuit=AccountCircuit(
+                    client,
+                    settings.key_prefix,
+                    settings.circuit_cooldown,
+                    settings.circuit_cooldown_max,
+                    settings.circuit_max_pause,
+                ),
+                metrics=MetricsRecorder(client, settings.key_prefix),
             ),
         )
     return _services[1]

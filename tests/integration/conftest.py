@@ -37,6 +37,8 @@ FAST = {
     "ARCHIVER_VISIBILITY_TIMEOUT": "12",
     "ARCHIVER_TASK_TIME_LIMIT": "6",
     "ARCHIVER_SWEEP_TIME_LIMIT": "6",
+    "ARCHIVER_CIRCUIT_COOLDOWN": "1",
+    "ARCHIVER_CIRCUIT_COOLDOWN_MAX": "4",
     "ARCHIVER_RESULT_EXPIRES": "600",
 }
 
@@ -51,13 +53,16 @@ class Cluster:
         workdir: Path,
         env: dict[str, str] | None = None,
         wassenger_sweep: str | None = None,
+        green_rate: str = "10/s",
     ) -> None:
         self.redis_url = redis_url
         self.simulator = simulator
         self.sim = SimulatorClient(simulator.url)
         self.workdir = workdir
         accounts = workdir / "accounts.toml"
-        accounts.write_text(accounts_toml(simulator.url, wassenger_sweep=wassenger_sweep))
+        accounts.write_text(
+            accounts_toml(simulator.url, wassenger_sweep=wassenger_sweep, green_rate=green_rate)
+        )
         self.env = {
             "ARCHIVER_BROKER_URL": redis_url,
             "ARCHIVER_REDIS_URL": redis_url,
@@ -121,10 +126,17 @@ class Cluster:
         assert entry is not None
         return entry
 
-    def calls(self, provider: str, method: str) -> int:
+    def services_parked(self) -> int:
+        """Jobs parked behind an open account circuit (any account)."""
+        return sum(self.redis.llen(key) for key in self.redis.scan_iter("chat-archiver:parked:*"))
+
+    def calls(self, provider: str, method: str, status: int | None = None) -> int:
+        """Calls the simulator saw (all of them, or those it answered with `status`)."""
         account = GREEN_ID if provider == "green-api" else WASSENGER_ID
-        counters = self.sim.counters()["accounts"].get(f"{provider}:{account}", {})
-        return int(counters.get(method, {}).get("calls", 0))
+        counter = self.sim.counters()["accounts"].get(f"{provider}:{account}", {}).get(method, {})
+        if status is not None:
+            return int(counter.get("by_status", {}).get(str(status), 0))
+        return int(counter.get("calls", 0))
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

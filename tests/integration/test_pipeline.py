@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 
 import pytest
@@ -153,9 +154,17 @@ def test_zz_canary_token_is_nowhere(cluster: Cluster) -> None:
     cluster.sim.patch_account(
         "green-api", GREEN_ID, faults={"timeout_after_success_ms": 0}, token="rotated-token-123456"
     )
+    # The provider no longer takes our token: the account pauses and the job waits, parked.
     refused = enqueue_archive("green-api", GREEN_ID, "79000000999@c.us", producer=cluster.producer)
-    assert cluster.result(refused)["reason"] == "unauthorized"
+    deadline = time.monotonic() + 20
+    while cluster.app.AsyncResult(refused).state != "PARKED":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    parked = [k for k in cluster.redis.scan_iter("chat-archiver:parked:*")]
+    assert parked  # the canary scan below covers the parked job too
     cluster.sim.patch_account("green-api", GREEN_ID, token=CANARY)
+    # A probe finds the account answering again; the job completes by itself.
+    assert cluster.result(refused, timeout=30)["outcome"] == "already_archived"
 
     logs = cluster.logs()
     assert "HTTP Request" not in logs  # httpx's per-request INFO lines are held back

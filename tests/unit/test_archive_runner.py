@@ -3,12 +3,17 @@ HTTP mocked with respx, sleeps recorded instead of slept."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import pytest
 import respx
 
-from tasks.archive import ArchiveRunner, Delivery, Reschedule
+from tasks.archive import ArchiveRunner
+from tasks.delivery import Delivery, Reschedule
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
+from worker.celery_app import create_app
+from worker.producer import ArchiveProducer
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 WASSENGER_URL = f"http://provider.test/v1/chat/{WASSENGER_ID}/chats/79001234567@c.us/archive"
@@ -27,13 +32,21 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def runner(archiver_env: Env, sleeps: list[float]) -> ArchiveRunner:
+def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
+    celery = create_app(archiver_env.settings)
+    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.accounts, archiver_env.redis)
+    celery.close()
+
+
+@pytest.fixture
+def runner(archiver_env: Env, sleeps: list[float], producer: ArchiveProducer) -> ArchiveRunner:
     client = httpx.Client(timeout=2)
     return ArchiveRunner(
         archiver_env.services,
         archiver_env.accounts,
         client_factory=lambda: client,
         sleep=sleeps.append,
+        producer=lambda: producer,
     )
 
 
@@ -170,14 +183,12 @@ def test_no_permit_soon_reschedules_without_calling(
 @pytest.mark.parametrize(
     ("status", "body", "reason"),
     [
-        (401, "Unauthorized", "unauthorized"),
-        (466, "QUOTE_EXCEEDED", "quota_exceeded"),
-        (400, "instance account not authorized", "account_unavailable"),
         (400, "last message not found", "no_messages"),
         (500, "interface conversion: interface {} is float64", "invalid_request"),
+        (418, "I am a teapot", "unexpected_response"),
     ],
 )
-def test_permanent_and_account_answers_are_dead_lettered(
+def test_permanent_answers_are_dead_lettered(
     runner: ArchiveRunner, status: int, body: str, reason: str
 ) -> None:
     with respx.mock() as mock:

@@ -40,9 +40,10 @@ def test_add_get_and_list_newest_first_with_filters(store: DeadLetterStore) -> N
     assert [e.id for e in store.iter(reason="chat_not_found")] == [third, first]
     assert [e.id for e in store.iter(account="green-api:7105000000")] == [second]
     assert [e.id for e in store.iter(limit=2)] == [third, second]
-    counts = store.counts()
-    assert counts["reason"] == {"chat_not_found": 2, "no_messages": 1}
-    assert counts["account"] == {"green-api:7105187566": 2, "green-api:7105000000": 1}
+    assert store.counts() == {
+        ("chat_not_found", "green-api:7105187566"): 2,
+        ("no_messages", "green-api:7105000000"): 1,
+    }
     assert store.get("missing") is None
 
 
@@ -87,11 +88,13 @@ def test_enqueue_failure_keeps_the_entry(store: DeadLetterStore) -> None:
     assert store.get(kept) is not None
 
 
-def test_remove(store: DeadLetterStore) -> None:
+def test_remove_keeps_the_counts_exact(store: DeadLetterStore) -> None:
     ids = [store.add(entry("chat_not_found")) for _ in range(3)]
     assert store.remove(ids[:2]) == 2
+    assert store.remove(ids[:2]) == 0  # already gone: counted once only
     assert [e.id for e in store.iter()] == [ids[2]]
     assert store.remove([]) == 0
+    assert store.counts() == {("chat_not_found", "green-api:7105187566"): 1}
 
 
 def test_secrets_are_redacted_on_the_way_in(store: DeadLetterStore) -> None:

@@ -13,7 +13,9 @@ from worker.cli.demo import demo
 from worker.cli.dlq import dlq
 from worker.cli.enqueue import enqueue
 from worker.cli.limits import limits
+from worker.cli.metrics import metrics
 from worker.cli.simulate import simulate
+from worker.cli.status import status
 from worker.cli.sweep import sweep
 
 
@@ -29,6 +31,8 @@ main.add_command(dlq)
 main.add_command(simulate)
 main.add_command(demo)
 main.add_command(limits)
+main.add_command(metrics)
 main.add_command(sweep)
+main.add_command(status)
 
 __all__ = ["main"]

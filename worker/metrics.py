@@ -1,0 +1,82 @@
+"""Operational counters, kept in Redis so that every worker process and host adds to the same
+numbers, and read by one exporter (``chat-archiver metrics``) and by ``chat-archiver status``.
+
+    {prefix}:metrics:outcomes   hash  "provider|account|outcome|reason" -> jobs
+    {prefix}:metrics:latency    hash  "provider|account|le" -> calls in that bucket,
+                                      "provider|account|sum" / "|count"
+    {prefix}:recent:{provider}:{account}   list, the account's last outcomes (JSON), newest first
+
+Limiter figures (permits, waits, 429s) are the limiter's own stats (worker/limiter.py); dead
+letters are counted by their store; queues are Redis lists.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+
+# Provider call latency buckets, seconds (upper bounds; +Inf is implied).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RECENT = 20  # outcomes kept per account for `status`
+
+
+class MetricsRecorder:
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self._redis = client
+        self.prefix = prefix
+        self.outcomes_key = f"{prefix}:metrics:outcomes"
+        self.latency_key = f"{prefix}:metrics:latency"
+
+    def recent_key(self, provider: str, account: str) -> str:
+        return f"{self.prefix}:recent:{provider}:{account}"
+
+    def job_outcome(
+        self, provider: str, account: str, outcome: str, reason: str | None, chat_id: str | None
+    ) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(self.outcomes_key, f"{provider}|{account}|{outcome}|{reason or ''}", 1)
+        recent = self.recent_key(provider, account)
+        pipe.lpush(
+            recent,
+            json.dumps(
+                {
+                    "at": round(time.time(), 3),
+                    "outcome": outcome,
+                    "reason": reason,
+                    "chat_id": chat_id,
+                }
+            ),
+        )
+        pipe.ltrim(recent, 0, RECENT - 1)
+        pipe.execute()
+
+    def provider_call(self, provider: str, account: str, seconds: float) -> None:
+        bucket = next((f"{le:g}" for le in LATENCY_BUCKETS if seconds <= le), "+Inf")
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hincrby(self.latency_key, f"{provider}|{account}|{bucket}", 1)
+        pipe.hincrbyfloat(self.latency_key, f"{provider}|{account}|sum", seconds)
+        pipe.hincrby(self.latency_key, f"{provider}|{account}|count", 1)
+        pipe.execute()
+
+    def outcomes(self) -> dict[tuple[str, str, str, str], int]:
+        return {
+            tuple(field.split("|", 3)): int(value)  # type: ignore[misc]
+            for field, value in self._redis.hgetall(self.outcomes_key).items()
+        }
+
+    def latency(self) -> dict[tuple[str, str], dict[str, float]]:
+        """(provider, account) -> {bucket or "sum"/"count": value}."""
+        found: dict[tuple[str, str], dict[str, float]] = {}
+        for field, value in self._redis.hgetall(self.latency_key).items():
+            provider, account, name = field.split("|", 2)
+            found.setdefault((provider, account), {})[name] = float(value)
+        return found
+
+    def recent(self, provider: str, account: str) -> list[dict[str, Any]]:
+        return [
+            json.loads(item)
+            for item in self._redis.lrange(self.recent_key(provider, account), 0, RECENT - 1)
+        ]
