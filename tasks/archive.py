@@ -14,9 +14,10 @@ While an account's circuit is open (worker/circuit.py), its jobs are parked with
 provider, and one probe at a time finds out whether it answers again.
 
 The logic lives in ``ArchiveRunner`` (plain Python, tested without Celery); the Celery task only
-turns its endings (tasks/delivery.py) into ``self.retry`` or a parked state, and counts
-deliveries, so a job that kills its worker every time ends in the dead letters instead of
-looping.
+turns its endings (tasks/delivery.py) into ``self.retry`` or a parked state. A run talks to
+Redis twice besides its permits for retries: one script to be admitted (its delivery count, so
+a job that kills its worker every time ends in the dead letters instead of looping; the claim
+on its chat; the account's circuit; its first permit) and one when it ends.
 """
 
 from __future__ import annotations
@@ -25,12 +26,15 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 import httpx
-from celery import Task
+import redis
+from celery import Task, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from redis.commands.core import Script
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
@@ -38,13 +42,17 @@ from config import Account, AccountRegistry
 from tasks.delivery import Delivery, Parked, Reschedule
 from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
 from worker import app
-from worker.circuit import Decision, ParkedJob
+from worker.circuit import CHECK_LUA, Decision, ParkedJob
 from worker.deadletters import DeadLetter
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob, job_summary
+from worker.limiter import ACQUIRE_LUA, AccountLimiter, Permit
+from worker.metrics import RECORD_LATENCY_LUA, RECORD_OUTCOME_LUA
 from worker.outcomes import Kind, Outcome, Reason
+from worker.pending import CLAIM_LUA, RELEASE_LUA, Claim, PendingJobs
 from worker.producer import ArchiveProducer, default_producer
 from worker.routing import account_queue
 from worker.services import Services, get_accounts, get_services
+from worker.state import queue_script
 
 logger = logging.getLogger("chat_archiver.jobs")
 
@@ -65,6 +73,58 @@ class _RateLimited(Exception):
         self.why = why
 
 
+# One script to be admitted, one at the end: the modules' Lua functions, composed.
+_ADMIT = "\n".join(
+    [
+        CLAIM_LUA,
+        CHECK_LUA,
+        ACQUIRE_LUA,
+        """
+-- KEYS: deliveries, chat mark, circuit (2), limiter (3). ARGV: deliveries ttl, claim (2),
+-- circuit (1), limiter (3).
+local deliveries = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+local claimed = claim(KEYS[2], ARGV[2], ARGV[3])
+local decision = circuit_check(KEYS[3], KEYS[4], ARGV[4])
+local permit = acquire(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7])
+return {deliveries, claimed, decision, permit[1], permit[2]}
+""",
+    ]
+)
+_CLOSE = "\n".join(
+    [
+        RELEASE_LUA,
+        RECORD_OUTCOME_LUA,
+        RECORD_LATENCY_LUA,
+        """
+-- KEYS: deliveries, chat mark ('' for a malformed job), outcomes, recent outcomes, latency.
+-- ARGV: task id, '1' when the job has ended, outcome (3), latencies n, then n x (bucket, sum,
+-- seconds).
+redis.call('DEL', KEYS[1])
+if ARGV[2] == '1' then
+  release(KEYS[2], ARGV[1])
+  record_outcome(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5])
+end
+for i = 0, tonumber(ARGV[6]) - 1 do
+  record_latency(KEYS[5], ARGV[7 + 3 * i], ARGV[8 + 3 * i], ARGV[9 + 3 * i])
+end
+return 1
+""",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class _Scripts:
+    admit: Script
+    close: Script
+
+
+@lru_cache(maxsize=8)
+def _scripts(client: redis.Redis) -> _Scripts:
+    return _Scripts(client.register_script(_ADMIT), client.register_script(_CLOSE))
+
+
 # A job that arrived on the intake queue runs at once only if its account has a permit this
 # close; otherwise it moves to its account's queue, where it waits its turn without standing in
 # front of other accounts' jobs.
@@ -72,12 +132,25 @@ INTAKE_MAX_WAIT = 0.1
 
 
 @dataclass
-class _Progress:
-    """Mutable record of the current delivery's attempts (tenacity calls us repeatedly)."""
+class _Run:
+    """One run of a job: what it has learnt so far and what it writes when it ends."""
 
+    job: Mapping[str, Any]  # the keyword arguments, valid or not
     delivery: Delivery
-    # True until the first permit is asked for, when the job came from the intake queue.
+    started: float = field(default_factory=time.monotonic)
+    latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
+    # The permit taken with the admission, for the first attempt; forward instead when it was
+    # refused and the job came from the intake queue.
+    first_permit: Permit | None = None
     may_forward: bool = False
+
+
+@dataclass(frozen=True)
+class _Admission:
+    deliveries: int
+    claim: Claim
+    decision: Decision
+    permit: Permit
 
 
 class ArchiveRunner:
@@ -101,7 +174,7 @@ class ArchiveRunner:
     def run(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any], delivery: Delivery
     ) -> dict[str, Any] | Reschedule | Parked:
-        started = time.monotonic()
+        run = _Run(kwargs, delivery)
         try:
             if args:
                 raise InvalidJob(
@@ -109,53 +182,84 @@ class ArchiveRunner:
                 )
             job = ArchiveJob.parse(kwargs)
         except InvalidJob as error:
-            return self.dead_letter(
-                job_summary(kwargs), Reason.INVALID_REQUEST, str(error), delivery, started
-            )
+            run.job = job_summary(kwargs)
+            return self._dead_letter(run, Reason.INVALID_REQUEST, str(error))
+        run.job = job.kwargs()
         account = self.accounts.find(job.provider, job.account)
         if account is None:
-            return self.dead_letter(
-                job.kwargs(),
-                Reason.UNKNOWN_ACCOUNT,
-                f"no {job.provider} account {job.account} in the accounts file",
-                delivery,
-                started,
-            )
-        claim = self.services.pending.claim(
-            self.services.pending.key(job.provider, job.account, job.chat_id), delivery.task_id
-        )
-        if not claim.won:
-            # Another job for this chat is pending or running: it makes the one provider call.
-            return self.finish(
-                job.kwargs(), Outcome.DUPLICATE, delivery, started, duplicate_of=claim.owner
-            )
-        circuit = self.services.circuit
-        decision = circuit.check(account)
-        if decision is Decision.PARK:
-            return self.park(job, account, delivery, started, None)
-        probing = decision is Decision.PROBE
+            detail = f"no {job.provider} account {job.account} in the accounts file"
+            return self._dead_letter(run, Reason.UNKNOWN_ACCOUNT, detail)
+
         adapter = adapter_for(job.provider)
         home = account_queue(self.settings.queue, account.provider, account.id)
-        progress = _Progress(delivery, may_forward=delivery.queue != home and not probing)
+        run.may_forward = delivery.queue != home
+        admission = self._admit(job, account, adapter, run)
+        if admission.deliveries > self.settings.max_deliveries:
+            detail = (
+                f"delivered {admission.deliveries} times without finishing (it stops its worker)"
+            )
+            return self._dead_letter(run, Reason.WORKER_LOST, detail)
+        if not admission.claim.won:
+            # Another job for this chat is pending or running: it makes the one provider call.
+            return self._finish(run, Outcome.DUPLICATE, duplicate_of=admission.claim.owner)
+        if admission.decision is Decision.PARK:
+            return self.park(run, job, account, None)
+        probing = admission.decision is Decision.PROBE
+        run.may_forward = run.may_forward and not probing
+        run.first_permit = admission.permit
+        circuit = self.services.circuit
         try:
-            answer = self._call_with_retries(job, account, adapter, progress)
+            answer = self._call_with_retries(job, account, adapter, run)
         except _Forward:
-            return Reschedule(0, progress.delivery, "forwarded to the account's queue", home)
+            return self._reschedule(run, 0, "forwarded to the account's queue", home)
         except _RateLimited as wait:
             if probing:
                 circuit.release_probe(account)
-            return Reschedule(self._jittered(wait.wait), progress.delivery, wait.why, home)
+            return self._reschedule(run, self._jittered(wait.wait), wait.why, home)
         except SoftTimeLimitExceeded:
             answer = None
-        return self._conclude(job, account, answer, progress.delivery, started, home, probing)
+        return self._conclude(run, job, account, answer, home, probing)
+
+    def _admit(
+        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
+    ) -> _Admission:
+        """Everything the job needs to know before it may call, in one script: how often it
+        was delivered (a job that keeps killing its worker), whether another job holds its chat,
+        the account's circuit, and a permit for the first attempt. In the rare case the job
+        then does not call (duplicate, parked, over the delivery cap), that permit goes unused."""
+        services, settings, task_id = self.services, self.settings, run.delivery.task_id
+        key = services.pending.key(job.provider, job.account, job.chat_id)
+        method = adapter.archive_method
+        max_wait = INTAKE_MAX_WAIT if run.may_forward else settings.limiter_max_wait
+        deliveries_ttl = settings.visibility_timeout * (settings.max_deliveries + 1)
+        keys = [
+            self._deliveries_key(task_id),
+            key,
+            *services.circuit.check_keys(account),
+            *services.limiter.acquire_keys(account, method),
+        ]
+        args = [
+            deliveries_ttl,
+            *services.pending.claim_args(task_id),
+            *services.circuit.check_args(),
+            *services.limiter.acquire_args(account, method, max_wait),
+        ]
+        deliveries, claimed, decision, *permit = _scripts(services.redis).admit(
+            keys=keys, args=args
+        )
+        return _Admission(
+            deliveries=int(deliveries),
+            claim=PendingJobs.claim_result(key, task_id, claimed),
+            decision=Decision(decision),
+            permit=AccountLimiter.permit(permit),
+        )
 
     def _conclude(
         self,
+        run: _Run,
         job: ArchiveJob,
         account: Account,
         answer: ProviderAnswer | None,
-        delivery: Delivery,
-        started: float,
         home: str,
         probing: bool,
     ) -> dict[str, Any] | Reschedule | Parked:
@@ -165,7 +269,7 @@ class ArchiveRunner:
             probe_in = self.services.circuit.trip(
                 account, str(answer.verdict.reason), self._describe(answer), probing
             )
-            return self.park(job, account, delivery, started, answer, probe_in)
+            return self.park(run, job, account, answer, probe_in)
         if probing and kind is not Kind.TRANSIENT:
             # The account answered something other than an account problem: it works again.
             self.resume(account)
@@ -173,43 +277,27 @@ class ArchiveRunner:
             self.services.circuit.release_probe(account)  # could not tell: the next job probes
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
             assert answer.verdict.outcome is not None
-            return self.finish(job.kwargs(), answer.verdict.outcome, delivery, started)
+            return self._finish(run, answer.verdict.outcome)
         if answer is not None and answer.verdict.kind is Kind.PERMANENT:
             assert answer.verdict.reason is not None
-            return self.dead_letter(
-                job.kwargs(),
-                answer.verdict.reason,
-                self._describe(answer),
-                delivery,
-                started,
-                answer,
-            )
+            return self._dead_letter(run, answer.verdict.reason, self._describe(answer), answer)
         # Transient (or out of time): Celery retries, with a countdown, within the budget.
         why = self._describe(answer) if answer else "soft time limit reached"
+        delivery = run.delivery
         if delivery.transient_rounds >= self.settings.retry_budget:
-            return self.dead_letter(
-                job.kwargs(),
-                Reason.RETRIES_EXHAUSTED,
-                f"still failing after {delivery.attempts} attempts: {why}",
-                delivery,
-                started,
-                answer,
-            )
+            detail = f"still failing after {delivery.attempts} attempts: {why}"
+            return self._dead_letter(run, Reason.RETRIES_EXHAUSTED, detail, answer)
         countdown = min(
             self.settings.retry_countdown * 2**delivery.transient_rounds,
             self.settings.retry_countdown_max,
         )
-        return Reschedule(
-            self._jittered(countdown),
-            replace(delivery, transient_rounds=delivery.transient_rounds + 1),
-            why,
-            home,
-        )
+        run.delivery = replace(delivery, transient_rounds=delivery.transient_rounds + 1)
+        return self._reschedule(run, self._jittered(countdown), why, home)
 
     # -- provider calls -------------------------------------------------------------------------
 
     def _call_with_retries(
-        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, progress: _Progress
+        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
     ) -> ProviderAnswer:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.transient_attempts),
@@ -222,40 +310,79 @@ class ArchiveRunner:
             before_sleep=lambda state: self._log_transient(job, state),
             sleep=self.sleep,
         )
-        return retrying(self._attempt, job, account, adapter, progress)
+        return retrying(self._attempt, job, account, adapter, run)
 
     def _attempt(
-        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, progress: _Progress
+        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
     ) -> ProviderAnswer:
+        # The client first: building it (its SSL context) takes tens of milliseconds, which
+        # would land the call that late after its permit, too close to the next window.
+        client = self.client_factory()
         limiter = self.services.limiter
         method = adapter.archive_method
-        may_forward, progress.may_forward = progress.may_forward, False
-        max_wait = INTAKE_MAX_WAIT if may_forward else self.settings.limiter_max_wait
-        permit = limiter.acquire(account, method, max_wait)
+        permit, run.first_permit = run.first_permit, None
+        if permit is None:  # a retry: its own permit
+            permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
         if not permit.granted:
-            if may_forward:
+            if run.may_forward:
                 raise _Forward
             raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.1f}s")
+        run.may_forward = False
         if permit.wait > 0:
             self.sleep(permit.wait)
-        progress.delivery = progress.delivery.attempted(time.time())
-        answer = adapter.archive(self.client_factory(), account, job.chat_id)
-        self.services.metrics.provider_call(account.provider, account.id, answer.elapsed)
+        run.delivery = run.delivery.attempted(time.time())
+        answer = adapter.archive(client, account, job.chat_id)
+        run.latencies.append(answer.elapsed)
         if answer.verdict.kind is Kind.RATE_LIMITED:
             delay = limiter.penalize(account, method, answer.retry_after)
             raise _RateLimited(delay, f"{account.key} answered 429")
         return answer
 
-    # -- endings --------------------------------------------------------------------------------
+    # -- endings: each writes what the run leaves behind in one round trip ---------------------
 
-    def finish(
+    def _close(
         self,
-        job: Mapping[str, Any],
-        outcome: Outcome,
-        delivery: Delivery,
-        started: float,
-        **extra: Any,
+        run: _Run,
+        *,
+        outcome: Outcome | None = None,
+        reason: str | None = None,
+        entry: DeadLetter | None = None,
+    ) -> None:
+        """A run is over (finished, rescheduled or parked): forget its delivery count, record its
+        provider calls, and, when the job itself has ended, its outcome, its dead letter and the
+        release of its chat (a no-op unless this job holds the chat). One round trip."""
+        services, job, task_id = self.services, run.job, run.delivery.task_id
+        parts = [job.get(name) for name in ("provider", "account", "chat_id")]
+        provider, account, chat = (str(part) for part in parts)
+        valid = all(isinstance(part, str) for part in parts)
+        pending_key = services.pending.key(provider, account, chat) if valid else ""
+        metrics = services.metrics
+        keys = [
+            self._deliveries_key(task_id),
+            pending_key,
+            *metrics.outcome_keys(provider, account),
+            metrics.latency_key,
+        ]
+        args: list[Any] = [task_id, "1" if outcome is not None else "0"]
+        args += metrics.outcome_args(
+            provider, account, str(outcome), reason, chat if isinstance(parts[2], str) else None
+        )
+        args.append(len(run.latencies))
+        for seconds in run.latencies:
+            args += metrics.latency_args(provider, account, seconds)
+        if entry is None:
+            _scripts(services.redis).close(keys=keys, args=args)
+            return
+        # A dead letter's three keys change together with the rest: one MULTI.
+        pipe = services.redis.pipeline(transaction=True)
+        services.dead_letters.queue_add(pipe, entry)
+        queue_script(pipe, _scripts(services.redis).close, keys, args)
+        pipe.execute()
+
+    def _finish(
+        self, run: _Run, outcome: Outcome, entry: DeadLetter | None = None, **extra: Any
     ) -> dict[str, Any]:
+        delivery, job = run.delivery, run.job
         result: dict[str, Any] = {
             "outcome": str(outcome),
             "provider": job.get("provider"),
@@ -266,43 +393,17 @@ class ArchiveRunner:
         }
         if job.get("request_id"):
             result["request_id"] = job["request_id"]
-        self._release(job, delivery.task_id)
-        self.services.metrics.job_outcome(
-            str(job.get("provider")),
-            str(job.get("account")),
-            str(outcome),
-            result.get("reason"),
-            job.get("chat_id") if isinstance(job.get("chat_id"), str) else None,
-        )
-        self._log_outcome(result, job, delivery, time.monotonic() - started)
+        self._close(run, outcome=outcome, reason=result.get("reason"), entry=entry)
+        self._log_outcome(result, job, delivery, time.monotonic() - run.started)
         return result
 
-    def _pending_key(self, job: Mapping[str, Any]) -> str | None:
-        parts = [job.get(name) for name in ("provider", "account", "chat_id")]
-        if not all(isinstance(part, str) for part in parts):
-            return None
-        return self.services.pending.key(*parts)  # type: ignore[arg-type]
-
-    def _release(self, job: Mapping[str, Any], task_id: str) -> None:
-        """The job has ended: its chat may be asked for again. A no-op unless this job holds
-        the chat's mark (a duplicate, or a malformed job, holds nothing)."""
-        key = self._pending_key(job)
-        if key is not None:
-            self.services.pending.release(key, task_id)
-
-    def dead_letter(
-        self,
-        job: Mapping[str, Any],
-        reason: Reason,
-        detail: str,
-        delivery: Delivery,
-        started: float,
-        answer: ProviderAnswer | None = None,
+    def _dead_letter(
+        self, run: _Run, reason: Reason, detail: str, answer: ProviderAnswer | None = None
     ) -> dict[str, Any]:
-        now = time.time()
+        now, delivery = time.time(), run.delivery
         entry = DeadLetter(
             reason=str(reason),
-            job=dict(job),
+            job=dict(run.job),
             detail=detail,
             http_status=answer.status if answer else None,
             excerpt=answer.excerpt if answer else "",
@@ -312,32 +413,40 @@ class ArchiveRunner:
             worker=delivery.worker,
             task_id=delivery.task_id,
         )
-        entry_id = self.services.dead_letters.add(entry)
-        return self.finish(
-            job,
+        return self._finish(
+            run,
             Outcome.DEAD_LETTERED,
-            delivery,
-            started,
             reason=str(reason),
             detail=detail,
-            dead_letter_id=entry_id,
+            dead_letter_id=entry.id,
+            entry=entry,
         )
+
+    def dead_letter(
+        self, job: Mapping[str, Any], reason: Reason, detail: str, delivery: Delivery
+    ) -> dict[str, Any]:
+        """Dead-letter a job from outside a run (a hard time limit, a job parked too long)."""
+        return self._dead_letter(_Run(job, delivery), reason, detail)
+
+    def _reschedule(self, run: _Run, countdown: float, why: str, queue: str) -> Reschedule:
+        self._close(run)
+        return Reschedule(countdown, run.delivery, why, queue)
 
     def park(
         self,
+        run: _Run,
         job: ArchiveJob,
         account: Account,
-        delivery: Delivery,
-        started: float,
         answer: ProviderAnswer | None,
         probe_in: float | None = None,
     ) -> Parked:
         """Keep the job in the account's parked list until the account answers again; make
         sure a probe is on its way (this trip's, or a replacement for a lost one)."""
-        circuit = self.services.circuit
+        circuit, delivery = self.services.circuit, run.delivery
         circuit.park(
             account, ParkedJob(delivery.task_id, job.kwargs(), delivery.headers(), time.time())
         )
+        self._close(run)
         if not circuit.is_open(account):
             # The circuit closed between our check and our parking: nobody would release us.
             self.resume(account)
@@ -376,6 +485,9 @@ class ArchiveRunner:
         return released
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _deliveries_key(self, task_id: str) -> str:
+        return f"{self.settings.key_prefix}:deliveries:{task_id}"
 
     @staticmethod
     def _describe(answer: ProviderAnswer) -> str:
@@ -433,8 +545,11 @@ class ArchiveRunner:
 # -- the Celery task ------------------------------------------------------------------------------
 
 
-def _deliveries_key(services: Services, task_id: str) -> str:
-    return f"{services.settings.key_prefix}:deliveries:{task_id}"
+@signals.worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Build each pool process's HTTP client and connections before its first job."""
+    shared_client()
+    get_services()
 
 
 class ArchiveTask(Task):
@@ -447,45 +562,21 @@ class ArchiveTask(Task):
         """An exception escaped the runner (a bug of ours) or the hard time limit killed the job:
         dead-letter it so it can be replayed once fixed. Runs in the worker's main process for a
         hard time limit."""
-        services = get_services()
         delivery = Delivery.from_headers(task_id, self.request.hostname or "", self.request.headers)
-        ArchiveRunner(services, AccountRegistry()).dead_letter(
+        ArchiveRunner(get_services(), AccountRegistry()).dead_letter(
             job_summary(kwargs),
             Reason.INTERNAL_ERROR,
             f"{type(exc).__name__} escaped the task (see the worker log)",
             delivery,
-            time.monotonic(),
         )
-        services.redis.delete(_deliveries_key(services, task_id))
 
 
 @app.task(bind=True, base=ArchiveTask, name=TASK_NAME, max_retries=None)
 def archive_chat(self: ArchiveTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
-    services = get_services()
     request = self.request
     queue = (request.delivery_info or {}).get("routing_key")
     delivery = Delivery.from_headers(request.id, request.hostname or "", request.headers, queue)
-    runner = ArchiveRunner(services, get_accounts())
-
-    # Count deliveries that start; a clean end of any kind forgets the count. A job that keeps
-    # killing its worker is delivered again and again (acks_late): stop it after the cap.
-    key = _deliveries_key(services, request.id)
-    pipe = services.redis.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, services.settings.visibility_timeout * (services.settings.max_deliveries + 1))
-    deliveries, _ = pipe.execute()
-    if deliveries > services.settings.max_deliveries:
-        services.redis.delete(key)
-        return runner.dead_letter(
-            job_summary(kwargs),
-            Reason.WORKER_LOST,
-            f"delivered {deliveries} times without finishing (it stops its worker)",
-            delivery,
-            time.monotonic(),
-        )
-
-    ending = runner.run(args, kwargs, delivery)
-    services.redis.delete(key)
+    ending = ArchiveRunner(get_services(), get_accounts()).run(args, kwargs, delivery)
     if isinstance(ending, Parked):
         # Not done: the job waits, durably, in the account's parked list. A custom state keeps
         # AsyncResult.ready() false; Ignore acknowledges the message without a result.

@@ -10,7 +10,6 @@ anything but an account problem, the job's run closes the circuit and releases e
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from tasks.archive import PROBE_TASK, ArchiveRunner
@@ -46,7 +45,6 @@ def archive_probe(self: Any, provider: str, account: str) -> dict[str, Any]:
                 f"{target.key} paused longer than {services.settings.circuit_max_pause:g}s: "
                 f"{state.detail or reason}",
                 delivery,
-                time.monotonic(),
             )
             # The job's own result said PARKED: its run is over now.
             self.app.backend.mark_as_done(job.task_id, result)

@@ -68,7 +68,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower follows jobs through events, from "sent" to done.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_track_started": True,
+        # Not task_track_started: Flower shows "started" from the events above, and the extra
+        # result-backend write per job is a round trip nothing of ours reads.
         # Our consumer dead-letters undecodable and unknown messages instead of dropping them.
         "worker_consumer": "worker.consumer:ArchiverConsumer",
         # Beat: RedBeat keeps the schedule in Redis behind a lock (worker/beat.py).

@@ -48,16 +48,20 @@ class Decision(StrEnum):
     PROBE = "probe"  # open and a probe is due: this job calls the provider to see
 
 
-# KEYS: circuit hash, probe claim. ARGV: probe claim ttl (ms). Redis's clock decides.
-_CHECK = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'call' end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if now < tonumber(redis.call('HGET', KEYS[1], 'probe_at') or '0') then return 'park' end
-if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[1]) then return 'probe' end
-return 'park'
+# A Lua function, so a job's admission script (tasks/archive.py) can compose it. Redis's clock
+# decides. Returns a Decision value.
+CHECK_LUA = """
+local function circuit_check(circuit_key, probe_key, probe_ttl_ms)
+  local state = redis.call('HGET', circuit_key, 'state')
+  if not state then return 'call' end
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  if now < tonumber(redis.call('HGET', circuit_key, 'probe_at') or '0') then return 'park' end
+  if redis.call('SET', probe_key, '1', 'NX', 'PX', probe_ttl_ms) then return 'probe' end
+  return 'park'
+end
 """
+_CHECK = CHECK_LUA + "return circuit_check(KEYS[1], KEYS[2], ARGV[1])"
 
 # KEYS: circuit hash, probe claim, probe-scheduled mark. ARGV: reason, detail, cooldown,
 # cooldown max, probing (1/0). Opens a closed circuit; a failed probe keeps it open and doubles
@@ -144,12 +148,16 @@ class AccountCircuit:
     def _key(self, kind: str, account: Account) -> str:
         return f"{self._prefix}:{kind}:{account.provider}:{account.id}"
 
-    def check(self, account: Account) -> Decision:
+    def check_keys(self, account: Account) -> list[str]:
+        return [self._key("circuit", account), self._key("circuit-probe", account)]
+
+    def check_args(self) -> list[int]:
         # The probe claim outlives one call with its retries; a probe that dies mid-way frees
         # the claim when it expires.
-        ttl_ms = int(max(self.cooldown, 60) * 1000)
-        keys = [self._key("circuit", account), self._key("circuit-probe", account)]
-        return Decision(self._check(keys=keys, args=[ttl_ms]))
+        return [int(max(self.cooldown, 60) * 1000)]
+
+    def check(self, account: Account) -> Decision:
+        return Decision(self._check(keys=self.check_keys(account), args=self.check_args()))
 
     def trip(self, account: Account, reason: str, detail: str, probing: bool) -> float | None:
         """Open the account's circuit (or, after a failed probe, keep it open with a doubled

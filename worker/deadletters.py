@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from config import redact
 
@@ -73,11 +74,16 @@ class DeadLetterStore:
         self._index = f"{prefix}:dlq:index"
         self._counts = f"{prefix}:dlq:counts"
 
-    def add(self, entry: DeadLetter) -> str:
-        pipe = self._redis.pipeline(transaction=True)
+    def queue_add(self, pipe: Pipeline, entry: DeadLetter) -> str:
+        """Add the entry's writes to a pipeline (a MULTI one keeps the three keys together)."""
         pipe.hset(self._entries, entry.id, entry.to_json())
         pipe.zadd(self._index, {entry.id: entry.created_at})
         pipe.hincrby(self._counts, f"{entry.reason}|{entry.account}", 1)
+        return entry.id
+
+    def add(self, entry: DeadLetter) -> str:
+        pipe = self._redis.pipeline(transaction=True)
+        self.queue_add(pipe, entry)
         pipe.execute()
         return entry.id
 

@@ -19,37 +19,40 @@ than ``max_wait`` is not reserved (the caller reschedules the job instead of hol
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
 from config import Account, Rate
 
-# KEYS: tat, stats hash, recent zset. ARGV: interval µs, max wait µs, recent window µs.
+# A Lua function, so a job's admission script (tasks/archive.py) can compose it.
+# Keys: tat, stats hash, recent zset. Interval, max wait and recent window in µs.
 # Returns {granted (0/1), wait µs as a string} (Lua numbers would be truncated to integers).
-_ACQUIRE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local max_wait = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local wait = tat - now
-if wait > max_wait then
-  redis.call('HINCRBY', KEYS[2], 'deferred', 1)
-  return {0, tostring(wait)}
+ACQUIRE_LUA = """
+local function acquire(tat_key, stats_key, recent_key, interval, max_wait, window)
+  interval, max_wait, window = tonumber(interval), tonumber(max_wait), tonumber(window)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local tat = tonumber(redis.call('GET', tat_key) or now)
+  if tat < now then tat = now end
+  local wait = tat - now
+  if wait > max_wait then
+    redis.call('HINCRBY', stats_key, 'deferred', 1)
+    return {0, tostring(wait)}
+  end
+  local next_tat = tat + interval
+  redis.call('SET', tat_key, string.format('%d', next_tat), 'PX',
+             math.floor((next_tat - now) / 1000) + 60000)
+  redis.call('HINCRBY', stats_key, 'granted', 1)
+  redis.call('HINCRBY', stats_key, 'waited_us', wait)
+  redis.call('ZADD', recent_key, tat, string.format('%d', tat))
+  redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - window)
+  redis.call('PEXPIRE', recent_key, math.floor(window / 1000) * 2 + 60000)
+  return {1, tostring(wait)}
 end
-local next_tat = tat + interval
-redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX',
-           math.floor((next_tat - now) / 1000) + 60000)
-redis.call('HINCRBY', KEYS[2], 'granted', 1)
-redis.call('HINCRBY', KEYS[2], 'waited_us', wait)
-redis.call('ZADD', KEYS[3], tat, string.format('%d', tat))
-redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - tonumber(ARGV[3]))
-redis.call('PEXPIRE', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000) * 2 + 60000)
-return {1, tostring(wait)}
 """
+_ACQUIRE = ACQUIRE_LUA + "return acquire(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])"
 
 # KEYS: tat, stats hash. ARGV: delay µs. Pushes the next slot at least `delay` away (a 429).
 _PENALIZE = """
@@ -105,20 +108,24 @@ class AccountLimiter:
     def interval(self, rate: Rate) -> float:
         return rate.interval * (1.0 + self._margin)
 
-    def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
+    def acquire_keys(self, account: Account, method: str) -> list[str]:
+        return list(self._keys(account, method))
+
+    def acquire_args(self, account: Account, method: str, max_wait: float) -> list[int]:
         interval = self.interval(account.rate(method))
-        granted, wait = self._acquire(
-            keys=self._keys(account, method),
-            args=[int(interval * MICROS), int(max_wait * MICROS), int(RECENT_WINDOW * MICROS)],
-        )
+        return [int(interval * MICROS), int(max_wait * MICROS), int(RECENT_WINDOW * MICROS)]
+
+    @staticmethod
+    def permit(reply: list[Any]) -> Permit:
+        granted, wait = reply
         return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
 
-    def wait_for_permit(self, account: Account, method: str, max_wait: float) -> Permit:
-        """Acquire and, when granted, sleep until the reserved slot."""
-        permit = self.acquire(account, method, max_wait)
-        if permit.granted and permit.wait > 0:
-            time.sleep(permit.wait)
-        return permit
+    def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
+        reply = self._acquire(
+            keys=self.acquire_keys(account, method),
+            args=self.acquire_args(account, method, max_wait),
+        )
+        return self.permit(reply)
 
     def penalize(self, account: Account, method: str, delay: float | None) -> float:
         """The provider answered 429: hold every worker off this account for ``delay`` seconds

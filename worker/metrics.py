@@ -3,7 +3,7 @@ numbers, and read by one exporter (``chat-archiver metrics``) and by ``chat-arch
 
     {prefix}:metrics:outcomes   hash  "provider|account|outcome|reason" -> jobs
     {prefix}:metrics:latency    hash  "provider|account|le" -> calls in that bucket,
-                                      "provider|account|sum" / "|count"
+                                      "provider|account|sum" (the count is the buckets' sum)
     {prefix}:recent:{provider}:{account}   list, the account's last outcomes (JSON), newest first
 
 Limiter figures (permits, waits, 429s) are the limiter's own stats (worker/limiter.py); dead
@@ -17,6 +17,21 @@ import time
 from typing import Any
 
 import redis
+
+# Lua functions: the end of every job writes them in its closing script (tasks/archive.py).
+RECORD_OUTCOME_LUA = """
+local function record_outcome(outcomes_key, recent_key, field, entry, keep)
+  redis.call('HINCRBY', outcomes_key, field, 1)
+  redis.call('LPUSH', recent_key, entry)
+  redis.call('LTRIM', recent_key, 0, tonumber(keep) - 1)
+end
+"""
+RECORD_LATENCY_LUA = """
+local function record_latency(latency_key, bucket_field, sum_field, seconds)
+  redis.call('HINCRBY', latency_key, bucket_field, 1)
+  redis.call('HINCRBYFLOAT', latency_key, sum_field, seconds)
+end
+"""
 
 # Provider call latency buckets, seconds (upper bounds; +Inf is implied).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -33,33 +48,24 @@ class MetricsRecorder:
     def recent_key(self, provider: str, account: str) -> str:
         return f"{self.prefix}:recent:{provider}:{account}"
 
-    def job_outcome(
-        self, provider: str, account: str, outcome: str, reason: str | None, chat_id: str | None
-    ) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(self.outcomes_key, f"{provider}|{account}|{outcome}|{reason or ''}", 1)
-        recent = self.recent_key(provider, account)
-        pipe.lpush(
-            recent,
-            json.dumps(
-                {
-                    "at": round(time.time(), 3),
-                    "outcome": outcome,
-                    "reason": reason,
-                    "chat_id": chat_id,
-                }
-            ),
-        )
-        pipe.ltrim(recent, 0, RECENT - 1)
-        pipe.execute()
+    def outcome_keys(self, provider: str, account: str) -> list[str]:
+        return [self.outcomes_key, self.recent_key(provider, account)]
 
-    def provider_call(self, provider: str, account: str, seconds: float) -> None:
+    @staticmethod
+    def outcome_args(
+        provider: str, account: str, outcome: str, reason: str | None, chat_id: str | None
+    ) -> list[str | int]:
+        """ARGV of ``record_outcome`` after its keys."""
+        entry = json.dumps(
+            {"at": round(time.time(), 3), "outcome": outcome, "reason": reason, "chat_id": chat_id}
+        )
+        return [f"{provider}|{account}|{outcome}|{reason or ''}", entry, RECENT]
+
+    @staticmethod
+    def latency_args(provider: str, account: str, seconds: float) -> list[str | float]:
+        """ARGV of ``record_latency`` after its key."""
         bucket = next((f"{le:g}" for le in LATENCY_BUCKETS if seconds <= le), "+Inf")
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.hincrby(self.latency_key, f"{provider}|{account}|{bucket}", 1)
-        pipe.hincrbyfloat(self.latency_key, f"{provider}|{account}|sum", seconds)
-        pipe.hincrby(self.latency_key, f"{provider}|{account}|count", 1)
-        pipe.execute()
+        return [f"{provider}|{account}|{bucket}", f"{provider}|{account}|sum", seconds]
 
     def outcomes(self) -> dict[tuple[str, str, str, str], int]:
         return {
@@ -68,7 +74,7 @@ class MetricsRecorder:
         }
 
     def latency(self) -> dict[tuple[str, str], dict[str, float]]:
-        """(provider, account) -> {bucket or "sum"/"count": value}."""
+        """(provider, account) -> {bucket or "sum": value}."""
         found: dict[tuple[str, str], dict[str, float]] = {}
         for field, value in self._redis.hgetall(self.latency_key).items():
             provider, account, name = field.split("|", 2)

@@ -21,27 +21,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
+from redis.client import Pipeline
 
-# Returns 1 when `task_id` owns the key (now or already), else the owner's id.
-_CLAIM = """
-local owner = redis.call('GET', KEYS[1])
-if not owner then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
+# Lua functions, so a job's admission script (tasks/archive.py) can compose them.
+# claim: 1 when `task_id` owns the key (now or already), else the owner's id.
+CLAIM_LUA = """
+local function claim(key, task_id, ttl)
+  local owner = redis.call('GET', key)
+  if not owner then
+    redis.call('SET', key, task_id, 'EX', ttl)
+    return 1
+  end
+  if owner == task_id then
+    redis.call('EXPIRE', key, ttl)
+    return 1
+  end
+  return owner
 end
-if owner == ARGV[1] then
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return owner
 """
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+# release: delete the key if `task_id` holds it (an empty key name: nothing to release).
+RELEASE_LUA = """
+local function release(key, task_id)
+  if key ~= '' and redis.call('GET', key) == task_id then
+    return redis.call('DEL', key)
+  end
+  return 0
 end
-return 0
 """
+
+_CLAIM = CLAIM_LUA + "return claim(KEYS[1], ARGV[1], ARGV[2])"
+_RELEASE = RELEASE_LUA + "return release(KEYS[1], ARGV[1])"
 
 
 @dataclass(frozen=True)
@@ -66,20 +76,36 @@ class PendingJobs:
     def key(self, provider: str, account: str, chat_id: str) -> str:
         return f"{self._prefix}:pending:{provider}:{account}:{chat_id}"
 
+    def claim_args(self, task_id: str) -> list[str | int]:
+        """ARGV of ``claim`` after its key (for scripts that compose CLAIM_LUA)."""
+        return [task_id, self._ttl]
+
+    def queue_claim(self, pipe: Pipeline, key: str, task_id: str) -> None:
+        """Add a claim to a pipeline (as EVALSHA: a bulk enqueue queues hundreds of claims, and
+        the script's text each time would cost more than redis-py's one SCRIPT EXISTS per
+        pipeline); read its reply with ``claim_result``."""
+        self._claim(keys=[key], args=self.claim_args(task_id), client=pipe)
+
+    @staticmethod
+    def claim_result(key: str, task_id: str, reply: object) -> Claim:
+        return Claim(key, task_id, task_id if reply == 1 else str(reply))
+
     def claim(self, key: str, task_id: str) -> Claim:
-        result = self._claim(keys=[key], args=[task_id, self._ttl])
-        return Claim(key, task_id, task_id if result == 1 else str(result))
+        return self.claim_many([(key, task_id)])[0]
 
     def claim_many(self, wanted: Sequence[tuple[str, str]]) -> list[Claim]:
         """Claim (key, task id) pairs in one round trip; a key given twice goes to the first."""
         pipe = self._redis.pipeline(transaction=False)
         for key, task_id in wanted:
-            self._claim(keys=[key], args=[task_id, self._ttl], client=pipe)
-        results = pipe.execute()
+            self.queue_claim(pipe, key, task_id)
+        replies = pipe.execute()
         return [
-            Claim(key, task_id, task_id if result == 1 else str(result))
-            for (key, task_id), result in zip(wanted, results, strict=True)
+            self.claim_result(key, task_id, reply)
+            for (key, task_id), reply in zip(wanted, replies, strict=True)
         ]
+
+    def queue_release(self, pipe: Pipeline, key: str, task_id: str) -> None:
+        self._release(keys=[key], args=[task_id], client=pipe)
 
     def release(self, key: str, task_id: str) -> bool:
         return bool(self._release(keys=[key], args=[task_id]))
@@ -88,7 +114,7 @@ class PendingJobs:
         pipe = self._redis.pipeline(transaction=False)
         for claim in claims:
             if claim.won:
-                self._release(keys=[claim.key], args=[claim.task_id], client=pipe)
+                self.queue_release(pipe, claim.key, claim.task_id)
         pipe.execute()
 
     def owner(self, key: str) -> str | None:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import redis
+from redis.client import Pipeline
+from redis.commands.core import Script
 
 from config import get_settings
 
@@ -43,3 +47,10 @@ def reset_state_redis() -> None:
     global _client, _client_pid
     with _lock:
         _client, _client_pid = None, None
+
+
+def queue_script(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
+    """Add a Lua script to a pipeline as EVAL. redis-py's own way (EVALSHA) costs a SCRIPT EXISTS
+    round trip before every pipeline that holds a script; the script's text (Redis caches it by
+    its SHA) costs a few hundred bytes instead, and can never be missing."""
+    pipe.eval(script.script, len(keys), *keys, *args)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+import redis.connection
 import respx
 
 from tasks.archive import ArchiveRunner
@@ -273,3 +274,42 @@ def test_every_reschedule_targets_the_account_queue(runner: ArchiveRunner) -> No
         failing = runner.run((), JOB, delivery(queue="archive"))
     assert isinstance(limited, Reschedule) and limited.queue == GREEN_QUEUE
     assert isinstance(failing, Reschedule) and failing.queue == GREEN_QUEUE
+
+
+def test_a_job_delivered_too_often_is_dead_lettered_worker_lost(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    # Three deliveries began and none ended: each killed its worker.
+    key = "chat-archiver:deliveries:task-1"
+    archiver_env.redis.set(key, archiver_env.settings.max_deliveries)
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.post(GREEN_URL).respond(200)
+        result = runner.run((), JOB, delivery())
+    assert route.call_count == 0
+    assert isinstance(result, dict) and result["reason"] == "worker_lost"
+    assert not archiver_env.redis.exists(key)
+    pending = archiver_env.services.pending
+    assert pending.owner(pending.key("green-api", GREEN_ID, JOB["chat_id"])) is None
+
+
+def test_a_run_costs_two_redis_round_trips(
+    runner: ArchiveRunner, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One pipeline to be admitted, one MULTI at the end: the per-job overhead the unlimited
+    benchmark measures (tests/benchmarks/bench_rate_limit.py)."""
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        runner.run((), {**JOB, "chat_id": "79000000001@c.us"}, delivery(task_id="warm-up"))
+        sends = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+
+        def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+            nonlocal sends
+            sends += 1
+            return original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        result = runner.run((), JOB, delivery())
+    assert isinstance(result, dict) and result["outcome"] == "archived"
+    assert sends == 2
+    assert not archiver_env.redis.exists("chat-archiver:deliveries:task-1")
