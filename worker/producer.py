@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 import redis
 from celery import Celery, uuid
+from celery.events.dispatcher import EventDispatcher
 
 from config import AccountRegistry, ConfigError, Settings, get_settings
 from worker.celery_app import app
@@ -55,6 +57,8 @@ class ArchiveProducer:
         self.pending = PendingJobs(
             state or connect(settings.state_url), settings.key_prefix, settings.pending_ttl
         )
+        self._declared: set[str] = set()  # the queues this producer has declared
+        self._routes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def enqueue(self, data: Mapping[str, Any]) -> str:
         """Validate and enqueue one job; return its task id, or the id of the job already
@@ -104,13 +108,20 @@ class ArchiveProducer:
         )
         won: list[Claim] = []
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(max_size=len(jobs)):
+            with (
+                self.app.producer_or_acquire() as producer,
+                producer.batch(max_size=len(jobs)),
+                self._sent_events(producer) as events,
+            ):
                 for (position, job), claim in zip(jobs, claims, strict=True):
                     if not claim.won:
                         result.duplicates.append((position, claim.owner))
                         continue
                     won.append(claim)
-                    self._publish(producer, job, claim.task_id)
+                    queue = queue_for(self.settings.queue, self.accounts, job.provider, job.account)
+                    self._send(
+                        producer, TASK_NAME, claim.task_id, job.kwargs(), queue, events=events
+                    )
                     result.enqueued.append((position, claim.task_id))
         except BaseException:
             # Publishing failed part-way: free the chats, or they would look pending until the
@@ -126,11 +137,73 @@ class ArchiveProducer:
         queue: str | None = None,
         countdown: float | None = None,
     ) -> str:
-        """Send one of our own tasks (a probe, a sweep) by name, without the result-backend
-        subscription ``send_task`` would make (see _publish)."""
+        """Send one of our own tasks (a probe, a sweep) by name."""
         task_id = uuid()
+        with self.app.producer_or_acquire() as producer:
+            self._send(
+                producer,
+                task_name,
+                task_id,
+                kwargs,
+                queue or self.settings.queue,
+                countdown=countdown,
+            )
+        return task_id
+
+    def republish(self, jobs: list[ParkedJob], queue: str) -> None:
+        """Put parked jobs back on a queue, each with its own task id and history (headers);
+        their chats' pending marks are theirs already."""
+        with (
+            self.app.producer_or_acquire() as producer,
+            producer.batch(max_size=BATCH_SIZE),
+            self._sent_events(producer) as events,
+        ):
+            for job in jobs:
+                self._send(
+                    producer,
+                    TASK_NAME,
+                    job.task_id,
+                    job.kwargs,
+                    queue,
+                    headers=job.headers,
+                    events=events,
+                )
+
+    def _send(
+        self,
+        producer: Any,
+        task_name: str,
+        task_id: str,
+        kwargs: dict[str, Any],
+        queue: str,
+        *,
+        countdown: float | None = None,
+        headers: dict[str, Any] | None = None,
+        events: EventDispatcher | None = None,
+    ) -> None:
+        """Publish one task message the way ``send_task`` does, minus what costs without
+        serving us:
+
+        - ``send_task`` SUBSCRIBEs to each new task's result channel with the Redis result
+          backend (so ``.get()`` can wait): two round trips per job that cannot be pipelined,
+          and one live subscription per job in a producer that never waits for results.
+        - Celery renders argsrepr/kwargsrepr with its careful ``saferepr``; our keyword
+          arguments are a few short strings, and ``repr`` shows them as well (Flower reads it).
+        - kombu binds and checks the declaration of a fresh Queue object on every publish; on
+          Redis a direct queue's message is a plain push onto its list, so each queue is
+          declared once per producer and not again.
+        - Inside a batch (``events`` given) nothing is sent until the batch flushes, so a retry
+          around each buffered publish cannot help: the flush raises, and the caller frees its
+          claims. And the batch's task-sent events go out as one list message (see
+          ``_sent_events``) instead of one message per job.
+        """
         amqp = self.app.amqp
-        options = amqp.router.route({"queue": queue or self.settings.queue}, task_name, (), kwargs)
+        declared = queue in self._declared
+        route = (task_name, queue)
+        if route not in self._routes:
+            # The route depends on the task and the queue only: worked out once.
+            self._routes[route] = amqp.router.route({"queue": queue}, task_name, (), kwargs)
+        options = self._routes[route]
         message = amqp.create_task_message(
             task_id,
             task_name,
@@ -138,43 +211,42 @@ class ArchiveProducer:
             kwargs,
             countdown=countdown,
             create_sent_event=self.app.conf.task_send_sent_event,
+            argsrepr="()",
+            kwargsrepr=repr(kwargs),
         )
-        with self.app.producer_or_acquire() as producer:
-            amqp.send_task_message(producer, task_name, message, **options)
-        return task_id
-
-    def republish(self, jobs: list[ParkedJob], queue: str) -> None:
-        """Put parked jobs back on a queue, each with its own task id and history (headers);
-        their chats' pending marks are theirs already."""
-        amqp = self.app.amqp
-        with self.app.producer_or_acquire() as producer, producer.batch(max_size=BATCH_SIZE):
-            for job in jobs:
-                options = amqp.router.route({"queue": queue}, TASK_NAME, (), job.kwargs)
-                message = amqp.create_task_message(
-                    job.task_id,
-                    TASK_NAME,
-                    (),
-                    job.kwargs,
-                    create_sent_event=self.app.conf.task_send_sent_event,
-                )
-                amqp.send_task_message(producer, TASK_NAME, message, headers=job.headers, **options)
-
-    def _publish(self, producer: Any, job: ArchiveJob, task_id: str) -> None:
-        """Publish one job the way ``send_task`` does, minus its result-backend subscription.
-
-        With the Redis result backend, ``send_task`` SUBSCRIBEs to each new task's result
-        channel (so ``.get()`` can wait): two round trips per job that cannot be pipelined, and
-        one live subscription per job in a producer that never waits for results. Producers
-        here return task ids; results are read from the backend by id (or not at all).
-        """
-        kwargs = job.kwargs()
-        queue = queue_for(self.settings.queue, self.accounts, job.provider, job.account)
-        amqp = self.app.amqp
-        options = amqp.router.route({"queue": queue}, TASK_NAME, (), kwargs)
-        message = amqp.create_task_message(
-            task_id, TASK_NAME, (), kwargs, create_sent_event=self.app.conf.task_send_sent_event
+        sent = message.sent_event
+        if events is not None:
+            message = message._replace(sent_event=None)  # buffered below instead
+        amqp.send_task_message(
+            producer,
+            task_name,
+            message,
+            headers=headers,
+            declare=[] if declared else None,
+            retry=False if events is not None else None,
+            **options,
         )
-        amqp.send_task_message(producer, TASK_NAME, message, **options)
+        self._declared.add(queue)
+        if events is not None and sent is not None:
+            # What Celery adds for a direct queue, which it publishes to the anonymous exchange.
+            events.send("task-sent", queue=queue, exchange="", routing_key=queue, **sent)
+
+    @contextmanager
+    def _sent_events(self, producer: Any) -> Iterator[EventDispatcher | None]:
+        """A dispatcher that buffers a batch's task-sent events and publishes them as one list
+        message when the batch ends: Celery's own event batching (its workers send task events
+        this way), which Flower's receiver unpacks. None when sent events are off."""
+        if not self.app.conf.task_send_sent_event:
+            yield None
+            return
+        dispatcher = self.app.events.Dispatcher(
+            channel=producer.channel, buffer_group={"task"}, buffer_limit=1_000_000
+        )
+        try:
+            yield dispatcher
+            dispatcher.flush(errors=False, groups=True)
+        finally:
+            dispatcher.close()
 
 
 _default: tuple[int, ArchiveProducer] | None = None
