@@ -120,18 +120,24 @@ def test_flower_shows_every_outcome_and_no_secret(cluster: Cluster) -> None:
 
     cluster.add_chats("green-api", ["79000000001@c.us"])
     cluster.add_chats("wassenger", ["447000000001@c.us"], archived=True)
-    cluster.start_worker()
     jobs = {
         "archived": ("green-api", GREEN_ID, "79000000001@c.us"),
         "already_archived": ("wassenger", WASSENGER_ID, "447000000001@c.us"),
         "dead_lettered": ("green-api", GREEN_ID, "79000000404@c.us"),
     }
-    ids = {
-        outcome: cluster.producer.enqueue(
-            dict(zip(("provider", "account", "chat_id"), job, strict=True))
-        )
-        for outcome, job in jobs.items()
-    }
+    # Enqueued in bulk before any worker runs: only the task-sent events (sent as one list
+    # message per batch) can tell Flower about them yet.
+    result = cluster.producer.enqueue_many(
+        dict(zip(("provider", "account", "chat_id"), job, strict=True)) for job in jobs.values()
+    )
+    ids = dict(zip(jobs, (task_id for _, task_id in result.enqueued), strict=True))
+    deadline = time.monotonic() + 20
+    while not all(task_id in api.get("/api/tasks").json() for task_id in ids.values()):
+        assert time.monotonic() < deadline, "Flower never heard the jobs were sent"
+        time.sleep(0.2)
+    queued = api.get("/api/tasks").json()[ids["archived"]]
+    assert queued["sent"] is not None and queued["received"] is None
+    cluster.start_worker()
     for task_id in ids.values():
         cluster.result(task_id)
 
