@@ -353,7 +353,8 @@ class ArchiveRunner:
         release of its chat (a no-op unless this job holds the chat). One round trip."""
         services, job, task_id = self.services, run.job, run.delivery.task_id
         parts = [job.get(name) for name in ("provider", "account", "chat_id")]
-        provider, account, chat = (str(part) for part in parts)
+        # A malformed job may lack them: empty labels, not "None".
+        provider, account, chat = (part if isinstance(part, str) else "" for part in parts)
         valid = all(isinstance(part, str) for part in parts)
         pending_key = services.pending.key(provider, account, chat) if valid else ""
         metrics = services.metrics
