@@ -15,9 +15,9 @@ provider, and one probe at a time finds out whether it answers again.
 
 The logic lives in ``ArchiveRunner`` (plain Python, tested without Celery); the Celery task only
 turns its endings (tasks/delivery.py) into ``self.retry`` or a parked state. A run talks to
-Redis twice besides its permits for retries: one script to be admitted (its delivery count, so
-a job that kills its worker every time ends in the dead letters instead of looping; the claim
-on its chat; the account's circuit; its first permit) and one when it ends.
+Redis twice besides the permits of its retries (tasks/bookkeeping.py): once to be admitted (its
+delivery count, so a job that kills its worker every time ends in the dead letters instead of
+looping; the claim on its chat; the account's circuit; its first permit), once when it ends.
 """
 
 from __future__ import annotations
@@ -27,32 +27,27 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 from typing import Any
 
 import httpx
-import redis
 from celery import Task, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from redis.commands.core import Script
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 from tenacity.wait import wait_exponential_jitter
 
 from config import Account, AccountRegistry
+from tasks import bookkeeping
 from tasks.delivery import Delivery, Parked, Reschedule
 from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
 from worker import app
-from worker.circuit import CHECK_LUA, Decision, ParkedJob
+from worker.circuit import Decision, ParkedJob
 from worker.deadletters import DeadLetter
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob, job_summary
-from worker.limiter import ACQUIRE_LUA, AccountLimiter, Permit
-from worker.metrics import RECORD_LATENCY_LUA, RECORD_OUTCOME_LUA
+from worker.limiter import Permit
 from worker.outcomes import Kind, Outcome, Reason
-from worker.pending import CLAIM_LUA, RELEASE_LUA, Claim, PendingJobs
 from worker.producer import ArchiveProducer, default_producer
 from worker.routing import account_queue
 from worker.services import Services, get_accounts, get_services
-from worker.state import queue_script
 
 logger = logging.getLogger("chat_archiver.jobs")
 
@@ -73,58 +68,6 @@ class _RateLimited(Exception):
         self.why = why
 
 
-# One script to be admitted, one at the end: the modules' Lua functions, composed.
-_ADMIT = "\n".join(
-    [
-        CLAIM_LUA,
-        CHECK_LUA,
-        ACQUIRE_LUA,
-        """
--- KEYS: deliveries, chat mark, circuit (2), limiter (3). ARGV: deliveries ttl, claim (2),
--- circuit (1), limiter (3).
-local deliveries = redis.call('INCR', KEYS[1])
-redis.call('EXPIRE', KEYS[1], ARGV[1])
-local claimed = claim(KEYS[2], ARGV[2], ARGV[3])
-local decision = circuit_check(KEYS[3], KEYS[4], ARGV[4])
-local permit = acquire(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7])
-return {deliveries, claimed, decision, permit[1], permit[2]}
-""",
-    ]
-)
-_CLOSE = "\n".join(
-    [
-        RELEASE_LUA,
-        RECORD_OUTCOME_LUA,
-        RECORD_LATENCY_LUA,
-        """
--- KEYS: deliveries, chat mark ('' for a malformed job), outcomes, recent outcomes, latency.
--- ARGV: task id, '1' when the job has ended, outcome (3), latencies n, then n x (bucket, sum,
--- seconds).
-redis.call('DEL', KEYS[1])
-if ARGV[2] == '1' then
-  release(KEYS[2], ARGV[1])
-  record_outcome(KEYS[3], KEYS[4], ARGV[3], ARGV[4], ARGV[5])
-end
-for i = 0, tonumber(ARGV[6]) - 1 do
-  record_latency(KEYS[5], ARGV[7 + 3 * i], ARGV[8 + 3 * i], ARGV[9 + 3 * i])
-end
-return 1
-""",
-    ]
-)
-
-
-@dataclass(frozen=True)
-class _Scripts:
-    admit: Script
-    close: Script
-
-
-@lru_cache(maxsize=8)
-def _scripts(client: redis.Redis) -> _Scripts:
-    return _Scripts(client.register_script(_ADMIT), client.register_script(_CLOSE))
-
-
 # A job that arrived on the intake queue runs at once only if its account has a permit this
 # close; otherwise it moves to its account's queue, where it waits its turn without standing in
 # front of other accounts' jobs.
@@ -143,14 +86,6 @@ class _Run:
     # refused and the job came from the intake queue.
     first_permit: Permit | None = None
     may_forward: bool = False
-
-
-@dataclass(frozen=True)
-class _Admission:
-    deliveries: int
-    claim: Claim
-    decision: Decision
-    permit: Permit
 
 
 class ArchiveRunner:
@@ -193,7 +128,10 @@ class ArchiveRunner:
         adapter = adapter_for(job.provider)
         home = account_queue(self.settings.queue, account.provider, account.id)
         run.may_forward = delivery.queue != home
-        admission = self._admit(job, account, adapter, run)
+        max_wait = INTAKE_MAX_WAIT if run.may_forward else self.settings.limiter_max_wait
+        admission = bookkeeping.admit(
+            self.services, account, adapter.archive_method, job.chat_id, delivery.task_id, max_wait
+        )
         if admission.deliveries > self.settings.max_deliveries:
             detail = (
                 f"delivered {admission.deliveries} times without finishing (it stops its worker)"
@@ -219,40 +157,6 @@ class ArchiveRunner:
         except SoftTimeLimitExceeded:
             answer = None
         return self._conclude(run, job, account, answer, home, probing)
-
-    def _admit(
-        self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
-    ) -> _Admission:
-        """Everything the job needs to know before it may call, in one script: how often it
-        was delivered (a job that keeps killing its worker), whether another job holds its chat,
-        the account's circuit, and a permit for the first attempt. In the rare case the job
-        then does not call (duplicate, parked, over the delivery cap), that permit goes unused."""
-        services, settings, task_id = self.services, self.settings, run.delivery.task_id
-        key = services.pending.key(job.provider, job.account, job.chat_id)
-        method = adapter.archive_method
-        max_wait = INTAKE_MAX_WAIT if run.may_forward else settings.limiter_max_wait
-        deliveries_ttl = settings.visibility_timeout * (settings.max_deliveries + 1)
-        keys = [
-            self._deliveries_key(task_id),
-            key,
-            *services.circuit.check_keys(account),
-            *services.limiter.acquire_keys(account, method),
-        ]
-        args = [
-            deliveries_ttl,
-            *services.pending.claim_args(task_id),
-            *services.circuit.check_args(),
-            *services.limiter.acquire_args(account, method, max_wait),
-        ]
-        deliveries, claimed, decision, *permit = _scripts(services.redis).admit(
-            keys=keys, args=args
-        )
-        return _Admission(
-            deliveries=int(deliveries),
-            claim=PendingJobs.claim_result(key, task_id, claimed),
-            decision=Decision(decision),
-            permit=AccountLimiter.permit(permit),
-        )
 
     def _conclude(
         self,
@@ -348,37 +252,15 @@ class ArchiveRunner:
         reason: str | None = None,
         entry: DeadLetter | None = None,
     ) -> None:
-        """A run is over (finished, rescheduled or parked): forget its delivery count, record its
-        provider calls, and, when the job itself has ended, its outcome, its dead letter and the
-        release of its chat (a no-op unless this job holds the chat). One round trip."""
-        services, job, task_id = self.services, run.job, run.delivery.task_id
-        parts = [job.get(name) for name in ("provider", "account", "chat_id")]
-        # A malformed job may lack them: empty labels, not "None".
-        provider, account, chat = (part if isinstance(part, str) else "" for part in parts)
-        valid = all(isinstance(part, str) for part in parts)
-        pending_key = services.pending.key(provider, account, chat) if valid else ""
-        metrics = services.metrics
-        keys = [
-            self._deliveries_key(task_id),
-            pending_key,
-            *metrics.outcome_keys(provider, account),
-            metrics.latency_key,
-        ]
-        args: list[Any] = [task_id, "1" if outcome is not None else "0"]
-        args += metrics.outcome_args(
-            provider, account, str(outcome), reason, chat if isinstance(parts[2], str) else None
+        bookkeeping.close(
+            self.services,
+            run.job,
+            run.delivery.task_id,
+            run.latencies,
+            outcome=str(outcome) if outcome is not None else None,
+            reason=reason,
+            entry=entry,
         )
-        args.append(len(run.latencies))
-        for seconds in run.latencies:
-            args += metrics.latency_args(provider, account, seconds)
-        if entry is None:
-            _scripts(services.redis).close(keys=keys, args=args)
-            return
-        # A dead letter's three keys change together with the rest: one MULTI.
-        pipe = services.redis.pipeline(transaction=True)
-        services.dead_letters.queue_add(pipe, entry)
-        queue_script(pipe, _scripts(services.redis).close, keys, args)
-        pipe.execute()
 
     def _finish(
         self, run: _Run, outcome: Outcome, entry: DeadLetter | None = None, **extra: Any
@@ -486,9 +368,6 @@ class ArchiveRunner:
         return released
 
     # -- helpers --------------------------------------------------------------------------------
-
-    def _deliveries_key(self, task_id: str) -> str:
-        return f"{self.settings.key_prefix}:deliveries:{task_id}"
 
     @staticmethod
     def _describe(answer: ProviderAnswer) -> str:
