@@ -51,6 +51,16 @@ end
 """
 
 _CLAIM = CLAIM_LUA + "return claim(KEYS[1], ARGV[1], ARGV[2])"
+# A batch in one call: KEYS are the chats' keys, ARGV their task ids, then the TTL. A bulk
+# enqueue claims 500 chats with one command instead of 500.
+_CLAIM_MANY = (
+    CLAIM_LUA
+    + """
+local ttl, replies = ARGV[#KEYS + 1], {}
+for i = 1, #KEYS do replies[i] = claim(KEYS[i], ARGV[i], ttl) end
+return replies
+"""
+)
 _RELEASE = RELEASE_LUA + "return release(KEYS[1], ARGV[1])"
 
 
@@ -71,6 +81,7 @@ class PendingJobs:
         self._prefix = prefix
         self._ttl = ttl
         self._claim = client.register_script(_CLAIM)
+        self._claim_many = client.register_script(_CLAIM_MANY)
         self._release = client.register_script(_RELEASE)
 
     def key(self, provider: str, account: str, chat_id: str) -> str:
@@ -80,12 +91,6 @@ class PendingJobs:
         """ARGV of ``claim`` after its key (for scripts that compose CLAIM_LUA)."""
         return [task_id, self._ttl]
 
-    def queue_claim(self, pipe: Pipeline, key: str, task_id: str) -> None:
-        """Add a claim to a pipeline (as EVALSHA: a bulk enqueue queues hundreds of claims, and
-        the script's text each time would cost more than redis-py's one SCRIPT EXISTS per
-        pipeline); read its reply with ``claim_result``."""
-        self._claim(keys=[key], args=self.claim_args(task_id), client=pipe)
-
     @staticmethod
     def claim_result(key: str, task_id: str, reply: object) -> Claim:
         return Claim(key, task_id, task_id if reply == 1 else str(reply))
@@ -94,11 +99,11 @@ class PendingJobs:
         return self.claim_many([(key, task_id)])[0]
 
     def claim_many(self, wanted: Sequence[tuple[str, str]]) -> list[Claim]:
-        """Claim (key, task id) pairs in one round trip; a key given twice goes to the first."""
-        pipe = self._redis.pipeline(transaction=False)
-        for key, task_id in wanted:
-            self.queue_claim(pipe, key, task_id)
-        replies = pipe.execute()
+        """Claim (key, task id) pairs in one script call; a key given twice goes to the first."""
+        if not wanted:
+            return []
+        keys = [key for key, _ in wanted]
+        replies = self._claim_many(keys=keys, args=[*(task_id for _, task_id in wanted), self._ttl])
         return [
             self.claim_result(key, task_id, reply)
             for (key, task_id), reply in zip(wanted, replies, strict=True)
