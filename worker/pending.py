@@ -52,13 +52,17 @@ end
 
 _CLAIM = CLAIM_LUA + "return claim(KEYS[1], ARGV[1], ARGV[2])"
 # A batch in one call: KEYS are the chats' keys, ARGV their task ids, then the TTL. A bulk
-# enqueue claims 500 chats with one command instead of 500.
+# enqueue claims 500 chats with one command instead of 500, and hears back only about the chats
+# another job holds: {position, owner, position, owner, ...}.
 _CLAIM_MANY = (
     CLAIM_LUA
     + """
-local ttl, replies = ARGV[#KEYS + 1], {}
-for i = 1, #KEYS do replies[i] = claim(KEYS[i], ARGV[i], ttl) end
-return replies
+local ttl, held = ARGV[#KEYS + 1], {}
+for i = 1, #KEYS do
+  local owner = claim(KEYS[i], ARGV[i], ttl)
+  if owner ~= 1 then held[#held + 1] = i; held[#held + 1] = owner end
+end
+return held
 """
 )
 _RELEASE = RELEASE_LUA + "return release(KEYS[1], ARGV[1])"
@@ -103,10 +107,11 @@ class PendingJobs:
         if not wanted:
             return []
         keys = [key for key, _ in wanted]
-        replies = self._claim_many(keys=keys, args=[*(task_id for _, task_id in wanted), self._ttl])
+        held = self._claim_many(keys=keys, args=[*(task_id for _, task_id in wanted), self._ttl])
+        owners = dict(zip(held[::2], held[1::2], strict=True))  # 1-based positions
         return [
-            self.claim_result(key, task_id, reply)
-            for (key, task_id), reply in zip(wanted, replies, strict=True)
+            Claim(key, task_id, str(owners.get(position, task_id)))
+            for position, (key, task_id) in enumerate(wanted, start=1)
         ]
 
     def queue_release(self, pipe: Pipeline, key: str, task_id: str) -> None:

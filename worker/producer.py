@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from celery import Celery, uuid
 from celery.events.dispatcher import EventDispatcher
+from celery.utils.nodenames import anon_nodename
 
 from config import AccountRegistry, ConfigError, Settings, get_settings
 from worker.celery_app import app
@@ -58,6 +59,7 @@ class ArchiveProducer:
             state or connect(settings.state_url), settings.key_prefix, settings.pending_ttl
         )
         self._declared: set[str] = set()  # the queues this producer has declared
+        self._origin = anon_nodename()  # what Celery would work out again for every message
         self._routes: dict[tuple[str, str], dict[str, Any]] = {}
 
     def enqueue(self, data: Mapping[str, Any]) -> str:
@@ -213,6 +215,7 @@ class ArchiveProducer:
             create_sent_event=self.app.conf.task_send_sent_event,
             argsrepr="()",
             kwargsrepr=repr(kwargs),
+            origin=self._origin,
         )
         sent = message.sent_event
         if events is not None:
