@@ -21,6 +21,7 @@ from worker.circuit import CHECK_LUA, Decision
 from worker.deadletters import DeadLetter
 from worker.limiter import ACQUIRE_LUA, AccountLimiter, Permit
 from worker.metrics import RECORD_LATENCY_LUA, RECORD_OUTCOME_LUA
+from worker.outcomes import Reason
 from worker.pending import CLAIM_LUA, RELEASE_LUA, Claim, PendingJobs
 from worker.services import Services
 from worker.state import queue_script
@@ -155,5 +156,8 @@ def close(
     # A dead letter's three keys change together with the rest: one MULTI.
     pipe = services.redis.pipeline(transaction=True)
     services.dead_letters.queue_add(pipe, entry)
+    if entry.reason == Reason.NO_MESSAGES and valid:
+        # Sweeps leave this chat alone for a while (worker/unarchivable.py).
+        services.unarchivable.queue_add(pipe, provider, account, chat)
     queue_script(pipe, _scripts(services.redis).close, keys, args)
     pipe.execute()

@@ -171,11 +171,16 @@ class Sweeper:
         self, account: Account, policy: SweepPolicy, summary: SweepSummary, dry_run: bool
     ) -> None:
         cutoff = self.clock() - policy.inactive_after
+        # Chats the provider refused lately for want of an incoming message (a sweep would
+        # only dead-letter them again: worker/unarchivable.py).
+        refused = self.services.unarchivable.since(account.provider, account.id, cutoff)
 
         def selected() -> Iterator[ChatInfo]:
             for chat in self._candidates(account, policy, cutoff, summary):
                 summary.listed += 1
                 reason = skip_reason(policy, chat, cutoff)
+                if reason is None and chat.id in refused:
+                    reason = "no incoming message"
                 if reason is not None:
                     summary.skipped[reason] += 1
                     continue

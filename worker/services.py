@@ -19,6 +19,7 @@ from worker.limiter import AccountLimiter
 from worker.metrics import MetricsRecorder
 from worker.pending import PendingJobs
 from worker.state import reset_state_redis, state_redis
+from worker.unarchivable import UnarchivableChats
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class Services:
     pending: PendingJobs
     circuit: AccountCircuit
     metrics: MetricsRecorder
+    unarchivable: UnarchivableChats
 
 
 @lru_cache(maxsize=1)
@@ -62,6 +64,7 @@ def get_services() -> Services:
                     settings.circuit_max_pause,
                 ),
                 metrics=MetricsRecorder(client, settings.key_prefix),
+                unarchivable=UnarchivableChats(client, settings.key_prefix),
             ),
         )
     return _services[1]

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from config import Account, get_settings
+from tasks.archive import ArchiveRunner
+from tasks.delivery import Delivery
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from worker.celery_app import create_app
@@ -304,3 +306,34 @@ def test_sweep_command_dry_run_then_for_real(env: SweepEnv) -> None:
     assert unknown.stderr.strip() == (
         "Error: no wassenger account '000000000000000000000000' in the accounts file"
     )
+
+
+def test_a_chat_refused_for_no_incoming_message_is_not_swept_again(env: SweepEnv) -> None:
+    """GREEN-API archives only chats with an incoming message: the first sweep's job for such a
+    chat is dead-lettered once; later sweeps leave the chat alone instead of again."""
+    env.sim.put_account(
+        "green-api",
+        GREEN_ID,
+        token=CANARY,
+        chats=[
+            {"id": "79000000001@c.us", **days_ago(60)},
+            {"id": "79000000002@c.us", "has_incoming": False, "last_outgoing_days_ago": 60},
+        ],
+    )
+    first = env.sweeper().sweep(env.account("green-api"))
+    assert first.enqueued == 2
+    # Run the two queued jobs as a worker would, with their own task ids.
+    runner = ArchiveRunner(env.services, get_accounts(), producer=lambda: env.producer)
+    queue = f"archive.green-api.{GREEN_ID}"
+    for raw in env.services.redis.lrange(queue, 0, -1):
+        envelope = json.loads(raw)
+        kwargs = json.loads(base64.b64decode(envelope["body"]))[1]
+        runner.run((), kwargs, Delivery(envelope["headers"]["id"], "w@h", queue=queue))
+    [dead] = list(env.services.dead_letters.iter())
+    assert dead.reason == "no_messages" and dead.job["chat_id"] == "79000000002@c.us"
+
+    env.services.redis.delete(f"archive.green-api.{GREEN_ID}")
+    env.sim.patch_account("green-api", GREEN_ID)  # nothing changes at the provider
+    second = env.sweeper().sweep(env.account("green-api"), dry_run=True, list_chats=True)
+    assert second.chats == []
+    assert second.skipped == {"already archived": 1, "no incoming message": 1}
