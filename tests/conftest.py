@@ -14,12 +14,13 @@ import os
 os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
 os.environ.pop("ARCHIVER_REDIS_URL", None)
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import redis
+import redis.connection
 from pytest_redis import factories
 
 from config import AccountRegistry, Settings, get_settings
@@ -81,19 +82,50 @@ class Env:
         return get_accounts()
 
 
+def use_environment(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, accounts_file: Path, **settings: str
+) -> Env:
+    """Point this process's settings at the test Redis and an accounts file (tokens: the
+    canaries), and rebuild what was built from the old ones."""
+    monkeypatch.setenv("TEST_GREEN_TOKEN", CANARY)
+    monkeypatch.setenv("TEST_WASSENGER_TOKEN", WASSENGER_CANARY)
+    monkeypatch.setenv("ARCHIVER_BROKER_URL", redis_url)
+    monkeypatch.setenv("ARCHIVER_ACCOUNTS_FILE", str(accounts_file))
+    for name, value in settings.items():
+        monkeypatch.setenv(f"ARCHIVER_{name.upper()}", value)
+    reset_services()
+    reset_default_producer()
+    services = get_services()
+    get_accounts()  # as a worker does at start: loads (and registers for redaction) the secrets
+    return Env(get_settings(), services, accounts_file, services.redis)
+
+
 @pytest.fixture
 def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Env]:
     """Settings pointing at the test Redis and an accounts file for a fake provider URL."""
     accounts_file = tmp_path / "accounts.toml"
     accounts_file.write_text(accounts_toml("http://provider.test"))
-    monkeypatch.setenv("TEST_GREEN_TOKEN", CANARY)
-    monkeypatch.setenv("TEST_WASSENGER_TOKEN", WASSENGER_CANARY)
-    monkeypatch.setenv("ARCHIVER_BROKER_URL", redis_url)
-    monkeypatch.setenv("ARCHIVER_ACCOUNTS_FILE", str(accounts_file))
+    yield use_environment(monkeypatch, redis_url, accounts_file)
     reset_services()
     reset_default_producer()
-    services = get_services()
-    get_accounts()  # as a worker does at start: loads (and registers for redaction) the secrets
-    yield Env(get_settings(), services, accounts_file, services.redis)
-    reset_services()
-    reset_default_producer()
+
+
+class RoundTrips:
+    """Counts what this process sends to Redis (a pipeline is one send)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        original = redis.connection.AbstractConnection.send_packed_command
+        counter = self
+
+        def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
+            counter.count += 1
+            return original(self, command, check_health)
+
+        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> Callable[[], RoundTrips]:
+    """Call it to start counting Redis round trips from that moment."""
+    return lambda: RoundTrips(monkeypatch)

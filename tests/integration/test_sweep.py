@@ -19,10 +19,10 @@ from config import Account, get_settings
 from tasks.archive import ArchiveRunner
 from tasks.delivery import Delivery
 from tasks.sweep import Sweeper, SweepSummary
-from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
+from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
 from worker.celery_app import create_app
-from worker.producer import ArchiveProducer, reset_default_producer
-from worker.services import Services, get_accounts, get_services, reset_services
+from worker.producer import ArchiveProducer
+from worker.services import Services, get_accounts, reset_services
 from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
 
 pytestmark = pytest.mark.integration
@@ -100,13 +100,7 @@ def env(
         wassenger_sweep='inactive_after = "30d"\nstatuses = ["active", "resolved"]\n'
         'exclude_labels = ["vip"]',
     )
-    monkeypatch.setenv("TEST_GREEN_TOKEN", CANARY)
-    monkeypatch.setenv("TEST_WASSENGER_TOKEN", WASSENGER_CANARY)
-    monkeypatch.setenv("ARCHIVER_BROKER_URL", redis_url)
-    monkeypatch.setenv("ARCHIVER_ACCOUNTS_FILE", str(accounts))
-    reset_services()
-    reset_default_producer()
-    services = get_services()
+    services = use_environment(monkeypatch, redis_url, accounts).services
     app = create_app(get_settings())
     sim = SimulatorClient(simulator.url)
     sim.delete_accounts()

@@ -3,16 +3,15 @@ HTTP mocked with respx, sleeps recorded instead of slept."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-import redis.connection
 import respx
 
 from tasks.archive import ArchiveRunner
 from tasks.delivery import Delivery, Reschedule
-from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
+from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env, RoundTrips
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 
@@ -293,23 +292,15 @@ def test_a_job_delivered_too_often_is_dead_lettered_worker_lost(
 
 
 def test_a_run_costs_two_redis_round_trips(
-    runner: ArchiveRunner, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+    runner: ArchiveRunner, archiver_env: Env, round_trips: Callable[[], RoundTrips]
 ) -> None:
-    """One pipeline to be admitted, one MULTI at the end: the per-job overhead the unlimited
+    """One script to be admitted, one at the end: the per-job overhead the unlimited
     benchmark measures (tests/benchmarks/bench_rate_limit.py)."""
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(200)
         runner.run((), {**JOB, "chat_id": "79000000001@c.us"}, delivery(task_id="warm-up"))
-        sends = 0
-        original = redis.connection.AbstractConnection.send_packed_command
-
-        def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
-            nonlocal sends
-            sends += 1
-            return original(self, command, check_health)
-
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        sends = round_trips()
         result = runner.run((), JOB, delivery())
     assert isinstance(result, dict) and result["outcome"] == "archived"
-    assert sends == 2
+    assert sends.count == 2
     assert not archiver_env.redis.exists("chat-archiver:deliveries:task-1")

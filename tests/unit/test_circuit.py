@@ -16,11 +16,11 @@ import respx
 from config import Account
 from tasks.archive import ArchiveRunner
 from tasks.delivery import Delivery, Parked, Reschedule
-from tests.conftest import CANARY, GREEN_ID, Env
+from tests.conftest import CANARY, GREEN_ID, Env, use_environment
 from worker.celery_app import create_app
 from worker.circuit import Decision
 from worker.producer import ArchiveProducer
-from worker.services import Services, get_accounts, get_services, reset_services
+from worker.services import Services, get_accounts
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 QUEUE = f"archive.green-api.{GREEN_ID}"
@@ -56,12 +56,17 @@ class Circuit:
 
 
 @pytest.fixture
-def circuit(archiver_env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[Circuit]:
-    monkeypatch.setenv("ARCHIVER_CIRCUIT_COOLDOWN", "0.3")
-    monkeypatch.setenv("ARCHIVER_CIRCUIT_COOLDOWN_MAX", "5")
-    monkeypatch.setenv("ARCHIVER_CIRCUIT_MAX_PAUSE", "600")
-    reset_services()
-    services = get_services()
+def circuit(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> Iterator[Circuit]:
+    services = use_environment(
+        monkeypatch,
+        redis_url,
+        archiver_env.accounts_file,
+        circuit_cooldown="0.3",
+        circuit_cooldown_max="5",
+        circuit_max_pause="600",
+    ).services
     celery = create_app(services.settings)
     producer = ArchiveProducer(celery, services.settings, get_accounts(), services.redis)
     client = httpx.Client(timeout=2)
