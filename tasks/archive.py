@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -37,7 +38,7 @@ from tenacity.wait import wait_exponential_jitter
 
 from config import Account, AccountRegistry
 from tasks import bookkeeping
-from tasks.delivery import Delivery, Parked, Reschedule
+from tasks.delivery import FIRST_PARKED_HEADER, Delivery, Parked, Reschedule
 from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
 from worker import app
 from worker.circuit import Decision, ParkedJob
@@ -170,13 +171,15 @@ class ArchiveRunner:
         kind = answer.verdict.kind if answer is not None else Kind.TRANSIENT
         if kind is Kind.ACCOUNT:
             assert answer is not None and answer.verdict.reason is not None
+            chain = uuid.uuid4().hex
             probe_in = self.services.circuit.trip(
-                account, str(answer.verdict.reason), self._describe(answer), probing
+                account, str(answer.verdict.reason), self._describe(answer), probing, chain
             )
-            return self.park(run, job, account, answer, probe_in)
+            started = (chain, probe_in) if probe_in is not None else None
+            return self.park(run, job, account, answer, started)
         if probing and kind is not Kind.TRANSIENT:
             # The account answered something other than an account problem: it works again.
-            self.resume(account)
+            self._resume_or_leave_it_to_the_probe(account)
         if probing and kind is Kind.TRANSIENT:
             self.services.circuit.release_probe(account)  # could not tell: the next job probes
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
@@ -313,6 +316,10 @@ class ArchiveRunner:
 
     def _reschedule(self, run: _Run, countdown: float, why: str, queue: str) -> Reschedule:
         self._close(run)
+        # A long Retry-After or a far permit must not become a countdown longer than the broker
+        # keeps an unacknowledged message (the job would run twice): it comes back sooner and,
+        # if the account is still held off, waits again.
+        countdown = min(countdown, self.settings.retry_countdown_max)
         return Reschedule(countdown, run.delivery, why, queue)
 
     def park(
@@ -321,26 +328,31 @@ class ArchiveRunner:
         job: ArchiveJob,
         account: Account,
         answer: ProviderAnswer | None,
-        probe_in: float | None = None,
+        chain: tuple[str, float] | None = None,
     ) -> Parked:
         """Keep the job in the account's parked list until the account answers again; make
-        sure a probe is on its way (this trip's, or a replacement for a lost one)."""
-        circuit, delivery = self.services.circuit, run.delivery
-        circuit.park(
-            account, ParkedJob(delivery.task_id, job.kwargs(), delivery.headers(), time.time())
+        sure a probe chain looks after the account (the one this trip starts, ``chain``: its
+        token and the seconds to its first turn; or a replacement for a lost one)."""
+        circuit, now = self.services.circuit, time.time()
+        again = run.delivery.first_parked_at is not None
+        run.delivery = delivery = replace(
+            run.delivery, first_parked_at=run.delivery.first_parked_at or now
         )
+        assert delivery.first_parked_at is not None
+        parked = ParkedJob(
+            delivery.task_id, job.kwargs(), delivery.headers(), delivery.first_parked_at
+        )
+        circuit.park(account, parked, again=again)
         self._close(run)
         if not circuit.is_open(account):
             # The circuit closed between our check and our parking: nobody would release us.
-            self.resume(account)
-        if probe_in is None:
-            probe_in = circuit.probe_to_schedule(account)
-        if probe_in is not None:
-            self.producer().send(
-                PROBE_TASK,
-                {"provider": account.provider, "account": account.id},
-                countdown=probe_in + 0.5,
-            )
+            self._resume_or_leave_it_to_the_probe(account)
+        if chain is None:
+            token = uuid.uuid4().hex
+            wait = circuit.chain_to_start(account, token)
+            chain = (token, wait) if wait is not None else None
+        if chain is not None:
+            self.send_probe(account, *chain)
         state = circuit.state(account)
         reason = state.reason or (
             str(answer.verdict.reason)
@@ -351,17 +363,35 @@ class ArchiveRunner:
         logger.info("parked %s %s job=%s (%s)", account.key, job.chat_id, delivery.task_id, reason)
         return Parked(delivery, reason, why)
 
+    def send_probe(self, account: Account, chain: str, countdown: float) -> None:
+        """Send the next turn of the account's probe chain (tasks/probe.py)."""
+        self.producer().send(
+            PROBE_TASK,
+            {"provider": account.provider, "account": account.id, "chain": chain},
+            countdown=countdown + 0.5,  # Redis's clock and ours may differ a little
+        )
+
+    def _resume_or_leave_it_to_the_probe(self, account: Account) -> None:
+        try:
+            self.resume(account)
+        except Exception:
+            # The job itself has its answer; failing it now would dead-letter a job that worked.
+            # The probe chain's next turn finds the circuit closed and releases what is left.
+            logger.exception("could not release the parked jobs of %s", account.key)
+
     def resume(self, account: Account) -> int:
         """Close the account's circuit and put every parked job back on its queue."""
         circuit = self.services.circuit
         circuit.close(account)
         home = account_queue(self.settings.queue, account.provider, account.id)
         released = 0
-        with circuit.releasing(account) as mine:
-            while mine and (jobs := circuit.head(account, 500)):
-                self.producer().republish(jobs, home)
-                circuit.drop_head(account, len(jobs))
+        with circuit.releasing(account) as lock:
+            while lock is not None and (jobs := circuit.head(account, 500)):
+                # The account works again: a later pause starts the job's clock afresh.
+                self.producer().republish([_unparked(job) for job in jobs], home)
+                circuit.remove(account, jobs)
                 released += len(jobs)
+                lock.reacquire()  # a long release keeps its lock
         logger.info(
             "%s answers again: circuit closed, %d parked jobs released", account.key, released
         )
@@ -420,6 +450,11 @@ class ArchiveRunner:
                 "source": job.get("source"),
             },
         )
+
+
+def _unparked(job: ParkedJob) -> ParkedJob:
+    headers = {name: value for name, value in job.headers.items() if name != FIRST_PARKED_HEADER}
+    return replace(job, headers=headers)
 
 
 # -- the Celery task ------------------------------------------------------------------------------

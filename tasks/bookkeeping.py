@@ -33,11 +33,16 @@ _ADMIT = "\n".join(
         ACQUIRE_LUA,
         """
 -- KEYS: deliveries, chat mark, circuit (2), limiter (3). ARGV: deliveries ttl, claim (2),
--- circuit (1), limiter (3).
+-- circuit (1), limiter (3), delivery cap.
 local deliveries = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+-- A job that will not call (past its delivery cap, a duplicate, parked) takes neither the
+-- probe claim nor a permit; what it gets back in their place is never read.
+if deliveries > tonumber(ARGV[8]) then return {deliveries, 1, 'call', 0, '0'} end
 local claimed = claim(KEYS[2], ARGV[2], ARGV[3])
+if claimed ~= 1 then return {deliveries, claimed, 'call', 0, '0'} end
 local decision = circuit_check(KEYS[3], KEYS[4], ARGV[4])
+if decision == 'park' then return {deliveries, claimed, decision, 0, '0'} end
 local permit = acquire(KEYS[5], KEYS[6], KEYS[7], ARGV[5], ARGV[6], ARGV[7])
 return {deliveries, claimed, decision, permit[1], permit[2]}
 """,
@@ -96,8 +101,8 @@ def admit(
 ) -> Admission:
     """Everything a job needs to know before it may call, in one script: how often it was
     delivered, whether another job holds its chat, the account's circuit, and a permit for its
-    first attempt. In the rare case the job then does not call (duplicate, parked, over the
-    delivery cap), that permit goes unused."""
+    first attempt. Each check is made only if the ones before it let the job go on: a job
+    that will not call takes no permit and no probe claim."""
     settings = services.settings
     key = services.pending.key(account.provider, account.id, chat_id)
     keys = [
@@ -111,6 +116,7 @@ def admit(
         *services.pending.claim_args(task_id),
         *services.circuit.check_args(),
         *services.limiter.acquire_args(account, method, max_wait),
+        settings.max_deliveries,
     ]
     deliveries, claimed, decision, *permit = _scripts(services.redis).admit(keys=keys, args=args)
     return Admission(

@@ -13,6 +13,10 @@ from typing import Any
 ATTEMPTS_HEADER = "archiver_attempts"
 FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
 ROUNDS_HEADER = "archiver_transient_rounds"
+LAST_ATTEMPT_HEADER = "archiver_last_attempt"
+# When the job was first parked behind its account's open circuit: the maximum pause counts from
+# there, however many probes release and re-park it. Dropped when the circuit closes.
+FIRST_PARKED_HEADER = "archiver_first_parked"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,7 @@ class Delivery:
     last_attempt_at: float | None = None
     transient_rounds: int = 0  # Celery retries spent on transient failures
     queue: str | None = None  # the queue this delivery came from
+    first_parked_at: float | None = None  # parked behind an open circuit since then
 
     @classmethod
     def from_headers(
@@ -48,6 +53,8 @@ class Delivery:
             worker=worker,
             attempts=number(ATTEMPTS_HEADER, int) or 0,
             first_attempt_at=number(FIRST_ATTEMPT_HEADER, float),
+            last_attempt_at=number(LAST_ATTEMPT_HEADER, float),
+            first_parked_at=number(FIRST_PARKED_HEADER, float),
             transient_rounds=number(ROUNDS_HEADER, int) or 0,
             queue=queue,
         )
@@ -57,8 +64,12 @@ class Delivery:
             ATTEMPTS_HEADER: self.attempts,
             ROUNDS_HEADER: self.transient_rounds,
         }
-        if self.first_attempt_at is not None:
-            headers[FIRST_ATTEMPT_HEADER] = self.first_attempt_at
+        optional = {
+            FIRST_ATTEMPT_HEADER: self.first_attempt_at,
+            LAST_ATTEMPT_HEADER: self.last_attempt_at,
+            FIRST_PARKED_HEADER: self.first_parked_at,
+        }
+        headers.update({name: value for name, value in optional.items() if value is not None})
         return headers
 
     def attempted(self, at: float) -> Delivery:

@@ -62,6 +62,8 @@ def get_services() -> Services:
                     settings.circuit_cooldown,
                     settings.circuit_cooldown_max,
                     settings.circuit_max_pause,
+                    # A probe job's run ends by the hard time limit at the latest.
+                    probe_claim_ttl=settings.task_time_limit + 10,
                 ),
                 metrics=MetricsRecorder(client, settings.key_prefix),
                 unarchivable=UnarchivableChats(client, settings.key_prefix),

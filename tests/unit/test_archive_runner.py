@@ -149,7 +149,24 @@ def test_countdown_doubles_and_is_capped(runner: ArchiveRunner, archiver_env: En
         late = runner.run((), JOB, delivery(transient_rounds=4))
     assert isinstance(third, Reschedule) and isinstance(late, Reschedule)
     assert settings.retry_countdown * 4 <= third.countdown <= settings.retry_countdown * 4 * 1.2
-    assert late.countdown <= settings.retry_countdown_max * 1.2
+    assert late.countdown <= settings.retry_countdown_max  # jitter included
+
+
+def test_a_long_retry_after_never_outlasts_the_visibility_timeout(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    settings = archiver_env.settings
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(429, headers={"Retry-After": "7200"})
+        result = runner.run((), JOB, delivery())
+        # Back before the provider's two hours are up: still held off, it waits again.
+        again = runner.run((), JOB, delivery())
+    # A countdown past the visibility timeout would have the broker deliver the job twice.
+    assert isinstance(result, Reschedule) and isinstance(again, Reschedule)
+    assert result.countdown == again.countdown == settings.retry_countdown_max
+    assert settings.retry_countdown_max <= settings.visibility_timeout / 2
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert archiver_env.services.limiter.state(account, "archiveChat").next_permit_in > 7000
 
 
 def test_rate_limited_is_rescheduled_never_dead_lettered(
