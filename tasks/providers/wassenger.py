@@ -69,13 +69,15 @@ class WassengerAdapter(ProviderAdapter):
         return client.build_request("PUT", url, headers=auth_headers(account))
 
     def answer_text(self, response: httpx.Response) -> str:
+        # Only a JSON error's fields: a plain-text body (a proxy's or a router's "Cannot PUT
+        # /v1/chat/.../chats/...") echoes the path, whose "chat" would read as chat_not_found.
         try:
             body = json.loads(response.content or b"null")
         except ValueError:
-            return response.text
+            return ""
         if isinstance(body, dict):
             return f"{body.get('message', '')} {body.get('errorCode', '')}".strip()
-        return response.text
+        return ""
 
 
 # -- listings, for sweeps ---------------------------------------------------------------------
