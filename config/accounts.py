@@ -8,6 +8,7 @@ worker at start with one line naming the account and the field, not at its first
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,11 @@ class AccountRegistry:
         return len(self._by_key)
 
 
+# Upper case, as environment variables are named: the tokens of both providers are lower-case
+# hex, so a token pasted in place of a name never passes for one.
+_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
 class _AccountEntry(BaseModel):
     """One ``[[accounts]]`` table as written. Unknown keys are refused: a typo must not pass."""
 
@@ -96,6 +102,16 @@ class _AccountEntry(BaseModel):
     @classmethod
     def _known_provider(cls, value: str) -> str:
         provider_spec(value)
+        return value
+
+    @field_validator("token_env")
+    @classmethod
+    def _variable_name(cls, value: str | None) -> str | None:
+        # Never echo the value: a token pasted here instead of a variable's name is a secret.
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must name an environment variable (A-Z, 0-9, _), not hold the token itself"
+            )
         return value
 
     @field_validator("api_url")

@@ -92,8 +92,10 @@ install_redaction()
 try:
     app = create_app()
 except ConfigError as error:
-    # A wrong ARCHIVER_* variable: one line, not a traceback through Celery's loader.
-    sys.exit(f"chat-archiver: {error}")
+    # A wrong ARCHIVER_* variable: one line, not a traceback through Celery's loader; exit 2,
+    # "cannot start" (what `chat-archiver status` also answers when it cannot read the state).
+    print(f"chat-archiver: {error}", file=sys.stderr)
+    sys.exit(2)
 
 
 @signals.worker_init.connect

@@ -27,7 +27,7 @@ from worker.jobs import InvalidJob
 from worker.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
 from worker.producer import ArchiveProducer
 from worker.simulator import SimulatorClient, SimulatorError, start_in_thread
-from worker.state import connect
+from worker.state import connect, safe_url
 
 GREEN_ID = "1101000001"
 WASSENGER_ID = "64a1f0c2b3d4e5f601234567"
@@ -156,12 +156,12 @@ def run_demo(console: Console, timeout: float = 90.0) -> bool:
     if not redis_answers(broker_url):
         if not PrivateRedis.available():
             raise RuntimeError(
-                f"no Redis answers at {broker_url} and redis-server is not on the PATH: "
+                f"no Redis answers at {safe_url(broker_url)} and redis-server is not on the PATH: "
                 "start Redis or set ARCHIVER_BROKER_URL"
             )
         private = PrivateRedis().start()
         console.print(
-            f"No Redis answers at {broker_url}: running a private redis-server on "
+            f"No Redis answers at {safe_url(broker_url)}: running a private redis-server on "
             f"{private.url} for the demo."
         )
         broker_url = private.url

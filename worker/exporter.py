@@ -58,7 +58,7 @@ class ArchiverCollector(Collector):
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         settings = self.services.settings
         queues = [settings.queue, *account_queues(settings.queue, self.accounts)]
-        pipe = self.services.redis.pipeline(transaction=False)
+        pipe = self.services.broker.pipeline(transaction=False)
         for queue in queues:
             pipe.llen(queue)
         pipe.hlen("unacked")  # kombu's: delivered, not yet acknowledged (running or held)

@@ -18,14 +18,15 @@ from worker.deadletters import DeadLetterStore
 from worker.limiter import AccountLimiter
 from worker.metrics import MetricsRecorder
 from worker.pending import PendingJobs
-from worker.state import reset_state_redis, state_redis
+from worker.state import connect, reset_state_redis, state_redis
 from worker.unarchivable import UnarchivableChats
 
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    redis: redis.Redis
+    redis: redis.Redis  # our state (ARCHIVER_REDIS_URL, else the broker's)
+    broker: redis.Redis  # the broker's Redis, where the queues are (the same client if shared)
     limiter: AccountLimiter
     dead_letters: DeadLetterStore
     pending: PendingJobs
@@ -48,11 +49,13 @@ def get_services() -> Services:
     if _services is None or _services[0] != pid:
         settings = get_settings()
         client = state_redis()
+        shared = settings.broker_url == settings.state_url
         _services = (
             pid,
             Services(
                 settings=settings,
                 redis=client,
+                broker=client if shared else connect(settings.broker_url),
                 limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
                 dead_letters=DeadLetterStore(client, settings.key_prefix),
                 pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+from kombu.utils.url import maybe_sanitize_url
 from redis.client import Pipeline
 from redis.commands.core import Script
 
@@ -30,6 +31,11 @@ def connect(url: str) -> redis.Redis:
         socket_connect_timeout=5,
         health_check_interval=30,
     )
+
+
+def safe_url(url: str) -> str:
+    """A Redis URL fit to print or log: its password masked."""
+    return str(maybe_sanitize_url(url))
 
 
 def state_redis() -> redis.Redis:

@@ -25,14 +25,14 @@ def collect_status(
     ping_timeout: float = 1.0,
 ) -> dict[str, Any]:
     settings = services.settings
-    redis = services.redis
+    broker = services.broker  # the queues live there, not in the state Redis
     attention: list[str] = []
 
     known = {settings.queue} | {account_queue(settings.queue, a.provider, a.id) for a in accounts}
     # Every account queue in Redis, known or not: jobs for an account no worker consumes wait
     # forever (the producer's accounts file knows an account the workers' file does not).
-    present = {key for key in redis.scan_iter(f"{settings.queue}.*", _type="list")}
-    queues = {name: int(redis.llen(name)) for name in sorted(known | present)}
+    present = {key for key in broker.scan_iter(f"{settings.queue}.*", _type="list")}
+    queues = {name: int(broker.llen(name)) for name in sorted(known | present)}
     for name in sorted(present - known):
         if queues[name]:
             attention.append(
@@ -83,7 +83,7 @@ def collect_status(
         "attention": attention,
         "workers": workers,
         "queues": queues,
-        "unacked": int(redis.hlen("unacked")),
+        "unacked": int(broker.hlen("unacked")),
         "dead_letters": {
             "total": total_dead,
             "by_reason": dict(by_reason),

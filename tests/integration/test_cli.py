@@ -142,11 +142,52 @@ def test_dlq_show_and_purge_with_confirmation(env: dict[str, str], redis_url: st
     assert listed.returncode == 0 and "2 dead letters" in listed.stdout
 
 
-def test_unreachable_redis_is_one_line(env: dict[str, str]) -> None:
-    done = run({**env, "ARCHIVER_BROKER_URL": "redis://127.0.0.1:1/0"}, "dlq", "list")
+def test_unreachable_redis_is_one_line_without_its_password(env: dict[str, str]) -> None:
+    url = "redis://:hunter2-password@127.0.0.1:1/0"
+    done = run({**env, "ARCHIVER_BROKER_URL": url}, "dlq", "list")
     assert done.returncode == 1
-    assert done.stderr.startswith("Error: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert done.stderr.startswith("Error: cannot reach Redis at redis://:**@127.0.0.1:1/0")
     assert len(done.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in done.stderr
+
+
+def test_status_reads_the_queues_from_the_broker(env: dict[str, str], redis_url: str) -> None:
+    # State and broker in different databases: the queues are in the broker's.
+    broker_url = redis_url.rsplit("/", 1)[0] + "/1"
+    env = {**env, "ARCHIVER_BROKER_URL": broker_url, "ARCHIVER_REDIS_URL": redis_url}
+    chat = ("--chat-id", "79001234567@c.us")
+    assert (
+        run(env, "enqueue", "--provider", "green-api", "--account", GREEN_ID, *chat).returncode == 0
+    )
+    broker = redis.Redis.from_url(broker_url)
+    broker.rpush("archive.green-api.1111111111", "{}")  # an account no accounts file knows
+    done = run(env, "status", "--json")
+    assert done.returncode == 1, done.stderr  # no worker answers, and the orphaned queue
+    report = json.loads(done.stdout)
+    assert report["queues"][GREEN_QUEUE] == 1
+    assert report["queues"]["archive.green-api.1111111111"] == 1
+    assert any("archive.green-api.1111111111 holds 1 jobs" in line for line in report["attention"])
+    assert "no worker answers" in report["attention"]
+
+
+@pytest.mark.parametrize(
+    ("variables", "says"),
+    [
+        (
+            {"ARCHIVER_BROKER_URL": "redis://:hunter2-password@127.0.0.1:1/0"},
+            "cannot read the status",
+        ),
+        ({"ARCHIVER_VISIBILITY_TIMEOUT": "an hour"}, "ARCHIVER_VISIBILITY_TIMEOUT"),
+    ],
+)
+def test_status_that_cannot_be_read_exits_2(
+    env: dict[str, str], redis_url: str, variables: dict[str, str], says: str
+) -> None:
+    # 1 means "needs a person"; a health check must tell it from "cannot tell".
+    done = run({**env, "ARCHIVER_REDIS_URL": redis_url, **variables}, "status")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert "hunter2" not in done.stderr
 
 
 def test_worker_refuses_a_wrong_accounts_file_at_start(env: dict[str, str], tmp_path: Path) -> None:

@@ -124,6 +124,12 @@ def test_secret_never_prints_and_cannot_be_pickled(write) -> None:
             'token_env = "GREEN_API_TOKEN_7105"\ntoken = "oops-a-secret"',
             "token: Extra inputs are not permitted",
         ),
+        (
+            # The token pasted where the variable's name goes.
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "oops-a-secret"',
+            "token_env: must name an environment variable (A-Z, 0-9, _), not hold the token",
+        ),
     ],
 )
 def test_wrong_account_fails_in_one_line_naming_account_and_field(

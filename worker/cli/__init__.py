@@ -1,7 +1,8 @@
 """``chat-archiver``: the command for people. Each group lives in its own module.
 
 Exit codes: 0 success; 1 with a one-line reason on error (click prints it as ``Error: ...``);
-``status`` exits 1 when something needs attention.
+2 when a wrong ARCHIVER_* variable stops every command at start. ``status`` exits 1 when
+something needs attention and 2 when it cannot read the state.
 """
 
 from __future__ import annotations

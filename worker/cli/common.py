@@ -9,12 +9,14 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
+import kombu.exceptions
 import redis
 from rich.console import Console
 
 from config import ConfigError, get_settings
 from worker.jobs import InvalidJob
 from worker.logs import install_redaction
+from worker.state import safe_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,8 +44,11 @@ def one_line_errors(command: F) -> F:
         except (ConfigError, InvalidJob) as error:
             raise click.ClickException(str(error)) from None
         except redis.ConnectionError as error:
-            url = get_settings().state_url
+            url = safe_url(get_settings().state_url)
             raise click.ClickException(f"cannot reach Redis at {url}: {error}") from None
+        except kombu.exceptions.OperationalError as error:
+            url = safe_url(get_settings().broker_url)
+            raise click.ClickException(f"cannot reach the broker at {url}: {error}") from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -29,6 +29,7 @@ def metrics(host: str, port: int) -> None:
     registry = CollectorRegistry()
     services, accounts = get_services(), get_accounts()
     services.redis.ping()  # fail now, in one line, rather than at the first scrape
+    services.broker.ping()
     registry.register(ArchiverCollector(services, accounts))
     server, thread = start_http_server(port, addr=host, registry=registry)
     err_console.print(f"chat-archiver metrics on http://{host}:{server.server_port}/metrics")

@@ -7,6 +7,7 @@ import json
 import sys
 
 import click
+import kombu.exceptions
 import redis
 from rich.table import Table
 
@@ -30,8 +31,9 @@ def status(as_json: bool, max_dead_letters: int) -> None:
     """How chat-archiver is doing, and whether anything needs a person."""
     try:
         report = collect_status(get_services(), get_accounts(), app, max_dead_letters)
-    except (ConfigError, redis.RedisError, OSError) as error:
-        err_console.print(f"Error: cannot read the status: {error}")
+    except (ConfigError, redis.RedisError, kombu.exceptions.OperationalError, OSError) as error:
+        # Not "needs attention" (1): a health check must tell "unwell" from "cannot tell".
+        err_console.print(f"Error: cannot read the status: {error}", highlight=False)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps(report, indent=2))
