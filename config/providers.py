@@ -34,12 +34,6 @@ class ProviderSpec:
     # The method that archives a chat: the one an account's `rate_limit` setting overrides.
     archive_method: str = "archive"
 
-    def default_rate(self, method: str) -> str:
-        try:
-            return self.method_rates[method]
-        except KeyError:
-            raise KeyError(f"{self.name} has no rate for method {method!r}") from None
-
 
 PROVIDERS: dict[str, ProviderSpec] = {
     GREEN_API: ProviderSpec(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from celery.schedules import crontab
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, field_validator, model_validator
 
+from config.providers import WASSENGER
 from config.units import parse_duration
 
 DEFAULT_SCHEDULE = "0 3 * * *"
@@ -56,9 +57,6 @@ class SweepPolicy:
     skip_unread: bool
     statuses: frozenset[str] | None
     exclude_labels: frozenset[str]
-
-    def describe_schedule(self) -> str:
-        return f"every {self.every:g}s" if self.every else f"cron '{self.schedule}' UTC"
 
 
 class SweepEntry(BaseModel):
@@ -97,7 +95,7 @@ class SweepEntry(BaseModel):
         return self
 
     def policy(self, provider: str) -> SweepPolicy:
-        if provider != "wassenger" and (self.statuses is not None or self.exclude_labels):
+        if provider != WASSENGER and (self.statuses is not None or self.exclude_labels):
             raise ValueError("sweep.statuses and sweep.exclude_labels apply to Wassenger only")
         return SweepPolicy(
             enabled=self.enabled,

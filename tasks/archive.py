@@ -40,6 +40,7 @@ from config import Account, AccountRegistry
 from tasks import bookkeeping
 from tasks.delivery import FIRST_PARKED_HEADER, Delivery, Parked, Reschedule
 from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
+from tasks.providers.base import excerpt
 from worker import app
 from worker.circuit import Decision, ParkedJob
 from worker.deadletters import DeadLetter
@@ -119,7 +120,9 @@ class ArchiveRunner:
             job = ArchiveJob.parse(kwargs)
         except InvalidJob as error:
             run.job = job_summary(kwargs)
-            return self._dead_letter(run, Reason.INVALID_REQUEST, str(error))
+            # The message as it came (redacted), fields job_summary leaves out included.
+            given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
+            return self._dead_letter(run, Reason.INVALID_REQUEST, str(error), given=given)
         run.job = job.kwargs()
         account = self.accounts.find(job.provider, job.account)
         if account is None:
@@ -284,7 +287,12 @@ class ArchiveRunner:
         return result
 
     def _dead_letter(
-        self, run: _Run, reason: Reason, detail: str, answer: ProviderAnswer | None = None
+        self,
+        run: _Run,
+        reason: Reason,
+        detail: str,
+        answer: ProviderAnswer | None = None,
+        given: str = "",
     ) -> dict[str, Any]:
         now, delivery = time.time(), run.delivery
         entry = DeadLetter(
@@ -292,7 +300,7 @@ class ArchiveRunner:
             job=dict(run.job),
             detail=detail,
             http_status=answer.status if answer else None,
-            excerpt=answer.excerpt if answer else "",
+            excerpt=answer.excerpt if answer else given,
             attempts=delivery.attempts,
             first_attempt_at=delivery.first_attempt_at or now,
             last_attempt_at=delivery.last_attempt_at or now,

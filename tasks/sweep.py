@@ -50,6 +50,7 @@ from tasks.providers import (
     shared_client,
 )
 from worker import app
+from worker.beat import SWEEP_TASK
 from worker.celery_app import soft_time_limit
 from worker.outcomes import Kind
 from worker.producer import ArchiveProducer, default_producer
@@ -57,7 +58,6 @@ from worker.services import Services, get_accounts, get_services
 
 logger = logging.getLogger("chat_archiver.sweep")
 
-SWEEP_TASK = "archive.sweep"
 WASSENGER_PAGE_SIZE = 100  # providers.md: the maximum is unconfirmed, 100 works
 # A listing call waits inline for its permit (a sweep is one long sequential task); a longer
 # pause (the provider's 429) is slept in steps of this size.
@@ -77,6 +77,7 @@ class SweepSummary:
     selected: int = 0
     enqueued: int = 0
     duplicates: int = 0  # already pending: enqueued by someone else, not twice
+    refused: int = 0  # selected, but not a valid job (a chat id of a shape we do not archive)
     skipped: Counter[str] = field(default_factory=Counter)  # why a listed chat was left alone
     calls: Counter[str] = field(default_factory=Counter)  # listing calls by method
     seconds: float = 0.0
@@ -112,8 +113,8 @@ def skip_reason(policy: SweepPolicy, chat: ChatInfo, cutoff: float) -> str | Non
     return None
 
 
-class SweepError(Exception):
-    pass
+class SweepError(ValueError):
+    """A sweep asked for that cannot run (no policy, half an account): one line, no retry."""
 
 
 class Sweeper:
@@ -156,13 +157,14 @@ class Sweeper:
             summary.seconds = round(time.monotonic() - started, 3)
         log = logger.warning if summary.status == "failed" else logger.info
         log(
-            "sweep %s %s: listed %d, selected %d, enqueued %d, duplicates %d%s",
+            "sweep %s %s: listed %d, selected %d, enqueued %d, duplicates %d, refused %d%s",
             account.key,
             summary.status,
             summary.listed,
             summary.selected,
             summary.enqueued,
             summary.duplicates,
+            summary.refused,
             f" ({summary.error})" if summary.error else "",
         )
         return summary
@@ -204,6 +206,14 @@ class Sweeper:
         )
         result = self.producer().enqueue_many(rows)
         summary.enqueued, summary.duplicates = len(result.enqueued), len(result.duplicates)
+        summary.refused = len(result.refused)
+        if result.refused:
+            logger.warning(
+                "sweep %s: %d selected chats are not valid jobs, e.g. %s",
+                account.key,
+                len(result.refused),
+                result.refused[0][1],
+            )
 
     # -- finding candidates -------------------------------------------------------------------
 

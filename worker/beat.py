@@ -18,7 +18,8 @@ from config import AccountRegistry
 from config.sweep import parse_crontab
 from worker.services import get_accounts
 
-SWEEP_TASK = "archive.sweep"  # named, not imported: worker never imports tasks
+# Named here, where beat needs it (worker never imports tasks); tasks/sweep.py registers it.
+SWEEP_TASK = "archive.sweep"
 
 
 def sweep_schedule(accounts: AccountRegistry) -> dict[str, dict[str, Any]]:

@@ -26,7 +26,7 @@ import redis
 
 from config import Account, Rate
 
-# A Lua function, so a job's admission script (tasks/archive.py) can compose it.
+# A Lua function, so a job's admission script (tasks/bookkeeping.py) can compose it.
 # Keys: tat, stats hash, recent zset. Interval, max wait and recent window in µs.
 # Returns {granted (0/1), wait µs as a string} (Lua numbers would be truncated to integers).
 ACQUIRE_LUA = """
@@ -55,6 +55,7 @@ end
 _ACQUIRE = ACQUIRE_LUA + "return acquire(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])"
 
 # KEYS: tat, stats hash. ARGV: delay µs. Pushes the next slot at least `delay` away (a 429).
+# Returns µs until the next slot (further than `delay` if others had booked beyond it).
 _PENALIZE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -63,10 +64,11 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < not_before then
   redis.call('SET', KEYS[1], string.format('%d', not_before), 'PX',
              math.floor(tonumber(ARGV[1]) / 1000) + 60000)
+  tat = not_before
 end
 redis.call('HINCRBY', KEYS[2], 'rate_limited', 1)
 redis.call('HSET', KEYS[2], 'last_rate_limited_at', string.format('%d', now))
-return string.format('%d', not_before - now)
+return string.format('%d', tat - now)
 """
 
 RECENT_WINDOW = 10.0  # seconds over which "recent rate" is measured
@@ -128,9 +130,11 @@ class AccountLimiter:
         return self.permit(reply)
 
     def penalize(self, account: Account, method: str, delay: float | None) -> float:
-        """The provider answered 429: hold every worker off this account for ``delay`` seconds
-        (its Retry-After), or one interval of the provider's window when it gave none.
-        Returns the seconds until the next slot."""
+        """The provider answered 429: hold every worker off this account's ``method`` for
+        ``delay`` seconds (its Retry-After) or, when it gave none, one whole period of the
+        account's rate (its window as far as we know it: a second for "10/s", a minute for
+        "600/m"). Returns the seconds until the next slot, which other jobs may have booked
+        further away still."""
         rate = account.rate(method)
         delay = rate.period if delay is None else delay
         tat_key, stats_key, _ = self._keys(account, method)

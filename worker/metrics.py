@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 
-# Lua functions: the end of every job writes them in its closing script (tasks/archive.py).
+# Lua functions: the end of every job writes them in its closing script (tasks/bookkeeping.py).
 RECORD_OUTCOME_LUA = """
 local function record_outcome(outcomes_key, recent_key, field, entry, keep)
   redis.call('HINCRBY', outcomes_key, field, 1)

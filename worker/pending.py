@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import redis
 from redis.client import Pipeline
 
-# Lua functions, so a job's admission script (tasks/archive.py) can compose them.
+# Lua functions, so a job's admission script (tasks/bookkeeping.py) can compose them.
 # claim: 1 when `task_id` owns the key (now or already), else the owner's id.
 CLAIM_LUA = """
 local function claim(key, task_id, ttl)

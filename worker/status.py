@@ -71,6 +71,7 @@ def collect_status(
         account_rows.append(
             {
                 "account": account.key,
+                "name": account.name,
                 "queue": queues.get(account_queue(settings.queue, account.provider, account.id), 0),
                 "limiter": asdict(limiter),
                 "circuit": asdict(circuit),

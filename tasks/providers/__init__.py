@@ -4,7 +4,7 @@ from config import GREEN_API, WASSENGER
 
 from .base import ChatInfo, ListingError, ProviderAdapter, ProviderAnswer, Rule, classify
 from .green_api import MESSAGE_WINDOW_CAP, GreenApiAdapter, GreenApiListings
-from .http import close_shared_client, shared_client
+from .http import shared_client
 from .wassenger import WassengerAdapter, WassengerListings
 
 ADAPTERS: dict[str, ProviderAdapter] = {
@@ -31,6 +31,5 @@ __all__ = [
     "WassengerListings",
     "adapter_for",
     "classify",
-    "close_shared_client",
     "shared_client",
 ]

@@ -37,11 +37,3 @@ def shared_client() -> httpx.Client:
             if _client is None or _client_pid != pid:
                 _client, _client_pid = build_client(), pid
     return _client
-
-
-def close_shared_client() -> None:
-    global _client, _client_pid
-    with _lock:
-        if _client is not None and _client_pid == os.getpid():
-            _client.close()
-        _client, _client_pid = None, None

@@ -219,3 +219,11 @@ def test_limits_shows_each_account_limiter(env: dict[str, str], redis_url: str) 
     assert all(method in ("archiveChat", "archive") for _, method in states)  # unused: hidden
     table = run(env, "limits")
     assert table.returncode == 0 and "archiveChat" in table.stdout
+
+
+def test_sweep_of_an_account_without_a_policy_is_one_line(env: dict[str, str]) -> None:
+    done = run(env, "sweep", "--provider", "green-api", "--account", GREEN_ID)
+    assert done.returncode == 1
+    assert done.stderr.strip() == (
+        f"Error: green-api:{GREEN_ID} has no [accounts.sweep] policy in the accounts file"
+    )

@@ -177,6 +177,15 @@ def test_green_api_selection_and_enqueue(env: SweepEnv) -> None:
     assert summary.calls == {"lastIncomingMessages": 1, "lastOutgoingMessages": 1, "getChats": 1}
 
 
+def test_a_selected_chat_that_is_no_valid_job_is_counted_not_lost(env: SweepEnv) -> None:
+    chats = [{"id": "79000000001@c.us", **days_ago(60)}, {"id": "status@broadcast", **days_ago(60)}]
+    env.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=chats)
+    summary = env.sweeper().sweep(env.account("green-api"))
+    assert (summary.selected, summary.enqueued, summary.refused) == (2, 1, 1)
+    assert summary.as_dict()["refused"] == 1
+    assert env.queued("green-api") == {"79000000001@c.us": "sweep"}
+
+
 def test_green_api_account_that_fills_the_message_windows(env: SweepEnv) -> None:
     """19,200 active chats: the 10,000-message windows are full, so the sweep finds the activity
     boundary in getChats order with getChatHistory, and still selects exactly the inactive."""

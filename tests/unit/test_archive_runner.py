@@ -9,7 +9,7 @@ import httpx
 import pytest
 import respx
 
-from tasks.archive import ArchiveRunner
+from tasks.archive import ArchiveRunner, archive_chat
 from tasks.delivery import Delivery, Reschedule
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env, RoundTrips
 from worker.celery_app import create_app
@@ -321,3 +321,28 @@ def test_a_run_costs_two_redis_round_trips(
     assert isinstance(result, dict) and result["outcome"] == "archived"
     assert sends.count == 2
     assert not archiver_env.redis.exists("chat-archiver:deliveries:task-1")
+
+
+def test_a_malformed_message_is_kept_whole_and_redacted(
+    runner: ArchiveRunner, archiver_env: Env
+) -> None:
+    # Positional arguments, and a token pasted into a field: the entry keeps what was sent,
+    # so an operator can see the mistake, and never the token.
+    args = ("green-api", GREEN_ID, "79001234567@c.us")
+    result = runner.run(args, {"note": f"token {CANARY}"}, delivery())
+    assert isinstance(result, dict) and result["reason"] == "invalid_request"
+    entry = archiver_env.services.dead_letters.get(result["dead_letter_id"])
+    assert entry is not None
+    assert "args=('green-api', '7105187566', '79001234567@c.us')" in entry.excerpt
+    assert "'note'" in entry.excerpt and CANARY not in entry.to_json()
+
+
+def test_an_exception_that_escapes_the_task_is_dead_lettered_internal_error(
+    archiver_env: Env,
+) -> None:
+    # What Celery calls when the runner raises (a bug of ours) or the hard time limit kills it.
+    archive_chat.on_failure(RuntimeError(f"boom {CANARY}"), "task-9", (), JOB, None)
+    [entry] = list(archiver_env.services.dead_letters.iter())
+    assert (entry.reason, entry.task_id, entry.job) == ("internal_error", "task-9", JOB)
+    assert entry.detail == "RuntimeError escaped the task (see the worker log)"
+    assert CANARY not in entry.to_json()

@@ -66,6 +66,8 @@ def test_penalty_holds_off_every_caller(limiter: AccountLimiter, archiver_env: E
     assert limiter.penalize(other, "archiveChat", None) == pytest.approx(1.0, abs=0.01)
     state = limiter.state(account, "archiveChat")
     assert state.rate_limited == 1 and state.allowed_per_second == 10
+    # A shorter 429 than the slots already booked says when the next slot really is.
+    assert limiter.penalize(account, "archiveChat", 0.5) == pytest.approx(2.1, abs=0.05)
 
 
 def test_recent_rate_counts_granted_slots(limiter: AccountLimiter, archiver_env: Env) -> None:

@@ -65,7 +65,7 @@ def _print(report: dict) -> None:
         )
         recent = ", ".join(f"{k} {v}" for k, v in sorted(row["recent_outcomes"].items())) or "-"
         table.add_row(
-            row["account"],
+            row["account"] + (f" ({row['name']})" if row.get("name") else ""),
             str(row["queue"]),
             f"{limiter['allowed_per_second']:g}",
             f"{limiter['recent_per_second']:.1f}",

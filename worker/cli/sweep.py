@@ -8,11 +8,10 @@ from typing import Any
 import click
 from rich.table import Table
 
+from worker.beat import SWEEP_TASK
 from worker.celery_app import app
 from worker.cli.common import console, one_line_errors
 from worker.services import get_accounts
-
-SWEEP_TASK = "archive.sweep"
 
 
 def run_sweep(provider: str, account: str, dry_run: bool, list_chats: bool) -> dict[str, Any]:
@@ -71,6 +70,7 @@ def _print(summaries: list[dict[str, Any]], dry_run: bool, list_chats: bool) -> 
         "selected",
         "enqueued",
         "already pending",
+        "refused",
         "left alone",
         "listing calls",
         "seconds",
@@ -87,6 +87,7 @@ def _print(summaries: list[dict[str, Any]], dry_run: bool, list_chats: bool) -> 
             str(s["selected"]),
             "-" if dry_run else str(s["enqueued"]),
             "-" if dry_run else str(s["duplicates"]),
+            "-" if dry_run else str(s["refused"]),
             skipped,
             calls,
             f"{s['seconds']:.1f}",
