@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import redis
-from redis.client import Pipeline
+
+from worker.state import queue_script
 
 # Lua functions, so a job's admission script (tasks/bookkeeping.py) can compose them.
 # claim: 1 when `task_id` owns the key (now or already), else the owner's id.
@@ -50,7 +51,6 @@ local function release(key, task_id)
 end
 """
 
-_CLAIM = CLAIM_LUA + "return claim(KEYS[1], ARGV[1], ARGV[2])"
 # A batch in one call: KEYS are the chats' keys, ARGV their task ids, then the TTL. A bulk
 # enqueue claims 500 chats with one command instead of 500, and hears back only about the chats
 # another job holds: {position, owner, position, owner, ...}.
@@ -84,7 +84,6 @@ class PendingJobs:
         self._redis = client
         self._prefix = prefix
         self._ttl = ttl
-        self._claim = client.register_script(_CLAIM)
         self._claim_many = client.register_script(_CLAIM_MANY)
         self._release = client.register_script(_RELEASE)
 
@@ -114,17 +113,11 @@ class PendingJobs:
             for position, (key, task_id) in enumerate(wanted, start=1)
         ]
 
-    def queue_release(self, pipe: Pipeline, key: str, task_id: str) -> None:
-        self._release(keys=[key], args=[task_id], client=pipe)
-
-    def release(self, key: str, task_id: str) -> bool:
-        return bool(self._release(keys=[key], args=[task_id]))
-
     def release_many(self, claims: Sequence[Claim]) -> None:
         pipe = self._redis.pipeline(transaction=False)
         for claim in claims:
             if claim.won:
-                self.queue_release(pipe, claim.key, claim.task_id)
+                queue_script(pipe, self._release, [claim.key], [claim.task_id])
         pipe.execute()
 
     def owner(self, key: str) -> str | None:
