@@ -341,16 +341,12 @@ class ArchiveRunner:
         """Keep the job in the account's parked list until the account answers again; make
         sure a probe chain looks after the account (the one this trip starts, ``chain``: its
         token and the seconds to its first turn; or a replacement for a lost one)."""
-        circuit, now = self.services.circuit, time.time()
-        again = run.delivery.first_parked_at is not None
-        run.delivery = delivery = replace(
-            run.delivery, first_parked_at=run.delivery.first_parked_at or now
-        )
-        assert delivery.first_parked_at is not None
-        parked = ParkedJob(
-            delivery.task_id, job.kwargs(), delivery.headers(), delivery.first_parked_at
-        )
-        circuit.park(account, parked, again=again)
+        circuit = self.services.circuit
+        before = run.delivery.first_parked_at  # parked before: a probe that failed again
+        since = before or time.time()
+        run.delivery = delivery = replace(run.delivery, first_parked_at=since)
+        parked = ParkedJob(delivery.task_id, job.kwargs(), delivery.headers(), since)
+        circuit.park(account, parked, again=before is not None)
         self._close(run)
         if not circuit.is_open(account):
             # The circuit closed between our check and our parking: nobody would release us.
@@ -391,19 +387,29 @@ class ArchiveRunner:
         """Close the account's circuit and put every parked job back on its queue."""
         circuit = self.services.circuit
         circuit.close(account)
-        home = account_queue(self.settings.queue, account.provider, account.id)
         released = 0
         with circuit.releasing(account) as lock:
-            while lock is not None and (jobs := circuit.head(account, 500)):
-                # The account works again: a later pause starts the job's clock afresh.
-                self.producer().republish([_unparked(job) for job in jobs], home)
-                circuit.remove(account, jobs)
+            # The account works again: a later pause starts the jobs' clocks afresh.
+            while lock is not None and (jobs := self.release(account, 500, afresh=True)):
                 released += len(jobs)
                 lock.reacquire()  # a long release keeps its lock
         logger.info(
             "%s answers again: circuit closed, %d parked jobs released", account.key, released
         )
         return released
+
+    def release(self, account: Account, how_many: int, *, afresh: bool) -> list[ParkedJob]:
+        """Put the oldest parked jobs back on the account's queue, then forget them (with the
+        releasing lock held). ``afresh``: drop their first-parked time (the circuit closed);
+        a probe keeps it, so its maximum pause runs on if it is parked again."""
+        circuit = self.services.circuit
+        jobs = circuit.head(account, how_many)
+        if jobs:
+            sent = [_unparked(job) for job in jobs] if afresh else jobs
+            home = account_queue(self.settings.queue, account.provider, account.id)
+            self.producer().republish(sent, home)
+            circuit.remove(account, jobs)
+        return jobs
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from tasks.delivery import Delivery
 from worker import app
 from worker.circuit import ChainTurn, CircuitState
 from worker.outcomes import Reason
-from worker.routing import account_queue
 from worker.services import get_accounts, get_services
 
 
@@ -68,7 +67,8 @@ def look_after(
         if lock is not None:  # else another release is under way: the next turn will do
             dead_lettered = _dead_letter_expired(runner, target, state, worker, mark_done)
             if not state.probe_in and not state.probing:
-                probe = _release_probe(runner, target)
+                released = runner.release(target, 1, afresh=False)  # the probe
+                probe = released[0].task_id if released else None
     runner.send_probe(target, chain, next_turn)
     return {
         "account": target.key,
@@ -98,14 +98,3 @@ def _dead_letter_expired(
         mark_done(job.task_id, runner.dead_letter(job.kwargs, reason, detail, delivery))
         count += 1
     return count
-
-
-def _release_probe(runner: ArchiveRunner, target: Account) -> str | None:
-    circuit = runner.services.circuit
-    jobs = circuit.head(target, 1)
-    if not jobs:
-        return None
-    home = account_queue(runner.settings.queue, target.provider, target.id)
-    runner.producer().republish(jobs, home)
-    circuit.remove(target, jobs)
-    return jobs[0].task_id
