@@ -30,7 +30,7 @@ from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob
 from worker.pending import Claim, PendingJobs
 from worker.routing import queue_for
 from worker.services import get_accounts
-from worker.state import connect
+from worker.state import connect, state_redis
 
 BATCH_SIZE = 500
 
@@ -263,7 +263,9 @@ def default_producer() -> ArchiveProducer:
             accounts: AccountRegistry | None = get_accounts()
         except ConfigError:
             accounts = None
-        _default = (os.getpid(), ArchiveProducer(app, get_settings(), accounts))
+        # The process's state client: a worker that sends probes and sweeps opens no second pool.
+        producer = ArchiveProducer(app, get_settings(), accounts, state_redis())
+        _default = (os.getpid(), producer)
     return _default[1]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 
 from config import AccountRegistry
-from worker.routing import account_queue
+from worker.routing import account_queue, account_queues
 from worker.services import Services
 
 
@@ -28,7 +28,7 @@ def collect_status(
     broker = services.broker  # the queues live there, not in the state Redis
     attention: list[str] = []
 
-    known = {settings.queue} | {account_queue(settings.queue, a.provider, a.id) for a in accounts}
+    known = {settings.queue, *account_queues(settings.queue, accounts)}
     # Every account queue in Redis, known or not: jobs for an account no worker consumes wait
     # forever (the producer's accounts file knows an account the workers' file does not).
     present = {key for key in broker.scan_iter(f"{settings.queue}.*", _type="list")}
