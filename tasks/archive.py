@@ -34,12 +34,17 @@ import httpx
 from celery import Task, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from config import Account, AccountRegistry
 from tasks import bookkeeping
 from tasks.delivery import FIRST_PARKED_HEADER, Delivery, Parked, Reschedule
-from tasks.providers import ProviderAdapter, ProviderAnswer, adapter_for, shared_client
+from tasks.providers import (
+    ProviderAdapter,
+    ProviderAnswer,
+    adapter_for,
+    shared_client,
+    transient_backoff,
+)
 from tasks.providers.base import excerpt
 from worker import app
 from worker.circuit import Decision, ParkedJob
@@ -211,9 +216,7 @@ class ArchiveRunner:
     ) -> ProviderAnswer:
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.transient_attempts),
-            wait=wait_exponential_jitter(
-                multiplier=0.5, max=self.settings.transient_wait_max, jitter=0.5
-            ),
+            wait=transient_backoff(self.settings),
             retry=retry_if_result(lambda answer: answer.verdict.kind is Kind.TRANSIENT),
             # Out of attempts: hand back the last answer, the caller decides what comes next.
             retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,

@@ -37,7 +37,6 @@ import httpx
 from redis.exceptions import LockError
 from redis.lock import Lock
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
-from tenacity.wait import wait_exponential_jitter
 
 from config import GREEN_API, Account, AccountRegistry, SweepPolicy, get_settings
 from tasks.providers import (
@@ -48,6 +47,7 @@ from tasks.providers import (
     WassengerListings,
     adapter_for,
     shared_client,
+    transient_backoff,
 )
 from worker import app
 from worker.beat import SWEEP_TASK
@@ -354,9 +354,7 @@ class Sweeper:
 
         retrying = Retrying(
             stop=stop_after_attempt(self.settings.transient_attempts),
-            wait=wait_exponential_jitter(
-                multiplier=0.5, max=self.settings.transient_wait_max, jitter=0.5
-            ),
+            wait=transient_backoff(self.settings),
             retry=retry_if_exception(retryable),
             sleep=self.sleep,
             reraise=True,

@@ -4,7 +4,7 @@ from config import GREEN_API, WASSENGER
 
 from .base import ChatInfo, ListingError, ProviderAdapter, ProviderAnswer, Rule, classify
 from .green_api import MESSAGE_WINDOW_CAP, GreenApiAdapter, GreenApiListings
-from .http import shared_client
+from .http import shared_client, transient_backoff
 from .wassenger import WassengerAdapter, WassengerListings
 
 ADAPTERS: dict[str, ProviderAdapter] = {
@@ -32,4 +32,5 @@ __all__ = [
     "adapter_for",
     "classify",
     "shared_client",
+    "transient_backoff",
 ]

@@ -10,8 +10,9 @@ import os
 import threading
 
 import httpx
+from tenacity.wait import wait_base, wait_exponential_jitter
 
-from config import get_settings
+from config import Settings, get_settings
 
 _lock = threading.Lock()
 _client: httpx.Client | None = None
@@ -37,3 +38,9 @@ def shared_client() -> httpx.Client:
             if _client is None or _client_pid != pid:
                 _client, _client_pid = build_client(), pid
     return _client
+
+
+def transient_backoff(settings: Settings) -> wait_base:
+    """How long tenacity waits between attempts after a transient failure, for archive calls
+    and listing calls alike: exponential from half a second, jittered, capped."""
+    return wait_exponential_jitter(multiplier=0.5, max=settings.transient_wait_max, jitter=0.5)
