@@ -61,6 +61,11 @@ class DeadLetter:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def _count_field(entry: DeadLetter) -> str:
+    """The entry's field in the counts hash (``counts()`` splits it back)."""
+    return f"{entry.reason}|{entry.account}"
+
+
 @dataclass
 class ReplayReport:
     enqueued: list[tuple[str, str]] = field(default_factory=list)  # (entry id, new task id)
@@ -78,7 +83,7 @@ class DeadLetterStore:
         """Add the entry's writes to a pipeline (a MULTI one keeps the three keys together)."""
         pipe.hset(self._entries, entry.id, entry.to_json())
         pipe.zadd(self._index, {entry.id: entry.created_at})
-        pipe.hincrby(self._counts, f"{entry.reason}|{entry.account}", 1)
+        pipe.hincrby(self._counts, _count_field(entry), 1)
         return entry.id
 
     def add(self, entry: DeadLetter) -> str:
@@ -135,7 +140,6 @@ class DeadLetterStore:
         ids = list(entry_ids)
         if not ids:
             return 0
-        removed = 0
         # WATCH the entries: counts must fall by exactly what is removed, even if two operators
         # purge and replay the same entries at once.
         with self._redis.pipeline(transaction=True) as pipe:
@@ -154,9 +158,8 @@ class DeadLetterStore:
                     pipe.hdel(self._entries, *(i for i, _ in present))
                     pipe.zrem(self._index, *(i for i, _ in present))
                     for _, entry in present:
-                        pipe.hincrby(self._counts, f"{entry.reason}|{entry.account}", -1)
-                    removed = int(pipe.execute()[0])
-                    return removed
+                        pipe.hincrby(self._counts, _count_field(entry), -1)
+                    return int(pipe.execute()[0])
                 except redis.WatchError:
                     continue
 
