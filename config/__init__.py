@@ -6,7 +6,7 @@ Imports nothing of ours: it is the bottom layer (config ← worker ← tasks).
 from config.accounts import Account, AccountRegistry, UnknownAccount, load_accounts, parse_accounts
 from config.errors import ConfigError
 from config.providers import GREEN_API, PROVIDERS, WASSENGER, ProviderSpec, provider_spec
-from config.secrets import Secret, redact
+from config.secrets import Secret, excerpt, redact
 from config.settings import Settings, get_settings, load_settings
 from config.sweep import SweepPolicy
 from config.units import Rate, parse_duration, parse_rate
@@ -24,6 +24,7 @@ __all__ = [
     "Settings",
     "SweepPolicy",
     "UnknownAccount",
+    "excerpt",
     "get_settings",
     "load_accounts",
     "load_settings",

@@ -53,6 +53,16 @@ def redact(text: str) -> str:
     return text
 
 
+EXCERPT_LENGTH = 200
+
+
+def excerpt(text: str) -> str:
+    """A short one-line excerpt of any text (a provider's answer, a malformed message) fit to
+    store: redacted before it is cut, so a cut can never leave half a token behind."""
+    flat = redact(" ".join(text.split()))
+    return flat if len(flat) <= EXCERPT_LENGTH else flat[: EXCERPT_LENGTH - 1] + "…"
+
+
 class Secret:
     """A secret value that shows as ``***`` in repr, str, logs and f-strings."""
 

@@ -35,7 +35,7 @@ from celery import Task, signals
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
-from config import Account, AccountRegistry
+from config import Account, AccountRegistry, excerpt
 from tasks import bookkeeping
 from tasks.delivery import FIRST_PARKED_HEADER, Delivery, Parked, Reschedule
 from tasks.providers import (
@@ -45,7 +45,6 @@ from tasks.providers import (
     shared_client,
     transient_backoff,
 )
-from tasks.providers.base import excerpt
 from worker import app
 from worker.circuit import Decision, ParkedJob
 from worker.deadletters import DeadLetter

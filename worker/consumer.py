@@ -17,6 +17,7 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from kombu.message import Message
 
+from config import excerpt
 from worker.deadletters import DeadLetter
 from worker.jobs import job_summary
 from worker.outcomes import Reason
@@ -51,7 +52,7 @@ def dead_letter_message(message: Message, detail: str) -> None:
         reason=Reason.INVALID_REQUEST,
         job=job_summary(kwargs) if kwargs is not None else {},
         detail=detail,
-        excerpt=_body_text(message)[:200],
+        excerpt=excerpt(_body_text(message)),
         first_attempt_at=now,
         last_attempt_at=now,
         worker=socket.gethostname(),

@@ -18,10 +18,8 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from config import Account, redact
+from config import Account, excerpt
 from worker.outcomes import TRANSIENT, Verdict
-
-EXCERPT_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -73,13 +71,6 @@ class ProviderAnswer:
     excerpt: str = ""  # short and redacted: safe for logs, results and dead letters
     retry_after: float | None = None
     elapsed: float = 0.0
-
-
-def excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    # Redact before cutting, so a cut can never leave half a token behind.
-    flat = redact(flat)
-    return flat if len(flat) <= EXCERPT_LENGTH else flat[: EXCERPT_LENGTH - 1] + "…"
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tests.conftest import CANARY, Env
+from worker.consumer import dead_letter_message
 from worker.deadletters import DeadLetter, DeadLetterStore
 
 
@@ -107,3 +110,13 @@ def test_secrets_are_redacted_on_the_way_in(store: DeadLetterStore) -> None:
     entry_id = store.add(leaky)
     stored = store.get(entry_id)
     assert stored is not None and CANARY not in stored.detail + stored.excerpt
+
+
+def test_a_malformed_message_never_leaves_half_a_token_in_its_excerpt(archiver_env: Env) -> None:
+    # The token straddles the excerpt's length: cutting before redacting would keep its start.
+    body = ("x" * 190 + f" {CANARY} " + "y" * 50).encode()
+    message = SimpleNamespace(body=body, headers={"id": "raw-1"})
+    dead_letter_message(message, "undecodable message (ValueError)")  # type: ignore[arg-type]
+    [stored] = list(archiver_env.services.dead_letters.iter())
+    assert stored.task_id == "raw-1" and stored.reason == "invalid_request"
+    assert len(stored.excerpt) <= 200 and CANARY[:8] not in stored.excerpt

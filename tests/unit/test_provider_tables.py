@@ -8,9 +8,9 @@ import httpx
 import pytest
 import respx
 
-from config import Account, Secret, parse_rate
+from config import Account, Secret, excerpt, parse_rate
 from tasks.providers import ADAPTERS, GreenApiAdapter, WassengerAdapter
-from tasks.providers.base import classify, excerpt, parse_retry_after
+from tasks.providers.base import classify, parse_retry_after
 from tasks.providers.green_api import ARCHIVE_RULES as GREEN_RULES
 from tasks.providers.wassenger import ARCHIVE_RULES as WASSENGER_RULES
 from worker.outcomes import (
