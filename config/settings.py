@@ -36,8 +36,9 @@ class Settings(BaseSettings):
     retry_countdown: float = Field(30.0, ge=0)
     retry_countdown_max: float = Field(600.0, ge=0)
 
-    # Redis redelivers a job not acknowledged within this many seconds. Every countdown and the
-    # task time limit must stay well under it or jobs run twice (kombu#337, celery#5935).
+    # kombu gives a message back to the queue when it has not been acknowledged within this many
+    # seconds. Delayed work waits in the job store, not in worker memory, so this only has to
+    # outlast one run of one job; a killed node's jobs come back through their leases (below).
     visibility_timeout: int = Field(3600, gt=0)
     task_time_limit: int = Field(300, gt=0)
     # A sweep lists an account at the provider's listing rate (about 1 call/s): minutes.
@@ -58,9 +59,25 @@ class Settings(BaseSettings):
     # The limiter spaces calls this fraction wider than the provider's limit: the window
     # semantics are undocumented and a request reaches the provider a few ms after its permit.
     limiter_margin: float = Field(0.03, ge=0, lt=0.5)
-    # A permit further away than this is not waited for in the worker slot: the job is
-    # rescheduled instead.
-    limiter_max_wait: float = Field(2.0, ge=0)
+    # A permit further away than this is not waited for in the worker slot: the job waits in the
+    # job store instead (dispatched jobs come with a permit at most DISPATCH_LEAD away).
+    limiter_max_wait: float = Field(0.1, ge=0, le=5)
+
+    # The job store (worker/stores/jobs.py). A running job's lease is renewed by its node every
+    # third of this; a job whose lease runs out (its node was killed) runs again, so a killed
+    # node's jobs are back within lease_timeout + janitor_interval.
+    lease_timeout: float = Field(30.0, ge=3, le=600)
+    janitor_interval: float = Field(5.0, gt=0, le=60)
+    # Jobs for an account no worker's accounts file names wait this long for one that does (an
+    # account being added), then go to the dead letters as unknown_account.
+    unknown_account_grace: float = Field(3600.0, ge=0)
+    # How often a worker looks at the accounts file for changes (reloaded without a restart).
+    accounts_reload_interval: float = Field(10.0, gt=0, le=60)
+    # The largest message the intake accepts, checked before anything is decoded.
+    max_message_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # How long a worker keeps retrying Redis commands while Redis restarts (a job that has its
+    # provider's answer waits to record it rather than losing it).
+    redis_outage_grace: float = Field(60.0, ge=0, le=3600)
 
     log_format: Literal["text", "json"] = "text"
 
@@ -69,19 +86,14 @@ class Settings(BaseSettings):
         return self.redis_url or self.broker_url
 
     @model_validator(mode="after")
-    def _countdowns_under_visibility_timeout(self) -> Settings:
-        # Half the visibility timeout leaves room for the time a job waits in the queue.
-        limit = self.visibility_timeout / 2
-        for name in (
-            "retry_countdown_max",
-            "task_time_limit",
-            "sweep_time_limit",
-            "circuit_cooldown_max",
-        ):
-            if getattr(self, name) > limit:
+    def _consistent(self) -> Settings:
+        # kombu would give a running job's message back while it still runs (harmless: the
+        # second delivery finds the job's lease held and ends quietly, but it costs a slot).
+        for name in ("task_time_limit", "sweep_time_limit"):
+            if getattr(self, name) >= self.visibility_timeout:
                 raise ValueError(
-                    f"ARCHIVER_{name.upper()}={getattr(self, name):g} must be at most half of "
-                    f"ARCHIVER_VISIBILITY_TIMEOUT={self.visibility_timeout} (jobs would run twice)"
+                    f"ARCHIVER_{name.upper()}={getattr(self, name)} must be less than "
+                    f"ARCHIVER_VISIBILITY_TIMEOUT={self.visibility_timeout}"
                 )
         # Tenacity's attempts (each up to both HTTP timeouts) and its waits must fit in the task
         # time limit, or the limit, not the HTTP client, ends slow calls.

@@ -39,6 +39,8 @@ from redis.lock import Lock
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from config import GREEN_API, Account, AccountRegistry, SweepPolicy, get_settings
+from tasks.archive.task import JobTask
+from tasks.leased import run_leased
 from tasks.providers import (
     MESSAGE_WINDOW_CAP,
     ChatInfo,
@@ -407,6 +409,7 @@ def sweep_accounts(
 @app.task(
     name=SWEEP_TASK,
     bind=True,
+    base=JobTask,
     time_limit=get_settings().sweep_time_limit,
     soft_time_limit=soft_time_limit(get_settings().sweep_time_limit),
 )
@@ -419,6 +422,18 @@ def archive_sweep(
 ) -> dict[str, Any]:
     """Sweep one account (provider and account given), or fan out one sweep task per account
     whose sweep is enabled."""
+    kwargs = {
+        "provider": provider,
+        "account": account,
+        "dry_run": dry_run,
+        "list_chats": list_chats,
+    }
+    return run_leased(self, kwargs, lambda: _sweep(provider, account, dry_run, list_chats))
+
+
+def _sweep(
+    provider: str | None, account: str | None, dry_run: bool, list_chats: bool
+) -> dict[str, Any]:
     services = get_services()
     accounts = sweep_accounts(get_accounts(), provider, account)
     if provider is None:

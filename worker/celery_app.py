@@ -1,7 +1,11 @@
 """The Celery app: ``celery -A worker worker|beat|flower`` finds it as ``worker.app``.
 
 Tasks are listed by module name (``include``), so nothing in ``worker`` imports ``tasks``.
-Every reliability setting below has a reason written next to it; ../shared/design.md has more.
+Every reliability setting below has a reason written next to it.
+
+Producers publish to the intake queue (``ARCHIVER_QUEUE``); a worker's Celery consumer reads only
+the ready queue, which the node's dispatcher fills with jobs that may run now
+(worker/dispatch/). Everything else waits in the job store (worker/stores/jobs.py).
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from celery import Celery, bootsteps, signals
 
 from config import ConfigError, Settings, get_settings
 from worker.logs import install_redaction, use_json_format
-from worker.routing import account_queues
 from worker.services import get_accounts
+from worker.state import set_outage_grace
+from worker.stores.keys import ready_queue
 
 TASK_MODULES = ["tasks.archive", "tasks.probe", "tasks.sweep"]
 
@@ -31,6 +36,8 @@ def restore_interval(visibility_timeout: int) -> float:
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    # While Redis restarts, a result waits to be stored (about a retry a second) rather than lost.
+    result_retries = 10 + int(settings.redis_outage_grace)
     return {
         "broker_url": settings.broker_url,
         "result_backend": settings.state_url,
@@ -40,17 +47,19 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": settings.result_expires,
+        # Beat, sweeps and probes publish to the intake like every producer.
         "task_default_queue": settings.queue,
         "timezone": "UTC",
         # Acknowledge a job after it ends, one job per worker process at a time: a killed
         # worker's job is delivered again (archiving is idempotent: "already archived").
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        # A worker process that dies mid-job gives the job back; our delivery counter
-        # (tasks/archive.py) dead-letters a job that keeps killing its worker.
+        # A worker process that dies mid-job gives the job back; the job store counts runs that
+        # never ended and dead-letters a job that keeps killing its worker (worker_lost).
         "task_reject_on_worker_lost": True,
-        # Redis redelivers what is not acknowledged within the visibility timeout; countdowns and
-        # time limits stay well under it (checked in config/settings.py).
+        # kombu gives back what is not acknowledged within the visibility timeout. No countdown
+        # waits in a worker's memory (the job store holds delayed work), so it only has to
+        # outlast one run; a killed node's jobs come back through their leases much sooner.
         "broker_transport_options": {
             "visibility_timeout": settings.visibility_timeout,
             # kombu looks for expired unacknowledged jobs every interval * throttle seconds
@@ -64,7 +73,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # limit is the backstop that kills a job stuck where no exception reaches it.
         "task_soft_time_limit": soft_time_limit(settings.task_time_limit),
         "broker_connection_retry_on_startup": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Not True: on a Redis restart it kills running jobs and acknowledges them with no
+        # outcome. A job that runs on records its outcome once Redis is back (our clients
+        # retry through ARCHIVER_REDIS_OUTAGE_GRACE); a copy kombu gives back meanwhile finds
+        # the job's lease held and ends quietly.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": result_retries,
+        "result_backend_max_sleep_between_retries_ms": 1000,
         # Flower follows jobs through events, from "sent" to done.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
@@ -101,17 +117,27 @@ except ConfigError as error:
 @signals.worker_init.connect
 def _check_accounts(**_: Any) -> None:
     """Load the accounts file before the first job, so a wrong file stops the worker at start."""
+    set_outage_grace(get_settings().redis_outage_grace)
     try:
         get_accounts()
     except ConfigError as error:
         sys.exit(f"chat-archiver: {error}")
 
 
+@signals.worker_process_init.connect
+def _pool_process(**_: Any) -> None:
+    set_outage_grace(get_settings().redis_outage_grace)
+
+
 @signals.celeryd_after_setup.connect
-def _consume_account_queues(instance: Any = None, **_: Any) -> None:
-    """Consume every configured account's own queue besides the intake (see worker/routing.py)."""
-    for queue in account_queues(get_settings().queue, get_accounts()):
-        instance.app.amqp.queues.select_add(queue)
+def _consume_ready_queue(instance: Any = None, **_: Any) -> None:
+    """Consume the ready queue and nothing else: the dispatcher fills it with jobs that may run
+    now; the intake is read by the node's router (worker/dispatch/)."""
+    queues = instance.app.amqp.queues
+    queues.select_add(ready_queue(get_settings().queue))
+    for name in list(queues.consume_from):
+        if name != ready_queue(get_settings().queue):
+            queues.deselect(name)
 
 
 @signals.after_setup_logger.connect
@@ -141,3 +167,4 @@ app.user_options["worker"].add(
     )
 )
 app.steps["worker"].add(LogFormatStep)
+app.steps["consumer"].add("worker.dispatch.service:DispatchStep")

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from config import GREEN_API, WASSENGER, Settings, get_settings
 from worker.celery_app import create_app
+from worker.contract.results import outcome_of
 from worker.deadletters import DeadLetterStore
 from worker.jobs import InvalidJob
 from worker.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
@@ -33,6 +34,7 @@ GREEN_ID = "1101000001"
 WASSENGER_ID = "64a1f0c2b3d4e5f601234567"
 UNCONFIGURED_ID = "1101009999"
 DEMO_NAMESPACE = "chat-archiver-demo"
+UNKNOWN_ACCOUNT_GRACE = 3
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,10 @@ def run_demo(console: Console, timeout: float = 90.0) -> bool:
         "ARCHIVER_KEY_PREFIX": DEMO_NAMESPACE,
         "ARCHIVER_RESULT_EXPIRES": "3600",
         "ARCHIVER_RETRY_COUNTDOWN": "1",
+        # Jobs for an account no accounts file names wait for one that does; the demo shows the
+        # dead letter they end in after a few seconds instead of an hour.
+        "ARCHIVER_UNKNOWN_ACCOUNT_GRACE": str(UNKNOWN_ACCOUNT_GRACE),
+        "ARCHIVER_JANITOR_INTERVAL": "1",
         "DEMO_GREEN_API_TOKEN": green_token,
         "DEMO_WASSENGER_API_KEY": wassenger_token,
     }
@@ -206,8 +212,8 @@ def run_demo(console: Console, timeout: float = 90.0) -> bool:
             for n, j in enumerate(JOBS, 1)
         ]
         rows.append(INVALID_JOB)
-        # No accounts file in this process: jobs go to the intake and the worker forwards them.
-        result = ArchiveProducer(app, settings, accounts=None, state=state).enqueue_many(rows)
+        # No accounts file needed: jobs go to the intake, and the worker's router stores them.
+        result = ArchiveProducer(app, settings, state=state).enqueue_many(rows)
         task_ids = dict(result.enqueued)
         for position, why in result.refused:
             console.print(f"Refused at enqueue (job {position}): {why}")
@@ -231,9 +237,9 @@ def _wait(app: Any, task_ids: dict[int, str], timeout: float) -> dict[int, dict[
     while len(outcomes) < len(task_ids) and time.monotonic() < deadline:
         for position, task_id in task_ids.items():
             if position not in outcomes:
-                result = AsyncResult(task_id, app=app)
-                if result.successful():
-                    outcomes[position] = result.result
+                outcome = outcome_of(AsyncResult(task_id, app=app))
+                if outcome is not None:
+                    outcomes[position] = outcome
         time.sleep(0.2)
     return outcomes
 

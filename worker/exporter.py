@@ -17,9 +17,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from config import AccountRegistry
+from worker.dispatch.router import intake_lists
 from worker.metrics import LATENCY_BUCKETS
-from worker.routing import account_queues
 from worker.services import Services
+from worker.stores.keys import ready_queue
 
 
 class ArchiverCollector(Collector):
@@ -57,18 +58,37 @@ class ArchiverCollector(Collector):
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         settings = self.services.settings
-        queues = [settings.queue, *account_queues(settings.queue, self.accounts)]
         pipe = self.services.broker.pipeline(transaction=False)
-        for queue in queues:
-            pipe.llen(queue)
+        for name in intake_lists(settings.queue):
+            pipe.llen(name)
+        pipe.llen(ready_queue(settings.queue))
         pipe.hlen("unacked")  # kombu's: delivered, not yet acknowledged (running or held)
-        *depths, unacked = pipe.execute()
+        *intake, ready, unacked = pipe.execute()
         family = GaugeMetricFamily(
-            "chat_archiver_queue_depth", "Jobs waiting in a queue", labels=["queue"]
+            "chat_archiver_queue_depth", "Messages in a queue", labels=["queue"]
         )
-        for queue, depth in zip(queues, depths, strict=True):
-            family.add_metric([queue], depth)
+        family.add_metric([settings.queue], sum(intake))
+        family.add_metric([ready_queue(settings.queue)], ready)
         yield family
+        store = self.services.jobs
+        counts = store.counts()
+        stored = GaugeMetricFamily(
+            "chat_archiver_jobs_stored", "Jobs in the job store, by state", labels=["state"]
+        )
+        stored.add_metric(["delayed"], counts.delayed)
+        stored.add_metric(["running_or_dispatched"], counts.active)
+        stored.add_metric(["all"], counts.jobs)
+        yield stored
+        waiting = GaugeMetricFamily(
+            "chat_archiver_jobs_waiting",
+            "Jobs waiting for their account's turn",
+            labels=["provider", "account"],
+        )
+        for key, count in store.waiting([a.key for a in self.accounts]).items():
+            if count:
+                provider, _, account_id = key.partition(":")
+                waiting.add_metric([provider, account_id], count)
+        yield waiting
         yield GaugeMetricFamily(
             "chat_archiver_jobs_unacked",
             "Jobs delivered to workers and not yet acknowledged",

@@ -15,61 +15,20 @@ jitter.
 
 A permit is a reservation: ``wait`` says how long to sleep before calling. A slot further away
 than ``max_wait`` is not reserved (the caller reschedules the job instead of holding a worker).
+The dispatcher reserves each archive job's first permit as it hands the job out
+(worker/stores/lua/dispatch.lua); the algorithm itself is written once, in lua/lib/gcra.lua.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 
 from config import Account, Rate
-
-# A Lua function, so a job's admission script (tasks/bookkeeping.py) can compose it.
-# Keys: tat, stats hash, recent zset. Interval, max wait and recent window in µs.
-# Returns {granted (0/1), wait µs as a string} (Lua numbers would be truncated to integers).
-ACQUIRE_LUA = """
-local function acquire(tat_key, stats_key, recent_key, interval, max_wait, window)
-  interval, max_wait, window = tonumber(interval), tonumber(max_wait), tonumber(window)
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local tat = tonumber(redis.call('GET', tat_key) or now)
-  if tat < now then tat = now end
-  local wait = tat - now
-  if wait > max_wait then
-    redis.call('HINCRBY', stats_key, 'deferred', 1)
-    return {0, tostring(wait)}
-  end
-  local next_tat = tat + interval
-  redis.call('SET', tat_key, string.format('%d', next_tat), 'PX',
-             math.floor((next_tat - now) / 1000) + 60000)
-  redis.call('HINCRBY', stats_key, 'granted', 1)
-  redis.call('HINCRBY', stats_key, 'waited_us', wait)
-  redis.call('ZADD', recent_key, tat, string.format('%d', tat))
-  redis.call('ZREMRANGEBYSCORE', recent_key, '-inf', now - window)
-  redis.call('PEXPIRE', recent_key, math.floor(window / 1000) * 2 + 60000)
-  return {1, tostring(wait)}
-end
-"""
-_ACQUIRE = ACQUIRE_LUA + "return acquire(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])"
-
-# KEYS: tat, stats hash. ARGV: delay µs. Pushes the next slot at least `delay` away (a 429).
-# Returns µs until the next slot (further than `delay` if others had booked beyond it).
-_PENALIZE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local not_before = now + tonumber(ARGV[1])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < not_before then
-  redis.call('SET', KEYS[1], string.format('%d', not_before), 'PX',
-             math.floor(tonumber(ARGV[1]) / 1000) + 60000)
-  tat = not_before
-end
-redis.call('HINCRBY', KEYS[2], 'rate_limited', 1)
-redis.call('HSET', KEYS[2], 'last_rate_limited_at', string.format('%d', now))
-return string.format('%d', tat - now)
-"""
+from worker.stores.clock import Clock, RedisClock
+from worker.stores.keys import Keys
+from worker.stores.scripts import load
 
 RECENT_WINDOW = 10.0  # seconds over which "recent rate" is measured
 MICROS = 1_000_000
@@ -96,15 +55,20 @@ class LimiterState:
 
 
 class AccountLimiter:
-    def __init__(self, client: redis.Redis, prefix: str, margin: float = 0.03) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        margin: float = 0.03,
+        clock: Clock | None = None,
+    ) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._keys_registry = Keys(prefix)
         self._margin = margin
-        self._acquire = client.register_script(_ACQUIRE)
-        self._penalize = client.register_script(_PENALIZE)
+        self.clock: Clock = clock or RedisClock()
 
     def _keys(self, account: Account, method: str) -> tuple[str, str, str]:
-        base = f"{self._prefix}:limiter:{account.provider}:{account.id}:{method}"
+        base = self._keys_registry.limiter(account.key, method)
         return base, f"{base}:stats", f"{base}:recent"
 
     def interval(self, rate: Rate) -> float:
@@ -113,21 +77,20 @@ class AccountLimiter:
     def acquire_keys(self, account: Account, method: str) -> list[str]:
         return list(self._keys(account, method))
 
-    def acquire_args(self, account: Account, method: str, max_wait: float) -> list[int]:
-        interval = self.interval(account.rate(method))
-        return [int(interval * MICROS), int(max_wait * MICROS), int(RECENT_WINDOW * MICROS)]
-
-    @staticmethod
-    def permit(reply: list[Any]) -> Permit:
-        granted, wait = reply
-        return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
-
     def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
-        reply = self._acquire(
-            keys=self.acquire_keys(account, method),
-            args=self.acquire_args(account, method, max_wait),
+        tat, stats, recent = self._keys(account, method)
+        interval = self.interval(account.rate(method))
+        granted, wait = load("acquire").run(
+            self._redis,
+            keys={"tat": tat, "stats": stats, "recent": recent},
+            args={
+                "now": self.clock.arg(),
+                "interval_us": int(interval * MICROS),
+                "max_wait_us": int(max_wait * MICROS),
+                "window_us": int(RECENT_WINDOW * MICROS),
+            },
         )
-        return self.permit(reply)
+        return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
 
     def penalize(self, account: Account, method: str, delay: float | None) -> float:
         """The provider answered 429: hold every worker off this account's ``method`` for
@@ -138,7 +101,11 @@ class AccountLimiter:
         rate = account.rate(method)
         delay = rate.period if delay is None else delay
         tat_key, stats_key, _ = self._keys(account, method)
-        result = self._penalize(keys=[tat_key, stats_key], args=[int(delay * MICROS)])
+        result = load("penalize").run(
+            self._redis,
+            keys={"tat": tat_key, "stats": stats_key},
+            args={"now": self.clock.arg(), "delay_us": int(delay * MICROS)},
+        )
         return float(result) / MICROS
 
     def state(self, account: Account, method: str) -> LimiterState:

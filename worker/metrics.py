@@ -18,21 +18,6 @@ from typing import Any
 
 import redis
 
-# Lua functions: the end of every job writes them in its closing script (tasks/bookkeeping.py).
-RECORD_OUTCOME_LUA = """
-local function record_outcome(outcomes_key, recent_key, field, entry, keep)
-  redis.call('HINCRBY', outcomes_key, field, 1)
-  redis.call('LPUSH', recent_key, entry)
-  redis.call('LTRIM', recent_key, 0, tonumber(keep) - 1)
-end
-"""
-RECORD_LATENCY_LUA = """
-local function record_latency(latency_key, bucket_field, sum_field, seconds)
-  redis.call('HINCRBY', latency_key, bucket_field, 1)
-  redis.call('HINCRBYFLOAT', latency_key, sum_field, seconds)
-end
-"""
-
 # Provider call latency buckets, seconds (upper bounds; +Inf is implied).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECENT = 20  # outcomes kept per account for `status`
@@ -55,7 +40,7 @@ class MetricsRecorder:
     def outcome_args(
         provider: str, account: str, outcome: str, reason: str | None, chat_id: str | None
     ) -> list[str | int]:
-        """ARGV of ``record_outcome`` after its keys."""
+        """The outcomes field, the recent-outcomes entry and how many entries to keep."""
         entry = json.dumps(
             {"at": round(time.time(), 3), "outcome": outcome, "reason": reason, "chat_id": chat_id}
         )
@@ -63,9 +48,31 @@ class MetricsRecorder:
 
     @staticmethod
     def latency_args(provider: str, account: str, seconds: float) -> list[str | float]:
-        """ARGV of ``record_latency`` after its key."""
+        """The bucket field, the sum field and the value."""
         bucket = next((f"{le:g}" for le in LATENCY_BUCKETS if seconds <= le), "+Inf")
         return [f"{provider}|{account}|{bucket}", f"{provider}|{account}|sum", seconds]
+
+    def queue_outcome(
+        self,
+        pipe: Any,
+        provider: str,
+        account: str,
+        outcome: str,
+        reason: str | None,
+        chat_id: str | None,
+    ) -> None:
+        """Record a job's outcome in a pipeline (or worker/stores/writes.py's Writes)."""
+        field, entry, keep = self.outcome_args(provider, account, outcome, reason, chat_id)
+        recent = self.recent_key(provider, account)
+        pipe.hincrby(self.outcomes_key, str(field), 1)
+        pipe.lpush(recent, entry)
+        pipe.ltrim(recent, 0, int(keep) - 1)
+
+    def queue_latency(self, pipe: Any, provider: str, account: str, seconds: float) -> None:
+        """Record one provider call's duration in a pipeline (or Writes)."""
+        bucket, total, value = self.latency_args(provider, account, seconds)
+        pipe.hincrby(self.latency_key, str(bucket), 1)
+        pipe.hincrbyfloat(self.latency_key, str(total), float(value))
 
     def outcomes(self) -> dict[tuple[str, str, str, str], int]:
         return {

@@ -95,3 +95,33 @@ ACCOUNT_UNAVAILABLE = Verdict(Kind.ACCOUNT, reason=Reason.ACCOUNT_UNAVAILABLE)
 QUOTA_EXCEEDED = Verdict(Kind.ACCOUNT, reason=Reason.QUOTA_EXCEEDED)
 TRANSIENT = Verdict(Kind.TRANSIENT)
 RATE_LIMITED = Verdict(Kind.RATE_LIMITED)
+
+
+# -- how a job that did not end in success reads in Celery's result backend and in Flower --------
+
+
+class DeadLettered(Exception):
+    """The job's final state is FAILURE with this exception: Flower counts it as failed and shows
+    ``reason: detail``. Its arguments (the JSON result's ``exc_message``) are the reason, the
+    detail and the dead letter's id, for consumers in any language."""
+
+    def __init__(self, reason: str, detail: str = "", dead_letter_id: str = "") -> None:
+        super().__init__(reason, detail, dead_letter_id)
+        self.reason = reason
+        self.detail = detail
+        self.dead_letter_id = dead_letter_id
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}" if self.detail else self.reason
+
+
+class Deferred(Exception):
+    """The job waits in Redis to run again (a retry's countdown, its account's rate limit, a
+    paused account): its state is RETRY, which Flower shows as retried, and it is not ready."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+    def __str__(self) -> str:
+        return self.why

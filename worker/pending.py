@@ -22,50 +22,8 @@ from dataclasses import dataclass
 
 import redis
 
-from worker.state import queue_script
-
-# Lua functions, so a job's admission script (tasks/bookkeeping.py) can compose them.
-# claim: 1 when `task_id` owns the key (now or already), else the owner's id.
-CLAIM_LUA = """
-local function claim(key, task_id, ttl)
-  local owner = redis.call('GET', key)
-  if not owner then
-    redis.call('SET', key, task_id, 'EX', ttl)
-    return 1
-  end
-  if owner == task_id then
-    redis.call('EXPIRE', key, ttl)
-    return 1
-  end
-  return owner
-end
-"""
-
-# release: delete the key if `task_id` holds it (an empty key name: nothing to release).
-RELEASE_LUA = """
-local function release(key, task_id)
-  if key ~= '' and redis.call('GET', key) == task_id then
-    return redis.call('DEL', key)
-  end
-  return 0
-end
-"""
-
-# A batch in one call: KEYS are the chats' keys, ARGV their task ids, then the TTL. A bulk
-# enqueue claims 500 chats with one command instead of 500, and hears back only about the chats
-# another job holds: {position, owner, position, owner, ...}.
-_CLAIM_MANY = (
-    CLAIM_LUA
-    + """
-local ttl, held = ARGV[#KEYS + 1], {}
-for i = 1, #KEYS do
-  local owner = claim(KEYS[i], ARGV[i], ttl)
-  if owner ~= 1 then held[#held + 1] = i; held[#held + 1] = owner end
-end
-return held
-"""
-)
-_RELEASE = RELEASE_LUA + "return release(KEYS[1], ARGV[1])"
+from worker.stores.keys import Keys
+from worker.stores.scripts import load
 
 
 @dataclass(frozen=True)
@@ -82,21 +40,11 @@ class Claim:
 class PendingJobs:
     def __init__(self, client: redis.Redis, prefix: str, ttl: int) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
         self._ttl = ttl
-        self._claim_many = client.register_script(_CLAIM_MANY)
-        self._release = client.register_script(_RELEASE)
 
     def key(self, provider: str, account: str, chat_id: str) -> str:
-        return f"{self._prefix}:pending:{provider}:{account}:{chat_id}"
-
-    def claim_args(self, task_id: str) -> list[str | int]:
-        """ARGV of ``claim`` after its key (for scripts that compose CLAIM_LUA)."""
-        return [task_id, self._ttl]
-
-    @staticmethod
-    def claim_result(key: str, task_id: str, reply: object) -> Claim:
-        return Claim(key, task_id, task_id if reply == 1 else str(reply))
+        return self._keys.pending(f"{provider}:{account}", chat_id)
 
     def claim(self, key: str, task_id: str) -> Claim:
         return self.claim_many([(key, task_id)])[0]
@@ -105,8 +53,12 @@ class PendingJobs:
         """Claim (key, task id) pairs in one script call; a key given twice goes to the first."""
         if not wanted:
             return []
-        keys = [key for key, _ in wanted]
-        held = self._claim_many(keys=keys, args=[*(task_id for _, task_id in wanted), self._ttl])
+        held = load("claim_many").run(
+            self._redis,
+            keys={"chats": [key for key, _ in wanted]},
+            args={"ttl": self._ttl},
+            rest=[task_id for _, task_id in wanted],
+        )
         owners = dict(zip(held[::2], held[1::2], strict=True))  # 1-based positions
         return [
             Claim(key, task_id, str(owners.get(position, task_id)))
@@ -117,7 +69,7 @@ class PendingJobs:
         pipe = self._redis.pipeline(transaction=False)
         for claim in claims:
             if claim.won:
-                queue_script(pipe, self._release, [claim.key], [claim.task_id])
+                load("release").queue(pipe, keys={"chat": claim.key}, args={"id": claim.task_id})
         pipe.execute()
 
     def owner(self, key: str) -> str | None:

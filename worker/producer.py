@@ -1,12 +1,14 @@
 """The producer side: validate archive jobs and publish them, one at a time or in bulk.
 
-A job is checked here exactly as the task checks it (worker.jobs), so an invalid job is refused at
-enqueue with one line naming the field. A chat that already has a pending job is not enqueued
-again: the caller gets that job's id (worker.pending). Each job goes to its account's own queue
-(worker.routing). Bulk publishing goes through kombu's ``Producer.batch``, which pipelines the
-Redis commands: thousands of jobs cost a handful of round trips.
+A job is checked here exactly as the worker's router checks it (worker.jobs), so an invalid job is
+refused at enqueue with one line naming the field. A chat that already has a pending job is not
+enqueued again: the caller gets that job's id (worker.pending). Every job goes to the intake queue
+(``ARCHIVER_QUEUE``), where workers' routers take it into the job store (worker/stores/jobs.py).
+Bulk publishing goes through kombu's ``Producer.batch``, which pipelines the Redis commands:
+thousands of jobs cost a handful of round trips.
 
-Services in other languages publish the same message with ``send_task`` (see README).
+Services in other languages publish the same message with ``send_task`` (see README). The
+producer needs the broker and the state Redis, never the accounts file.
 """
 
 from __future__ import annotations
@@ -23,13 +25,10 @@ from celery import Celery, uuid
 from celery.events.dispatcher import EventDispatcher
 from celery.utils.nodenames import anon_nodename
 
-from config import AccountRegistry, ConfigError, Settings, get_settings
+from config import Settings, get_settings
 from worker.celery_app import app
-from worker.circuit import ParkedJob
 from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob
 from worker.pending import Claim, PendingJobs
-from worker.routing import queue_for
-from worker.services import get_accounts
 from worker.state import connect, state_redis
 
 BATCH_SIZE = 500
@@ -48,13 +47,10 @@ class ArchiveProducer:
         self,
         app: Celery,
         settings: Settings,
-        accounts: AccountRegistry | None = None,
         state: redis.Redis | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
-        # Without an accounts file, jobs go to the intake queue and the worker forwards them.
-        self.accounts = accounts
         self.pending = PendingJobs(
             state or connect(settings.state_url), settings.key_prefix, settings.pending_ttl
         )
@@ -120,9 +116,13 @@ class ArchiveProducer:
                         result.duplicates.append((position, claim.owner))
                         continue
                     won.append(claim)
-                    queue = queue_for(self.settings.queue, self.accounts, job.provider, job.account)
                     self._send(
-                        producer, TASK_NAME, claim.task_id, job.kwargs(), queue, events=events
+                        producer,
+                        TASK_NAME,
+                        claim.task_id,
+                        job.kwargs(),
+                        self.settings.queue,
+                        events=events,
                     )
                     result.enqueued.append((position, claim.task_id))
         except BaseException:
@@ -151,25 +151,6 @@ class ArchiveProducer:
                 countdown=countdown,
             )
         return task_id
-
-    def republish(self, jobs: list[ParkedJob], queue: str) -> None:
-        """Put parked jobs back on a queue, each with its own task id and history (headers);
-        their chats' pending marks are theirs already."""
-        with (
-            self.app.producer_or_acquire() as producer,
-            producer.batch(max_size=BATCH_SIZE),
-            self._sent_events(producer) as events,
-        ):
-            for job in jobs:
-                self._send(
-                    producer,
-                    TASK_NAME,
-                    job.task_id,
-                    job.kwargs,
-                    queue,
-                    headers=job.headers,
-                    events=events,
-                )
 
     def _send(
         self,
@@ -259,12 +240,8 @@ def default_producer() -> ArchiveProducer:
     """The producer for this process's settings and Celery app (one per process)."""
     global _default
     if _default is None or _default[0] != os.getpid():
-        try:
-            accounts: AccountRegistry | None = get_accounts()
-        except ConfigError:
-            accounts = None
         # The process's state client: a worker that sends probes and sweeps opens no second pool.
-        producer = ArchiveProducer(app, get_settings(), accounts, state_redis())
+        producer = ArchiveProducer(app, get_settings(), state_redis())
         _default = (os.getpid(), producer)
     return _default[1]
 

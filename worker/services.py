@@ -1,25 +1,40 @@
-"""The process's shared services, built once from settings: accounts, limiter, dead letters.
+"""The process's shared services, built once from settings: accounts, stores, limiter.
 
 Built lazily so importing the app does not read files or open connections; rebuilt per process
 because Redis clients must not cross a fork (see worker/state.py).
+
+The accounts registry follows its file: a process looks at the file's identity (inode, size,
+modification time) at most every few seconds and reloads it when it changed, so an account added
+to (or removed from) the file takes effect on running workers without a restart. A file that no
+longer loads keeps the registry it replaces, with one error in the log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 
 import redis
 
-from config import AccountRegistry, Settings, get_settings, load_accounts
+from config import AccountRegistry, ConfigError, Settings, get_settings, load_accounts
 from worker.circuit import AccountCircuit
 from worker.deadletters import DeadLetterStore
 from worker.limiter import AccountLimiter
 from worker.metrics import MetricsRecorder
 from worker.pending import PendingJobs
 from worker.state import connect, reset_state_redis, state_redis
+from worker.stores.jobs import JobStore
+from worker.stores.keys import Keys
 from worker.unarchivable import UnarchivableChats
+
+logger = logging.getLogger("chat_archiver.accounts")
+
+# A pool process looks at the accounts file at most this often (a stat call).
+RELOAD_CHECK = 2.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,8 @@ class Services:
     settings: Settings
     redis: redis.Redis  # our state (ARCHIVER_REDIS_URL, else the broker's)
     broker: redis.Redis  # the broker's Redis, where the queues are (the same client if shared)
+    keys: Keys
+    jobs: JobStore
     limiter: AccountLimiter
     dead_letters: DeadLetterStore
     pending: PendingJobs
@@ -34,10 +51,88 @@ class Services:
     metrics: MetricsRecorder
     unarchivable: UnarchivableChats
 
+    @property
+    def shared(self) -> bool:
+        """The broker is the state Redis: one script may touch queues and state together."""
+        return self.settings.broker_url == self.settings.state_url
 
-@lru_cache(maxsize=1)
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+class AccountsFile:
+    """The accounts registry of this process, reloaded when its file changes."""
+
+    def __init__(self, path: Path, check_every: float = RELOAD_CHECK) -> None:
+        self.path = path
+        self.check_every = check_every
+        self._lock = threading.Lock()
+        self._registry: AccountRegistry | None = None
+        self._identity: tuple[int, int, int] | None = None
+        self._checked = 0.0
+        self.error: str | None = None  # why the file's current version was not loaded
+
+    def get(self) -> AccountRegistry:
+        """The registry, loaded on first use (a wrong file raises ConfigError then)."""
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._identity = _identity(self.path)
+                    self._registry = load_accounts(self.path)
+                    self._checked = time.monotonic()
+            return self._registry
+        if time.monotonic() - self._checked >= self.check_every:
+            self.reload_if_changed()
+        return self._registry
+
+    def reload_if_changed(self) -> bool:
+        """Reload when the file changed; True when the registry was replaced."""
+        with self._lock:
+            self._checked = time.monotonic()
+            identity = _identity(self.path)
+            if identity == self._identity:
+                return False
+            self._identity = identity
+            try:
+                registry = load_accounts(self.path)
+            except ConfigError as error:
+                if str(error) != self.error:
+                    logger.error("accounts file not reloaded, keeping the previous one: %s", error)
+                self.error = str(error)
+                return False
+            self.error = None
+            before = self._registry
+            self._registry = registry
+        if before is not None:
+            added = {a.key for a in registry} - {a.key for a in before}
+            removed = {a.key for a in before} - {a.key for a in registry}
+            logger.info(
+                "accounts file reloaded: %d accounts (%d added, %d removed)",
+                len(registry),
+                len(added),
+                len(removed),
+            )
+        return True
+
+
+_accounts: tuple[int, AccountsFile] | None = None
+
+
+def accounts_file() -> AccountsFile:
+    global _accounts
+    pid = os.getpid()
+    if _accounts is None or _accounts[0] != pid:
+        _accounts = (pid, AccountsFile(get_settings().accounts_file))
+    return _accounts[1]
+
+
 def get_accounts() -> AccountRegistry:
-    return load_accounts(get_settings().accounts_file)
+    return accounts_file().get()
 
 
 _services: tuple[int, Services] | None = None
@@ -50,12 +145,15 @@ def get_services() -> Services:
         settings = get_settings()
         client = state_redis()
         shared = settings.broker_url == settings.state_url
+        keys = Keys(settings.key_prefix)
         _services = (
             pid,
             Services(
                 settings=settings,
                 redis=client,
                 broker=client if shared else connect(settings.broker_url),
+                keys=keys,
+                jobs=JobStore(client, keys, lease=settings.lease_timeout),
                 limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
                 dead_letters=DeadLetterStore(client, settings.key_prefix),
                 pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
@@ -77,8 +175,8 @@ def get_services() -> Services:
 
 def reset_services() -> None:
     """Forget everything built from settings (tests that change the environment)."""
-    global _services
+    global _services, _accounts
     _services = None
-    get_accounts.cache_clear()
+    _accounts = None
     get_settings.cache_clear()
     reset_state_redis()

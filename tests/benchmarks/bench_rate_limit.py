@@ -80,6 +80,7 @@ from celery import Celery  # noqa: E402
 from celery.result import AsyncResult  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+from worker.routing import account_queue  # noqa: E402
 
 from config import Settings, load_accounts  # noqa: E402
 from tasks.archive import archive_chat  # noqa: E402
@@ -89,7 +90,6 @@ from worker.celery_app import create_app  # noqa: E402
 from worker.limiter import AccountLimiter  # noqa: E402
 from worker.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process  # noqa: E402
 from worker.producer import ArchiveProducer  # noqa: E402
-from worker.routing import account_queue  # noqa: E402
 from worker.simulator import SimulatorClient  # noqa: E402
 
 PROVIDER = "green-api"

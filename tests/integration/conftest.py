@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,11 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from config import Settings, load_accounts
+from config import Settings
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
+from tests.support import eventually
 from worker.celery_app import create_app
+from worker.contract.results import outcome_of
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.local import WORKER_READY, CeleryProcess, worker_process
 from worker.producer import ArchiveProducer
@@ -40,6 +41,10 @@ FAST = {
     "ARCHIVER_CIRCUIT_COOLDOWN": "1",
     "ARCHIVER_CIRCUIT_COOLDOWN_MAX": "4",
     "ARCHIVER_RESULT_EXPIRES": "600",
+    # A killed node's jobs come back within a few seconds instead of half a minute.
+    "ARCHIVER_LEASE_TIMEOUT": "3",
+    "ARCHIVER_JANITOR_INTERVAL": "0.5",
+    "ARCHIVER_ACCOUNTS_RELOAD_INTERVAL": "0.5",
 }
 
 
@@ -80,12 +85,8 @@ class Cluster:
         self.settings = Settings(**settings_env)
         self.app: Celery = create_app(self.settings)
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        # The producer reads the same accounts file as the workers, so it routes each job to
-        # its account's queue; raw send_task calls in tests exercise the intake path.
         os.environ.update({k: v for k, v in self.env.items() if k.startswith("TEST_")})
-        self.producer = ArchiveProducer(
-            self.app, self.settings, load_accounts(accounts), self.redis
-        )
+        self.producer = ArchiveProducer(self.app, self.settings, self.redis)
         self.dead_letters = DeadLetterStore(self.redis, self.settings.key_prefix)
         self.workers: list[CeleryProcess] = []
         self.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=[])
@@ -112,14 +113,15 @@ class Cluster:
         self.sim.add_chats(provider, account, [{"id": chat, **fields} for chat in chats])
 
     def result(self, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
-        outcome = AsyncResult(task_id, app=self.app)
-        deadline = time.monotonic() + timeout
-        while not outcome.ready():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {task_id} reached no outcome in {timeout}s")
-            time.sleep(0.05)
-        assert outcome.successful(), outcome.traceback
-        return outcome.result
+        """The job's outcome (worker/contract/results.py), once it has one."""
+        found = eventually(
+            lambda: outcome_of(AsyncResult(task_id, app=self.app)),
+            timeout,
+            f"an outcome for job {task_id}",
+            step=0.05,
+        )
+        assert found.get("outcome") != "failed", found
+        return found
 
     def dead_letter(self, result: dict[str, Any]) -> DeadLetter:
         entry = self.dead_letters.get(result["dead_letter_id"])
@@ -129,6 +131,10 @@ class Cluster:
     def services_parked(self) -> int:
         """Jobs parked behind an open account circuit (any account)."""
         return sum(self.redis.llen(key) for key in self.redis.scan_iter("chat-archiver:parked:*"))
+
+    def stored(self) -> int:
+        """Jobs in the job store: accepted and not yet ended."""
+        return int(self.redis.hlen("chat-archiver:jobs"))
 
     def calls(self, provider: str, method: str, status: int | None = None) -> int:
         """Calls the simulator saw (all of them, or those it answered with `status`)."""

@@ -12,12 +12,15 @@ import pytest
 import redis
 
 from tests.conftest import CANARY, GREEN_ID, accounts_toml
+from worker.contract import envelope
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.local import CeleryProcess
+from worker.stores.jobs import JobStore, NewJob
+from worker.stores.keys import Keys
 
 pytestmark = pytest.mark.integration
 
-GREEN_QUEUE = f"archive.green-api.{GREEN_ID}"  # producers route to the account's own queue
+GREEN_QUEUE = "archive"  # producers publish to the intake, whatever the account
 
 
 @pytest.fixture
@@ -159,14 +162,17 @@ def test_status_reads_the_queues_from_the_broker(env: dict[str, str], redis_url:
     assert (
         run(env, "enqueue", "--provider", "green-api", "--account", GREEN_ID, *chat).returncode == 0
     )
-    broker = redis.Redis.from_url(broker_url)
-    broker.rpush("archive.green-api.1111111111", "{}")  # an account no accounts file knows
+    # A job stored for an account no worker's accounts file knows: it waits, and status says so.
+    state = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = JobStore(state, Keys("chat-archiver"), lease=30)
+    message = envelope.build("archive.chat", "j-unknown", {"provider": "green-api"}, "x")
+    store.accept([NewJob("j-unknown", "green-api:1111111111", message)])
     done = run(env, "status", "--json")
-    assert done.returncode == 1, done.stderr  # no worker answers, and the orphaned queue
+    assert done.returncode == 1, done.stderr  # no worker answers, and the unknown account
     report = json.loads(done.stdout)
-    assert report["queues"][GREEN_QUEUE] == 1
-    assert report["queues"]["archive.green-api.1111111111"] == 1
-    assert any("archive.green-api.1111111111 holds 1 jobs" in line for line in report["attention"])
+    assert report["queues"]["intake"] == 1  # read from the broker's database, not the state's
+    assert report["accounts"]["unknown"] == {"green-api:1111111111": 1}
+    assert any("1 jobs wait for green-api:1111111111" in line for line in report["attention"])
     assert "no worker answers" in report["attention"]
 
 

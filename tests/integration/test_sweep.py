@@ -16,14 +16,16 @@ from pathlib import Path
 import pytest
 
 from config import Account, get_settings
-from tasks.archive import ArchiveRunner
-from tasks.delivery import Delivery
+from tasks.archive import ArchiveRunner, RunContext
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
+from tests.support import JobDesk
 from worker.celery_app import create_app
+from worker.dispatch.router import Router
 from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, reset_services
 from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
+from worker.state import connect
 
 pytestmark = pytest.mark.integration
 
@@ -43,11 +45,13 @@ class SweepEnv:
         return Sweeper(self.services, producer=lambda: self.producer)
 
     def queued(self, provider: str) -> dict[str, str]:
-        """chat id -> the job's source, for every job in the account's queue (once each)."""
+        """chat id -> the job's source, for every job of the account on the intake (once each)."""
         account = GREEN_ID if provider == "green-api" else WASSENGER_ID
         jobs: dict[str, str] = {}
-        for raw in self.services.redis.lrange(f"archive.{provider}.{account}", 0, -1):
+        for raw in self.services.redis.lrange("archive", 0, -1):
             kwargs = json.loads(base64.b64decode(json.loads(raw)["body"]))[1]
+            if (kwargs["provider"], kwargs["account"]) != (provider, account):
+                continue
             assert kwargs["chat_id"] not in jobs, "a chat was enqueued twice"
             jobs[kwargs["chat_id"]] = kwargs["source"]
         return jobs
@@ -106,7 +110,7 @@ def env(
     sim.delete_accounts()
     sim.reset_counters()
     yield SweepEnv(
-        services, sim, ArchiveProducer(app, services.settings, get_accounts(), services.redis)
+        services, sim, ArchiveProducer(app, services.settings, services.redis)
     )
     sim.close()
     app.close()
@@ -325,17 +329,26 @@ def test_a_chat_refused_for_no_incoming_message_is_not_swept_again(env: SweepEnv
     )
     first = env.sweeper().sweep(env.account("green-api"))
     assert first.enqueued == 2
-    # Run the two queued jobs as a worker would, with their own task ids.
-    runner = ArchiveRunner(env.services, get_accounts(), producer=lambda: env.producer)
-    queue = f"archive.green-api.{GREEN_ID}"
-    for raw in env.services.redis.lrange(queue, 0, -1):
-        envelope = json.loads(raw)
-        kwargs = json.loads(base64.b64decode(envelope["body"]))[1]
-        runner.run((), kwargs, Delivery(envelope["headers"]["id"], "w@h", queue=queue))
+    # Route the two queued jobs into the job store and run them as a worker would.
+    services = env.services
+    router = Router(
+        connect(services.settings.broker_url, decode=False),
+        services.jobs,
+        services.dead_letters,
+        services.keys,
+        intake="archive",
+        ready="archive.ready",
+        node="test",
+    )
+    assert router.route().accepted == 2
+    desk = JobDesk(services, get_accounts())
+    runner = ArchiveRunner(services, get_accounts())
+    for _ in range(2):
+        task_id, kwargs, headers = desk.take()
+        runner.run((), kwargs, RunContext(task_id, "w@h", headers))
     [dead] = list(env.services.dead_letters.iter())
     assert dead.reason == "no_messages" and dead.job["chat_id"] == "79000000002@c.us"
 
-    env.services.redis.delete(f"archive.green-api.{GREEN_ID}")
     env.sim.patch_account("green-api", GREEN_ID)  # nothing changes at the provider
     second = env.sweeper().sweep(env.account("green-api"), dry_run=True, list_chats=True)
     assert second.chats == []

@@ -1,19 +1,35 @@
-"""The archive job's paths, end to end inside one process: real Redis (limiter and dead letters),
-HTTP mocked with respx, sleeps recorded instead of slept."""
+"""One run of an archive job, every path, inside one process: a real Redis (job store, limiter,
+dead letters), jobs put in and handed out as the router and dispatcher would, HTTP mocked with
+respx, sleeps recorded instead of slept."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import respx
 
-from tasks.archive import ArchiveRunner, archive_chat
-from tasks.delivery import Delivery, Reschedule
-from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env, RoundTrips
-from worker.celery_app import create_app
-from worker.producer import ArchiveProducer
+from config import Account
+from tasks.archive import ArchiveRunner, Done, Failed, Quiet, RunContext, Waiting, archive_chat
+from tasks.archive.pauses import AccountPauses
+from tests.conftest import (
+    CANARY,
+    GREEN_ID,
+    WASSENGER_ID,
+    Env,
+    RoundTrips,
+    accounts_toml,
+    use_environment,
+)
+from tests.support import JobDesk
+from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER
+from worker.endings import Endings, RunRef
+from worker.services import reset_services
+from worker.stores.jobs import Lease
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 WASSENGER_URL = f"http://provider.test/v1/chat/{WASSENGER_ID}/chats/79001234567@c.us/archive"
@@ -24,6 +40,21 @@ JOB = {
     "request_id": "req-1",
     "source": "test",
 }
+WASSENGER_JOB = {**JOB, "provider": "wassenger", "account": WASSENGER_ID}
+
+
+@pytest.fixture
+def archiver_env(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
+) -> Iterator[Env]:
+    """Sleeps are recorded, not slept, so time does not pass between a run's attempts: limits
+    far above what these tests call keep tenacity's retries from waiting for permits."""
+    accounts_file = tmp_path / "accounts.toml"
+    accounts_file.write_text(
+        accounts_toml("http://provider.test", green_rate="1000/s", wassenger_rate="1000/s")
+    )
+    yield use_environment(monkeypatch, redis_url, accounts_file)
+    reset_services()
 
 
 @pytest.fixture
@@ -32,169 +63,227 @@ def sleeps() -> list[float]:
 
 
 @pytest.fixture
-def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
-    celery = create_app(archiver_env.settings)
-    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.accounts, archiver_env.redis)
-    celery.close()
+def probes() -> list[tuple[str, str, float]]:
+    return []
 
 
 @pytest.fixture
-def runner(archiver_env: Env, sleeps: list[float], producer: ArchiveProducer) -> ArchiveRunner:
+def runner(
+    archiver_env: Env, sleeps: list[float], probes: list[tuple[str, str, float]]
+) -> ArchiveRunner:
     client = httpx.Client(timeout=2)
+    services = archiver_env.services
+    endings = Endings(services)
+
+    def probe(account: Account, chain: str, countdown: float) -> None:
+        probes.append((account.key, chain, countdown))
+
     return ArchiveRunner(
-        archiver_env.services,
+        services,
         archiver_env.accounts,
         client_factory=lambda: client,
         sleep=sleeps.append,
-        producer=lambda: producer,
+        endings=endings,
+        pauses=AccountPauses(services, endings, probe),
     )
 
 
-GREEN_QUEUE = f"archive.green-api.{GREEN_ID}"
+@pytest.fixture
+def desk(archiver_env: Env) -> JobDesk:
+    return JobDesk(archiver_env.services, archiver_env.accounts)
 
 
-def delivery(**kwargs: object) -> Delivery:
-    """A delivery from the account's own queue unless the test says otherwise."""
-    fields: dict = {"task_id": "task-1", "worker": "test@host", "queue": GREEN_QUEUE, **kwargs}
-    return Delivery(**fields)
+@pytest.fixture
+def run(runner: ArchiveRunner, desk: JobDesk) -> Callable[..., Any]:
+    """Put a job in the store, take it out as the dispatcher would, run it."""
+
+    def run_job(job: dict[str, Any] = JOB, **history: float) -> Any:
+        desk.put(job)
+        task_id, kwargs, headers = desk.take()
+        return runner.run((), kwargs, RunContext(task_id, "test@host", {**headers, **history}))
+
+    return run_job
 
 
-def test_archived(runner: ArchiveRunner) -> None:
+def test_archived(run: Callable[..., Any], archiver_env: Env) -> None:
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, delivery())
-    assert result == {
-        "outcome": "archived",
-        "provider": "green-api",
-        "account": GREEN_ID,
-        "chat_id": "79001234567@c.us",
-        "attempts": 1,
-        "request_id": "req-1",
-    }
+        end = run()
+    assert end == Done(
+        {
+            "outcome": "archived",
+            "provider": "green-api",
+            "account": GREEN_ID,
+            "chat_id": "79001234567@c.us",
+            "attempts": 1,
+            "request_id": "req-1",
+        }
+    )
+    assert archiver_env.services.jobs.counts().jobs == 0  # the job has left the store
 
 
-def test_already_archived_is_success(runner: ArchiveRunner, archiver_env: Env) -> None:
+def test_already_archived_is_success(run: Callable[..., Any], archiver_env: Env) -> None:
     with respx.mock() as mock:
         mock.put(WASSENGER_URL).respond(409, json={"message": "Chat is already archived"})
-        result = runner.run(
-            (), {**JOB, "provider": "wassenger", "account": WASSENGER_ID}, delivery()
-        )
-    assert isinstance(result, dict) and result["outcome"] == "already_archived"
+        end = run(WASSENGER_JOB)
+    assert isinstance(end, Done) and end.result["outcome"] == "already_archived"
     assert len(archiver_env.services.dead_letters) == 0
 
 
 def test_chat_not_found_is_dead_lettered_at_once(
-    runner: ArchiveRunner, archiver_env: Env, sleeps: list[float]
+    run: Callable[..., Any], archiver_env: Env, sleeps: list[float]
 ) -> None:
     with respx.mock() as mock:
         route = mock.post(GREEN_URL).respond(400, text="chat with id 79001234567@c.us not found")
-        result = runner.run((), JOB, delivery())
-    assert route.call_count == 1 and sleeps == []  # never retried
-    assert isinstance(result, dict)
-    assert result["outcome"] == "dead_lettered" and result["reason"] == "chat_not_found"
-    entry = archiver_env.services.dead_letters.get(result["dead_letter_id"])
+        end = run()
+    assert route.call_count == 1 and all(s < 0.5 for s in sleeps)  # never retried
+    assert isinstance(end, Failed)
+    assert end.result["outcome"] == "dead_lettered" and end.result["reason"] == "chat_not_found"
+    assert (end.error.reason, end.error.dead_letter_id) == (
+        "chat_not_found",
+        end.result["dead_letter_id"],
+    )
+    entry = archiver_env.services.dead_letters.get(end.result["dead_letter_id"])
     assert entry is not None
     assert entry.job == JOB
     assert entry.http_status == 400 and "not found" in entry.excerpt
-    assert entry.attempts == 1 and entry.worker == "test@host" and entry.task_id == "task-1"
+    assert entry.attempts == 1 and entry.worker == "test@host"
     assert entry.first_attempt_at is not None and entry.last_attempt_at is not None
 
 
+def test_a_dispatched_job_calls_on_the_permit_its_dispatch_reserved(
+    run: Callable[..., Any], archiver_env: Env
+) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        run()
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert archiver_env.services.limiter.state(account, "archiveChat").granted == 1
+
+
+def test_a_run_that_arrives_well_after_its_slot_takes_a_new_permit(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
+    time.sleep(0.1)  # the reserved slot is 100 ms gone: calling on it could crowd a window
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert archiver_env.services.limiter.state(account, "archiveChat").granted == 2
+
+
 def test_transient_burst_is_retried_by_tenacity_then_archived(
-    runner: ArchiveRunner, sleeps: list[float]
+    run: Callable[..., Any], sleeps: list[float]
 ) -> None:
     with respx.mock() as mock:
         mock.post(GREEN_URL).mock(
             side_effect=[httpx.Response(503), httpx.ReadTimeout("slow"), httpx.Response(200)]
         )
-        result = runner.run((), JOB, delivery())
-    assert isinstance(result, dict) and result["outcome"] == "archived"
-    assert result["attempts"] == 3
-    # Two backoff sleeps (exponential with jitter, capped), besides limiter waits of 0.
+        end = run()
+    assert isinstance(end, Done) and end.result["outcome"] == "archived"
+    assert end.result["attempts"] == 3
+    # Two backoff sleeps (exponential with jitter, capped), besides waits for permits.
     backoffs = [s for s in sleeps if s >= 0.5]
     assert len(backoffs) == 2 and all(s <= 4.0 for s in backoffs)
 
 
-def test_persistent_transient_becomes_celery_retry_then_retries_exhausted(
-    runner: ArchiveRunner, archiver_env: Env
+def test_persistent_transient_waits_in_the_store_then_ends_retries_exhausted(
+    run: Callable[..., Any], archiver_env: Env, desk: JobDesk, runner: ArchiveRunner
 ) -> None:
     settings = archiver_env.settings
+    store = archiver_env.services.jobs
     with respx.mock() as mock:
         route = mock.post(GREEN_URL).respond(502)
-        first = runner.run((), JOB, delivery())
-        assert isinstance(first, Reschedule)
+        started = time.time()
+        first = run()
+        assert isinstance(first, Waiting) and "again in" in first.why
         assert route.call_count == settings.transient_attempts
-        assert first.delivery.transient_rounds == 1
-        assert first.delivery.attempts == settings.transient_attempts
-        assert settings.retry_countdown <= first.countdown <= settings.retry_countdown * 1.2
-        assert first.countdown < settings.visibility_timeout
+        # The job waits in the delayed set, not in anybody's memory, with its history.
+        [(member, at)] = store.redis.zrange(store.keys.delayed, 0, -1, withscores=True)
+        task_id = member.split("|")[1]
+        assert settings.retry_countdown <= at / 1e6 - started <= settings.retry_countdown * 1.3
+        record = store.record(task_id)
+        assert record is not None and f'"{ROUNDS_HEADER}": 1' in record.message
         # The last round: the budget is spent, the job is dead-lettered, nothing is lost.
-        last = runner.run(
-            (),
-            JOB,
-            delivery(transient_rounds=settings.retry_budget, attempts=15, first_attempt_at=1.0),
+        last = run(
+            {**JOB, "chat_id": "79001234568@c.us"},
+            **{
+                ROUNDS_HEADER: settings.retry_budget,
+                ATTEMPTS_HEADER: 15,
+                FIRST_ATTEMPT_HEADER: 1.0,
+            },
         )
-    assert isinstance(last, dict)
-    assert last["reason"] == "retries_exhausted"
-    entry = archiver_env.services.dead_letters.get(last["dead_letter_id"])
+    assert isinstance(last, Failed) and last.result["reason"] == "retries_exhausted"
+    entry = archiver_env.services.dead_letters.get(last.result["dead_letter_id"])
     assert entry is not None and entry.attempts == 15 + settings.transient_attempts
     assert entry.first_attempt_at == 1.0 and entry.http_status == 502
 
 
-def test_countdown_doubles_and_is_capped(runner: ArchiveRunner, archiver_env: Env) -> None:
+def test_countdown_doubles_and_is_capped(run: Callable[..., Any], archiver_env: Env) -> None:
     settings = archiver_env.settings
+    store = archiver_env.services.jobs
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(500)
-        third = runner.run((), JOB, delivery(transient_rounds=2))
-        late = runner.run((), JOB, delivery(transient_rounds=4))
-    assert isinstance(third, Reschedule) and isinstance(late, Reschedule)
-    assert settings.retry_countdown * 4 <= third.countdown <= settings.retry_countdown * 4 * 1.2
-    assert late.countdown <= settings.retry_countdown_max  # jitter included
+        started = time.time()
+        run(**{ROUNDS_HEADER: 2})
+        run({**JOB, "chat_id": "79001234568@c.us"}, **{ROUNDS_HEADER: 4})
+    [third, late] = sorted(
+        at / 1e6 - started
+        for _, at in store.redis.zrange(store.keys.delayed, 0, -1, withscores=True)
+    )
+    assert settings.retry_countdown * 4 <= third <= settings.retry_countdown * 4 * 1.2 + 1
+    assert late <= settings.retry_countdown_max * 1.2 + 1  # jitter included
 
 
-def test_a_long_retry_after_never_outlasts_the_visibility_timeout(
-    runner: ArchiveRunner, archiver_env: Env
-) -> None:
-    settings = archiver_env.settings
-    with respx.mock() as mock:
-        mock.post(GREEN_URL).respond(429, headers={"Retry-After": "7200"})
-        result = runner.run((), JOB, delivery())
-        # Back before the provider's two hours are up: still held off, it waits again.
-        again = runner.run((), JOB, delivery())
-    # A countdown past the visibility timeout would have the broker deliver the job twice.
-    assert isinstance(result, Reschedule) and isinstance(again, Reschedule)
-    assert result.countdown == again.countdown == settings.retry_countdown_max
-    assert settings.retry_countdown_max <= settings.visibility_timeout / 2
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    assert archiver_env.services.limiter.state(account, "archiveChat").next_permit_in > 7000
-
-
-def test_rate_limited_is_rescheduled_never_dead_lettered(
-    runner: ArchiveRunner, archiver_env: Env
+def test_a_429_slows_every_worker_and_the_job_waits_its_turn(
+    run: Callable[..., Any], archiver_env: Env, desk: JobDesk
 ) -> None:
     with respx.mock() as mock:
         route = mock.post(GREEN_URL).respond(429, headers={"Retry-After": "5"})
-        result = runner.run((), JOB, delivery())
-    assert isinstance(result, Reschedule)
+        end = run()
+    assert isinstance(end, Waiting) and "429" in end.why
     assert route.call_count == 1
-    assert 4.5 <= result.countdown <= 6.5  # Retry-After honoured, with jitter
     assert len(archiver_env.services.dead_letters) == 0
-    # Every worker now holds off this account: the next permit is about 5 s away.
+    # Every worker now holds off this account: the next permit is about 5 s away, and the job is
+    # back at the front of its account's wait list, where the dispatcher finds it in time.
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     state = archiver_env.services.limiter.state(account, "archiveChat")
     assert state.rate_limited == 1 and 4 < state.next_permit_in <= 5
+    store = archiver_env.services.jobs
+    assert len(store.wait_head(account.key, 10)) == 1
+    assert store.dispatch(10).count == 0
 
 
-def test_no_permit_soon_reschedules_without_calling(
-    runner: ArchiveRunner, archiver_env: Env
+def test_a_long_retry_after_is_waited_in_redis_not_in_a_worker(
+    run: Callable[..., Any], archiver_env: Env
 ) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(429, headers={"Retry-After": "7200"})
+        end = run()
+    assert isinstance(end, Waiting)
     account = archiver_env.accounts.get("green-api", GREEN_ID)
-    archiver_env.services.limiter.penalize(account, "archiveChat", 30)
+    assert archiver_env.services.limiter.state(account, "archiveChat").next_permit_in > 7000
+    due = dict(archiver_env.services.jobs.due_accounts(10))
+    assert due[account.key] - time.time() < 1  # it is the dispatcher that finds it far ...
+    archiver_env.services.jobs.dispatch(10)  # ... and puts the account at its next permit
+    assert dict(archiver_env.services.jobs.due_accounts(10))[account.key] - time.time() > 7000
+
+
+def test_no_permit_soon_waits_without_calling(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    time.sleep(0.05)  # its reserved slot has passed: it needs a new permit ...
+    archiver_env.services.limiter.penalize(account, "archiveChat", 30)  # ... 30 s away
     with respx.mock(assert_all_called=False) as mock:
         route = mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, delivery())
-    assert isinstance(result, Reschedule) and route.call_count == 0
-    assert 29 < result.countdown <= 36
+        end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+    assert isinstance(end, Waiting) and route.call_count == 0
+    assert archiver_env.services.jobs.wait_head(account.key, 10) == [task_id]
 
 
 @pytest.mark.parametrize(
@@ -206,12 +295,12 @@ def test_no_permit_soon_reschedules_without_calling(
     ],
 )
 def test_permanent_answers_are_dead_lettered(
-    runner: ArchiveRunner, status: int, body: str, reason: str
+    run: Callable[..., Any], status: int, body: str, reason: str
 ) -> None:
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(status, text=body)
-        result = runner.run((), JOB, delivery())
-    assert isinstance(result, dict) and result["reason"] == reason
+        end = run()
+    assert isinstance(end, Failed) and end.result["reason"] == reason
 
 
 @pytest.mark.parametrize(
@@ -222,127 +311,146 @@ def test_permanent_answers_are_dead_lettered(
         ((), {"provider": "green-api"}, "account: missing"),
     ],
 )
-def test_malformed_job_is_dead_lettered_invalid_request(
-    runner: ArchiveRunner, archiver_env: Env, args: tuple, kwargs: dict, detail: str
+def test_a_malformed_job_that_got_past_the_router_is_dead_lettered(
+    runner: ArchiveRunner,
+    desk: JobDesk,
+    archiver_env: Env,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    detail: str,
 ) -> None:
+    task_id = desk.put_raw(kwargs, f"green-api:{GREEN_ID}")
     with respx.mock(assert_all_called=False) as mock:
-        result = runner.run(args, kwargs, delivery())
+        end = runner.run(args, kwargs, RunContext(task_id, "test@host"))
         assert not mock.calls
-    assert isinstance(result, dict) and result["reason"] == "invalid_request"
-    assert detail in result["detail"]
-    assert archiver_env.services.dead_letters.get(result["dead_letter_id"]) is not None
+    assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
+    assert detail in end.result["detail"]
+    assert archiver_env.services.dead_letters.get(end.result["dead_letter_id"]) is not None
+    assert archiver_env.services.jobs.record(task_id) is None
 
 
-def test_unknown_account_is_dead_lettered(runner: ArchiveRunner) -> None:
-    result = runner.run((), {**JOB, "account": "9999999999"}, delivery())
-    assert isinstance(result, dict) and result["reason"] == "unknown_account"
+def test_an_account_this_process_does_not_know_waits_instead_of_dead_lettering(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    job = {**JOB, "account": "9999999999"}
+    task_id = desk.put_raw(job, "green-api:9999999999")
+    end = runner.run((), job, RunContext(task_id, "test@host"))
+    assert isinstance(end, Waiting) and "accounts file" in end.why
+    assert len(archiver_env.services.dead_letters) == 0
+    [(member, at)] = archiver_env.redis.zrange(
+        archiver_env.services.keys.delayed, 0, -1, withscores=True
+    )
+    assert member == f"green-api:9999999999|{task_id}" and at / 1e6 > time.time() + 5
 
 
-def test_token_never_in_results_or_dead_letters(runner: ArchiveRunner, archiver_env: Env) -> None:
+def test_a_delivery_of_a_job_that_has_ended_or_that_a_live_run_holds_ends_quietly(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
+    archiver_env.services.jobs.take_lease(task_id, "another-run", 100)
+    with respx.mock(assert_all_called=False) as mock:
+        route = mock.post(GREEN_URL).respond(200)
+        busy = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+        stale = runner.run((), kwargs, RunContext("never-stored", "test@host", headers))
+    assert busy == Quiet(Lease.BUSY) and stale == Quiet(Lease.STALE)
+    assert route.call_count == 0
+
+
+def test_token_never_in_results_or_dead_letters(run: Callable[..., Any], archiver_env: Env) -> None:
     with respx.mock() as mock:
         mock.post(GREEN_URL).mock(side_effect=httpx.ConnectError(f"refused {GREEN_URL}"))
         mock.put(WASSENGER_URL).respond(404, json={"message": "Chat not found"})
-        results = [
-            runner.run((), JOB, delivery(transient_rounds=99)),
-            runner.run((), {**JOB, "provider": "wassenger", "account": WASSENGER_ID}, delivery()),
-        ]
-    assert CANARY not in repr(results)
+        ends = [run(**{ROUNDS_HEADER: 99}), run(WASSENGER_JOB)]
+    assert CANARY not in repr(ends)
     for key in archiver_env.redis.scan_iter("*"):
         dumped = archiver_env.redis.dump(key) or b""
         assert CANARY.encode() not in dumped
 
 
-def test_intake_job_runs_at_once_when_a_permit_is_free(runner: ArchiveRunner) -> None:
-    with respx.mock() as mock:
-        mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, delivery(queue="archive"))
-    assert isinstance(result, dict) and result["outcome"] == "archived"
-
-
-def test_intake_job_moves_to_its_account_queue_when_the_account_is_busy(
-    runner: ArchiveRunner, archiver_env: Env
+def test_a_job_whose_runs_keep_dying_is_dead_lettered_worker_lost(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
 ) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    for _ in range(5):  # five calls already reserved: the next permit is ~0.5 s away
-        archiver_env.services.limiter.acquire(account, "archiveChat", max_wait=5)
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
+    # Three runs began and none ended: each killed its worker.
+    key = archiver_env.services.keys.deliveries(task_id)
+    archiver_env.redis.hset(key, mapping={"r1": 1, "r2": 1, "r3": 1})
     with respx.mock(assert_all_called=False) as mock:
         route = mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, delivery(queue="archive"))
-        assert route.call_count == 0
-        # The same job on its own queue waits for its permit instead.
-        waited = runner.run((), JOB, delivery())
-    assert isinstance(result, Reschedule)
-    assert result.countdown == 0 and result.queue == GREEN_QUEUE
-    assert isinstance(waited, dict) and waited["outcome"] == "archived"
-
-
-def test_every_reschedule_targets_the_account_queue(runner: ArchiveRunner) -> None:
-    with respx.mock() as mock:
-        mock.post(GREEN_URL).mock(
-            side_effect=[
-                httpx.Response(429),
-                httpx.Response(503),
-                httpx.Response(503),
-                httpx.Response(503),
-            ]
-        )
-        limited = runner.run((), JOB, delivery())
-        failing = runner.run((), JOB, delivery(queue="archive"))
-    assert isinstance(limited, Reschedule) and limited.queue == GREEN_QUEUE
-    assert isinstance(failing, Reschedule) and failing.queue == GREEN_QUEUE
-
-
-def test_a_job_delivered_too_often_is_dead_lettered_worker_lost(
-    runner: ArchiveRunner, archiver_env: Env
-) -> None:
-    # Three deliveries began and none ended: each killed its worker.
-    key = "chat-archiver:deliveries:task-1"
-    archiver_env.redis.set(key, archiver_env.settings.max_deliveries)
-    with respx.mock(assert_all_called=False) as mock:
-        route = mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, delivery())
+        end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
     assert route.call_count == 0
-    assert isinstance(result, dict) and result["reason"] == "worker_lost"
+    assert isinstance(end, Failed) and end.result["reason"] == "worker_lost"
     assert not archiver_env.redis.exists(key)
     pending = archiver_env.services.pending
     assert pending.owner(pending.key("green-api", GREEN_ID, JOB["chat_id"])) is None
 
 
 def test_a_run_costs_two_redis_round_trips(
-    runner: ArchiveRunner, archiver_env: Env, round_trips: Callable[[], RoundTrips]
+    runner: ArchiveRunner,
+    desk: JobDesk,
+    archiver_env: Env,
+    round_trips: Callable[[], RoundTrips],
 ) -> None:
-    """One script to be admitted, one at the end: the per-job overhead the unlimited
-    benchmark measures (tests/benchmarks/bench_rate_limit.py)."""
+    """One script to be admitted, one to end: the per-job overhead of a run."""
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(200)
-        runner.run((), {**JOB, "chat_id": "79000000001@c.us"}, delivery(task_id="warm-up"))
         sends = round_trips()
-        result = runner.run((), JOB, delivery())
-    assert isinstance(result, dict) and result["outcome"] == "archived"
+        end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+    assert isinstance(end, Done) and end.result["outcome"] == "archived"
     assert sends.count == 2
-    assert not archiver_env.redis.exists("chat-archiver:deliveries:task-1")
+    assert not archiver_env.redis.exists(archiver_env.services.keys.deliveries(task_id))
 
 
 def test_a_malformed_message_is_kept_whole_and_redacted(
-    runner: ArchiveRunner, archiver_env: Env
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
 ) -> None:
     # Positional arguments, and a token pasted into a field: the entry keeps what was sent,
     # so an operator can see the mistake, and never the token.
     args = ("green-api", GREEN_ID, "79001234567@c.us")
-    result = runner.run(args, {"note": f"token {CANARY}"}, delivery())
-    assert isinstance(result, dict) and result["reason"] == "invalid_request"
-    entry = archiver_env.services.dead_letters.get(result["dead_letter_id"])
+    kwargs = {"note": f"token {CANARY}"}
+    task_id = desk.put_raw(kwargs, f"green-api:{GREEN_ID}")
+    end = runner.run(args, kwargs, RunContext(task_id, "test@host"))
+    assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
+    entry = archiver_env.services.dead_letters.get(end.result["dead_letter_id"])
     assert entry is not None
     assert "args=('green-api', '7105187566', '79001234567@c.us')" in entry.excerpt
     assert "'note'" in entry.excerpt and CANARY not in entry.to_json()
 
 
-def test_an_exception_that_escapes_the_task_is_dead_lettered_internal_error(
-    archiver_env: Env,
+def test_an_exception_that_escapes_a_run_is_dead_lettered_internal_error(
+    archiver_env: Env, desk: JobDesk
 ) -> None:
-    # What Celery calls when the runner raises (a bug of ours) or the hard time limit kills it.
-    archive_chat.on_failure(RuntimeError(f"boom {CANARY}"), "task-9", (), JOB, None)
+    # What Celery calls in the pool process when the runner raises (a bug of ours).
+    desk.put(JOB, task_id="task-9")
+    desk.take()
+    archiver_env.services.jobs.take_lease("task-9", "run-9", 100)
+    archive_chat.push_request(id="task-9", archiver_run="run-9", hostname="w@h")
+    try:
+        archive_chat.on_failure(RuntimeError(f"boom {CANARY}"), "task-9", (), JOB, None)
+    finally:
+        archive_chat.pop_request()
     [entry] = list(archiver_env.services.dead_letters.iter())
     assert (entry.reason, entry.task_id, entry.job) == ("internal_error", "task-9", JOB)
     assert entry.detail == "RuntimeError escaped the task (see the worker log)"
     assert CANARY not in entry.to_json()
+    assert archiver_env.services.jobs.record("task-9") is None
+
+
+def test_a_failure_after_the_run_ended_adds_no_dead_letter(
+    archiver_env: Env, desk: JobDesk
+) -> None:
+    """Storing the result failed (Redis restarting) after the run recorded its outcome: the
+    job worked; no false internal_error."""
+    desk.put(JOB, task_id="task-8")
+    desk.take()
+    archiver_env.services.jobs.take_lease("task-8", "run-8", 100)
+    Endings(archiver_env.services).final(RunRef("task-8", "run-8", f"green-api:{GREEN_ID}", JOB))
+    archive_chat.push_request(id="task-8", archiver_run="run-8", hostname="w@h")
+    try:
+        archive_chat.on_failure(ConnectionError("result store"), "task-8", (), JOB, None)
+    finally:
+        archive_chat.pop_request()
+    assert len(archiver_env.services.dead_letters) == 0

@@ -181,13 +181,21 @@ def test_settings_from_environment_and_one_line_errors(monkeypatch: pytest.Monke
         load_settings()
     monkeypatch.delenv("ARCHIVER_TRANSIENT_ATTEMPTS")
 
-    # Countdowns longer than the visibility timeout would make Redis deliver jobs twice.
+    # kombu must not give a running job's message back while it runs.
     monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "600")
-    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "400")
-    with pytest.raises(ConfigError, match="RETRY_COUNTDOWN_MAX=400 must be at most half"):
+    with pytest.raises(
+        ConfigError, match="SWEEP_TIME_LIMIT=1800 must be less than ARCHIVER_VISIBILITY_TIMEOUT=600"
+    ):
         load_settings()
-    monkeypatch.delenv("ARCHIVER_RETRY_COUNTDOWN_MAX")
-    monkeypatch.delenv("ARCHIVER_VISIBILITY_TIMEOUT")
+    # Countdowns wait in the job store, not in worker memory: the visibility timeout does not
+    # bound them, so lowering it means lowering the time limits only.
+    monkeypatch.setenv("ARCHIVER_SWEEP_TIME_LIMIT", "500")
+    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "3600")
+    monkeypatch.setenv("ARCHIVER_CIRCUIT_COOLDOWN_MAX", "3600")
+    assert load_settings().visibility_timeout == 600
+    for name in ("VISIBILITY_TIMEOUT", "SWEEP_TIME_LIMIT", "RETRY_COUNTDOWN_MAX"):
+        monkeypatch.delenv(f"ARCHIVER_{name}")
+    monkeypatch.delenv("ARCHIVER_CIRCUIT_COOLDOWN_MAX")
 
     # The HTTP timeouts, not the task's time limit, must end a slow call.
     monkeypatch.setenv("ARCHIVER_TASK_TIME_LIMIT", "30")

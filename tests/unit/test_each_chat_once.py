@@ -9,20 +9,21 @@ import pytest
 import respx
 
 from config import get_settings
-from tasks.archive import ArchiveRunner, Delivery, Reschedule
+from tasks.archive import ArchiveRunner, Done, RunContext, Waiting
 from tests.conftest import CANARY, GREEN_ID, Env
+from tests.support import JobDesk
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 JOB = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
-QUEUE = f"archive.green-api.{GREEN_ID}"
+QUEUE = "archive"
 
 
 @pytest.fixture
 def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
     celery = create_app(get_settings())
-    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.accounts, archiver_env.redis)
+    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
     celery.close()
 
 
@@ -52,12 +53,15 @@ def test_enqueueing_a_pending_chat_again_publishes_nothing(
 def test_a_duplicate_job_makes_no_provider_call(runner: ArchiveRunner, archiver_env: Env) -> None:
     pending = archiver_env.services.pending
     pending.claim(pending.key("green-api", GREEN_ID, "79001234567@c.us"), "the-first-job")
+    desk = JobDesk(archiver_env.services, archiver_env.accounts)
+    desk.put(JOB, task_id="a-raw-send-task")
+    task_id, kwargs, headers = desk.take()
     with respx.mock(assert_all_called=False) as mock:
         route = mock.post(GREEN_URL).respond(200)
-        result = runner.run((), JOB, Delivery("a-raw-send-task", "w@h", queue=QUEUE))
+        end = runner.run((), kwargs, RunContext(task_id, "w@h", headers))
     assert route.call_count == 0
-    assert isinstance(result, dict)
-    assert result["outcome"] == "duplicate" and result["duplicate_of"] == "the-first-job"
+    assert isinstance(end, Done)
+    assert end.result["outcome"] == "duplicate" and end.result["duplicate_of"] == "the-first-job"
     # The duplicate does not free a chat it never held.
     assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) == "the-first-job"
 
@@ -68,14 +72,20 @@ def test_the_mark_lasts_through_retries_and_goes_at_the_end(
     pending = archiver_env.services.pending
     key = pending.key("green-api", GREEN_ID, "79001234567@c.us")
     task_id = producer.enqueue(JOB)
+    desk = JobDesk(archiver_env.services, archiver_env.accounts)
+    desk.put(JOB, task_id=task_id)  # as the router stores what the producer published
     with respx.mock() as mock:
-        mock.post(GREEN_URL).mock(side_effect=[httpx.Response(429), httpx.Response(200)])
-        retry = runner.run((), JOB, Delivery(task_id, "w@h", queue=QUEUE))
-        assert isinstance(retry, Reschedule)
+        mock.post(GREEN_URL).mock(
+            side_effect=[httpx.Response(429, headers={"Retry-After": "0.2"}), httpx.Response(200)]
+        )
+        _, kwargs, headers = desk.take()
+        retry = runner.run((), kwargs, RunContext(task_id, "w@h", headers))
+        assert isinstance(retry, Waiting)
         assert pending.owner(key) == task_id  # still pending: a new request is a duplicate
         assert producer.enqueue(JOB) == task_id
-        done = runner.run((), JOB, Delivery(task_id, "w@h", queue=QUEUE))
-    assert isinstance(done, dict) and done["outcome"] == "archived"
+        _, kwargs, headers = desk.take()
+        done = runner.run((), kwargs, RunContext(task_id, "w@h", headers))
+    assert isinstance(done, Done) and done.result["outcome"] == "archived"
     assert pending.owner(key) is None
     # A later, separate request is a new job.
     assert producer.enqueue(JOB) != task_id

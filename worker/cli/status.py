@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import click
 import kombu.exceptions
 import redis
 from rich.table import Table
+from rich.text import Text
 
 from config import ConfigError
 from worker.celery_app import app
@@ -27,13 +29,27 @@ from worker.status import collect_status
     type=click.IntRange(min=0),
     help="More dead letters than this needs attention.",
 )
-def status(as_json: bool, max_dead_letters: int) -> None:
+@click.option("--account", "account_key", help="One account in full, as provider:id.")
+def status(as_json: bool, max_dead_letters: int, account_key: str | None) -> None:
     """How chat-archiver is doing, and whether anything needs a person."""
     try:
-        report = collect_status(get_services(), get_accounts(), app, max_dead_letters)
+        accounts = get_accounts()
+        account = None
+        if account_key is not None:
+            provider, _, account_id = account_key.partition(":")
+            account = accounts.find(provider, account_id)
+            if account is None:
+                err_console.print(
+                    f"Error: --account: no account {account_key!r} in the accounts file "
+                    "(write it as provider:id)",
+                    markup=False,
+                    highlight=False,
+                )
+                sys.exit(2)
+        report = collect_status(get_services(), accounts, app, max_dead_letters, account=account)
     except (ConfigError, redis.RedisError, kombu.exceptions.OperationalError, OSError) as error:
         # Not "needs attention" (1): a health check must tell "unwell" from "cannot tell".
-        err_console.print(f"Error: cannot read the status: {error}", highlight=False)
+        err_console.print(f"Error: cannot read the status: {error}", markup=False, highlight=False)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -42,42 +58,64 @@ def status(as_json: bool, max_dead_letters: int) -> None:
     sys.exit(0 if report["healthy"] else 1)
 
 
-def _print(report: dict) -> None:
-    workers = ", ".join(report["workers"]) or "none"
-    console.print(f"workers answering: {workers}")
-    console.print(
-        "queues: "
-        + ", ".join(f"{name} {depth}" for name, depth in report["queues"].items())
-        + f"; delivered, not yet acknowledged: {report['unacked']}"
+def _line(text: str) -> None:
+    # Values come from data (account names, reasons): never read as rich markup.
+    console.print(text, markup=False, highlight=False)
+
+
+def _print(report: dict[str, Any]) -> None:
+    _line(f"workers answering: {', '.join(report['workers']) or 'none'}")
+    queues, jobs = report["queues"], report["jobs"]
+    _line(
+        f"intake queue {queues['intake']}, ready queue {queues['ready']}, "
+        f"delivered and not yet acknowledged {queues['unacked']}"
     )
+    _line(
+        f"jobs: {jobs['stored']} stored, {jobs['waiting']} waiting for their account's turn, "
+        f"{jobs['delayed']} delayed, {jobs['running_or_dispatched']} running or dispatched"
+    )
+    summary = report["accounts"]
+    _line(
+        f"accounts: {summary['configured']} configured, "
+        f"{summary['with_jobs_waiting']} with jobs waiting, {len(summary['paused'])} paused, "
+        f"{len(summary['unknown'])} unknown"
+    )
+    if summary["busiest"]:
+        _line(
+            "busiest: "
+            + ", ".join(f"{row['account']} {row['waiting']}" for row in summary["busiest"])
+        )
     dead = report["dead_letters"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dead["by_reason"].items()))
-    console.print(f"dead letters: {dead['total']}" + (f" ({reasons})" if reasons else ""))
-    table = Table(
-        "account", "queue", "limit/s", "recent/s", "429s", "circuit", "parked", "last outcomes"
-    )
-    for row in report["accounts"]:
-        limiter, circuit = row["limiter"], row["circuit"]
-        state = (
-            circuit["state"]
-            if circuit["state"] == "closed"
-            else (f"[red]open: {circuit['reason']}[/red], probe in {circuit['probe_in'] or 0:.0f}s")
-        )
-        recent = ", ".join(f"{k} {v}" for k, v in sorted(row["recent_outcomes"].items())) or "-"
-        table.add_row(
-            row["account"] + (f" ({row['name']})" if row.get("name") else ""),
-            str(row["queue"]),
-            f"{limiter['allowed_per_second']:g}",
-            f"{limiter['recent_per_second']:.1f}",
-            str(limiter["rate_limited"]),
-            state,
-            str(circuit["parked"]),
-            recent,
-        )
-    console.print(table)
+    _line(f"dead letters: {dead['total']}" + (f" ({reasons})" if reasons else ""))
+    if "account" in report:
+        _print_account(report["account"])
     if report["attention"]:
-        console.print("[red]needs attention:[/red]")
+        _line("needs attention:")
         for line in report["attention"]:
-            console.print(f"  - {line}")
+            _line(f"  - {line}")
     else:
-        console.print("all well")
+        _line("all well")
+
+
+def _print_account(row: dict[str, Any]) -> None:
+    limiter, circuit = row["limiter"], row["circuit"]
+    table = Table(
+        "account", "waiting", "limit/s", "recent/s", "429s", "circuit", "parked", "last outcomes"
+    )
+    state = circuit["state"]
+    if state != "closed":
+        state = f"open: {circuit['reason']}, probe in {circuit['probe_in'] or 0:.0f}s"
+    recent = ", ".join(f"{k} {v}" for k, v in sorted(row["recent_outcomes"].items())) or "-"
+    cells = [
+        row["account"] + (f" ({row['name']})" if row.get("name") else ""),
+        str(row["waiting"]),
+        f"{limiter['allowed_per_second']:g}",
+        f"{limiter['recent_per_second']:.1f}",
+        str(limiter["rate_limited"]),
+        state,
+        str(circuit["parked"]),
+        recent,
+    ]
+    table.add_row(*(Text(cell) for cell in cells))
+    console.print(table)

@@ -1,7 +1,8 @@
-"""A job's history across its deliveries, and the ways one run of it can end besides a result.
+"""A job's history across its runs, carried in its message's headers.
 
-Celery retries and parked jobs keep the same task id; what a run knows of the runs before it
-travels in message headers (they survive ``self.retry`` and republishing).
+A job keeps its task id for its whole life: every time it waits and runs again (a retry, a 429,
+a paused account) the job store keeps a new message with these headers updated
+(worker/endings.py), so a run knows what the runs before it did.
 """
 
 from __future__ import annotations
@@ -14,9 +15,6 @@ ATTEMPTS_HEADER = "archiver_attempts"
 FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
 ROUNDS_HEADER = "archiver_transient_rounds"
 LAST_ATTEMPT_HEADER = "archiver_last_attempt"
-# When the job was first parked behind its account's open circuit: the maximum pause counts from
-# there, however many probes release and re-park it. Dropped when the circuit closes.
-FIRST_PARKED_HEADER = "archiver_first_parked"
 
 
 @dataclass(frozen=True)
@@ -29,8 +27,6 @@ class Delivery:
     first_attempt_at: float | None = None
     last_attempt_at: float | None = None
     transient_rounds: int = 0  # Celery retries spent on transient failures
-    queue: str | None = None  # the queue this delivery came from
-    first_parked_at: float | None = None  # parked behind an open circuit since then
 
     @classmethod
     def from_headers(
@@ -38,7 +34,6 @@ class Delivery:
         task_id: str,
         worker: str,
         headers: Mapping[str, Any] | None,
-        queue: str | None = None,
     ) -> Delivery:
         headers = headers or {}
 
@@ -54,9 +49,7 @@ class Delivery:
             attempts=number(ATTEMPTS_HEADER, int) or 0,
             first_attempt_at=number(FIRST_ATTEMPT_HEADER, float),
             last_attempt_at=number(LAST_ATTEMPT_HEADER, float),
-            first_parked_at=number(FIRST_PARKED_HEADER, float),
             transient_rounds=number(ROUNDS_HEADER, int) or 0,
-            queue=queue,
         )
 
     def headers(self) -> dict[str, Any]:
@@ -67,7 +60,6 @@ class Delivery:
         optional = {
             FIRST_ATTEMPT_HEADER: self.first_attempt_at,
             LAST_ATTEMPT_HEADER: self.last_attempt_at,
-            FIRST_PARKED_HEADER: self.first_parked_at,
         }
         headers.update({name: value for name, value in optional.items() if value is not None})
         return headers
@@ -79,24 +71,3 @@ class Delivery:
             first_attempt_at=self.first_attempt_at or at,
             last_attempt_at=at,
         )
-
-
-@dataclass(frozen=True)
-class Reschedule:
-    """Run the job again in ``countdown`` seconds on ``queue`` (a Celery retry), carrying
-    ``delivery``. A countdown of 0 with the account's queue forwards a job from the intake."""
-
-    countdown: float
-    delivery: Delivery
-    why: str
-    queue: str
-
-
-@dataclass(frozen=True)
-class Parked:
-    """The account's circuit is open: the job waits in the account's parked list (durably, its
-    message acknowledged) until the account answers again. Not a final outcome."""
-
-    delivery: Delivery
-    reason: str
-    why: str

@@ -1,0 +1,4 @@
+--! keys: chat
+--! args: id
+--! uses: release
+return release(KEY.chat, ARG.id)
