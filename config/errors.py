@@ -7,7 +7,7 @@ into several lines or a wall of text. Secrets are never passed to either.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 SHOW_LIMIT = 60
@@ -48,23 +48,32 @@ class ConfigError(Exception):
         return (type(self), self.problems)
 
 
-def location(parts: Sequence[Any]) -> str:
-    """A pydantic error location as dotted keys, each key a person wrote shown safely."""
+HIDDEN_KEY = "(a key shaped like a token, not shown)"
+
+
+def location(parts: Sequence[Any], hide: Callable[[str], bool] | None = None) -> str:
+    """A pydantic error location as dotted keys, each key a person wrote shown safely; keys
+    ``hide`` says may be a secret (a token pasted as a key) are not shown at all."""
     shown = []
     for part in parts:
         if part == "__root__":
             continue
         text = str(part)
+        if hide is not None and hide(text):
+            shown.append(HIDDEN_KEY)
+            continue
         # Plain keys read as written; anything else (spaces, dots, control characters) quoted.
         plain = text.replace("_", "a").replace("-", "a").isalnum() and text.isascii()
         shown.append(text if plain and len(text) <= SHOW_LIMIT else show(text))
     return ".".join(shown)
 
 
-def first_pydantic_error(errors: Sequence[Any], prefix: str = "") -> str:
+def first_pydantic_error(
+    errors: Sequence[Any], prefix: str = "", hide: Callable[[str], bool] | None = None
+) -> str:
     """One line from a pydantic ``ValidationError.errors()`` list: the first error, located."""
     error = errors[0]
-    where_in = location(error.get("loc", ()))
+    where_in = location(error.get("loc", ()), hide)
     message = str(error.get("msg", "invalid value"))
     # pydantic prefixes messages raised from our validators with "Value error, ".
     message = message.removeprefix("Value error, ")

@@ -53,9 +53,7 @@ _Label = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
 def parse_crontab(text: str) -> crontab:
     fields = text.split() if len(text) <= _CRONTAB_MAX_LENGTH else []
     if len(fields) != 5:
-        raise ValueError(
-            f"schedule: {show(text)} is not a crontab (5 fields: minute hour day month weekday)"
-        )
+        raise ValueError(f"{show(text)} is not a crontab (5 fields: minute hour day month weekday)")
     minute, hour, day_of_month, month_of_year, day_of_week = fields
     try:
         return crontab(
@@ -69,7 +67,7 @@ def parse_crontab(text: str) -> crontab:
         # Celery's parser raises ValueError for most mistakes, but not for all of them (a step
         # of 0 divides by zero): any failure to parse what a person wrote is that person's to fix.
         why = one_line(str(error))[:100] or type(error).__name__
-        raise ValueError(f"schedule: {show(text)} is not a crontab ({why})") from None
+        raise ValueError(f"{show(text)} is not a crontab ({why})") from None
 
 
 def _bounded(name: str, text: str, low: float, high: float) -> float:
