@@ -119,6 +119,9 @@ class AccountRegistry:
 # hex, so a token pasted in place of a name mostly fails here already.
 _ENV_NAME = re.compile(r"\A[A-Z_][A-Z0-9_]{0,127}\Z")
 _HEX = re.compile(r"\A[0-9A-F]{16,}\Z")
+# Parts of a name that are an account id (a device id, an idInstance), as in
+# WASSENGER_API_KEY_61B37A069CBA0C15D6C81C8E: long runs of letters and digits that are no token.
+_ID_PART = re.compile(r"\A(?:[0-9A-Fa-f]{24}|[0-9]{1,20})\Z")
 
 
 def _looks_like_a_token(text: str) -> bool:
@@ -128,6 +131,8 @@ def _looks_like_a_token(text: str) -> bool:
     if _HEX.fullmatch(text) and any(c.isdigit() for c in text) and any(c.isalpha() for c in text):
         return True
     for part in re.split(r"[_./\\ -]+", text):
+        if _ID_PART.fullmatch(part):
+            continue
         digits = sum(c.isdigit() for c in part)
         if len(part) >= 32 or (len(part) >= 20 and digits >= 2 and digits < len(part)):
             return True

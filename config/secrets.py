@@ -120,7 +120,7 @@ def _base64_forms(value: str) -> list[str]:
 
 def _forms(value: str) -> list[str]:
     """What to look for in unescaped text to find ``value``: itself, its base64, and, when it is
-    not ASCII, its UTF-8 bytes read one character each (what %C3%A9 or \xc3\xa9 unescape to)."""
+    not ASCII, its UTF-8 bytes read one character each (what %C3%A9 or \\xc3\\xa9 unescape to)."""
     forms = [value, *_base64_forms(value)]
     data = value.encode("utf-8", "surrogatepass")
     if not value.isascii():

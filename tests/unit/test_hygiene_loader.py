@@ -97,7 +97,15 @@ def test_a_token_pasted_as_token_env_is_refused_without_showing_it(write: Write,
 
 
 def test_a_plausible_variable_name_is_accepted_and_named_when_unset(write: Write) -> None:
-    for name in ("GREEN_API_TOKEN_7105", "WASSENGER_API_KEY", "TOKEN2", "A_B_C_D_E_F_1_2_3"):
+    names = (
+        "GREEN_API_TOKEN_7105",
+        f"GREEN_API_TOKEN_{GREEN_ID}",
+        "WASSENGER_API_KEY",
+        f"WASSENGER_API_KEY_{WASSENGER_ID.upper()}",  # a device id is no token
+        "TOKEN2",
+        "A_B_C_D_E_F_1_2_3",
+    )
+    for name in names:
         message = refused(write(green(token_env=f'"{name}"')))
         assert message.endswith(f"token_env: environment variable {name} is not set")
 
