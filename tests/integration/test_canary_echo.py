@@ -1,22 +1,24 @@
 """Issue 9 end to end: a provider that echoes our request, token included, in every form the
 simulator's echo fault has (raw, percent-encoded in either case, JSON-escaped, Basic and
 Bearer credentials), to a real worker. The canaries are then looked for, in every form, in
-the results, the dead letters as `chat-archiver dlq` shows them, the worker's log and every
-key and value in Redis."""
+the results, the dead letters as `chat-archiver dlq` shows them, Flower's API and task pages,
+the worker's and Flower's logs and every key and value in Redis."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from tests.conftest import GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.unit.test_canary import leaks
-from worker.local import worker_process
+from worker.local import CeleryProcess, free_port, worker_process
 from worker.simulator.echo import ECHO_FORMS
 
 pytestmark = pytest.mark.integration
@@ -41,9 +43,31 @@ def everything_in(client: redis.Redis) -> str:
     return "\n".join(chunks)
 
 
-def test_echoed_tokens_reach_no_result_dead_letter_log_or_key(cluster: Cluster) -> None:
+def start_flower(cluster: Cluster) -> httpx.Client:
+    port = free_port()
+    flower = CeleryProcess(
+        ["flower", f"--port={port}", "--address=127.0.0.1"],
+        {**cluster.env, "FLOWER_BASIC_AUTH": "ops:flower-pass"},
+        cluster.workdir / "flower.log",
+    ).start()
+    cluster.workers.append(flower)  # stopped, and its log read, with the workers
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=("ops", "flower-pass"), timeout=10)
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if api.get("/healthcheck").status_code == 200:
+                break
+        assert time.monotonic() < deadline, flower.log()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1)  # its event receiver is connected
+    return api
+
+
+def test_echoed_tokens_reach_no_result_dead_letter_flower_log_or_key(cluster: Cluster) -> None:
+    flower = start_flower(cluster)
     forms = list(ECHO_FORMS)
     results = []
+    task_ids = []
     for provider, account, reason in (
         ("green-api", GREEN_ID, "unexpected_response"),
         ("wassenger", WASSENGER_ID, "invalid_request"),
@@ -53,6 +77,7 @@ def test_echoed_tokens_reach_no_result_dead_letter_log_or_key(cluster: Cluster) 
         cluster.sim.patch_account(provider, account, faults={"echo_next": forms})
         jobs = [{"provider": provider, "account": account, "chat_id": chat} for chat in chats]
         ids = [cluster.producer.enqueue(job) for job in jobs]
+        task_ids += ids
         for task_id in ids:
             result = cluster.result(task_id)
             assert (result["outcome"], result["reason"]) == ("dead_lettered", reason)
@@ -69,12 +94,24 @@ def test_echoed_tokens_reach_no_result_dead_letter_log_or_key(cluster: Cluster) 
         shown.append(done.stdout + done.stderr)
     listed = cluster.cli("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
+    deadline = time.monotonic() + 20
+    while True:
+        tasks = flower.get("/api/tasks").json()
+        if all(tasks.get(task_id, {}).get("state") == "SUCCESS" for task_id in task_ids):
+            break
+        assert time.monotonic() < deadline, "Flower never saw every job end"
+        time.sleep(0.3)
+    assert all("dead_lettered" in tasks[task_id]["result"] for task_id in task_ids)
+    pages = [flower.get(f"/task/{task_id}").text for task_id in task_ids]
+    assert all("archive.chat" in page and "dead_lettered" in page for page in pages)
 
     everything = "\n".join(
         [
             json.dumps(results),
             *shown,
             listed.stdout + listed.stderr,
+            flower.get("/api/tasks").text,
+            *pages,
             cluster.logs(),
             everything_in(cluster.redis),
         ]
