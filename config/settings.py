@@ -1,19 +1,42 @@
-"""Settings from the environment (``ARCHIVER_*``), validated once, with one-line errors."""
+"""Settings from the environment (``ARCHIVER_*``), validated once.
+
+Every wrong variable is reported at once, one line each, under the name a person sets
+(``ARCHIVER_VISIBILITY_TIMEOUT``): changing seven variables should not take seven restarts to
+find out which of them are refused. Checks that relate several variables (time limits under the
+visibility timeout, HTTP timeouts within the task time limit) run once each variable is valid,
+and report every rule broken, one line each too.
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from config.errors import ConfigError, first_pydantic_error
+from config.errors import ConfigError, location, show
+
+ENV_PREFIX = "ARCHIVER_"
+
+
+class SettingsProblems(ValueError):
+    """Every cross-variable rule the settings break, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ARCHIVER_", extra="ignore", frozen=True)
+    # allow_inf_nan: "inf" or "nan" in a timeout would pass a "> 0" check (or fail every one).
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, allow_inf_nan=False
+    )
 
     broker_url: str = "redis://localhost:6379/0"
     # Limiter, dead letters, locks and counters. Defaults to the broker's Redis.
@@ -21,7 +44,8 @@ class Settings(BaseSettings):
     accounts_file: Path = Path("accounts.toml")
     # Every key we write in Redis starts with this, so one Redis can hold several deployments.
     key_prefix: str = "chat-archiver"
-    # The Celery queue producers publish to; workers also consume one queue per account.
+    # The intake queue producers publish to (workers' routers read it; their Celery consumers read
+    # "{queue}.ready").
     queue: str = "archive"
 
     http_connect_timeout: float = Field(5.0, gt=0)
@@ -31,7 +55,7 @@ class Settings(BaseSettings):
     # so it stays short (3 attempts, waits of at most a few seconds).
     transient_attempts: int = Field(3, ge=1, le=10)
     transient_wait_max: float = Field(4.0, ge=0)
-    # Then Celery's retry with a countdown doubling from retry_countdown up to retry_countdown_max.
+    # Then a countdown in the job store, doubling from retry_countdown up to retry_countdown_max.
     retry_budget: int = Field(5, ge=0)
     retry_countdown: float = Field(30.0, ge=0)
     retry_countdown_max: float = Field(600.0, ge=0)
@@ -44,7 +68,8 @@ class Settings(BaseSettings):
     # A sweep lists an account at the provider's listing rate (about 1 call/s): minutes.
     sweep_time_limit: int = Field(1800, gt=0)
     result_expires: int = Field(86400, gt=0)
-    # A job delivered this many times without finishing (it kills its worker) is dead-lettered.
+    # A job whose runs began this many times without ending (it kills its worker) is
+    # dead-lettered worker_lost.
     max_deliveries: int = Field(3, ge=1)
     # How long a chat's "job pending" mark outlives a crash that skipped its release.
     pending_ttl: int = Field(86400, gt=0)
@@ -86,43 +111,93 @@ class Settings(BaseSettings):
         return self.redis_url or self.broker_url
 
     @model_validator(mode="after")
-    def _consistent(self) -> Settings:
-        # kombu would give a running job's message back while it still runs (harmless: the
-        # second delivery finds the job's lease held and ends quietly, but it costs a slot).
-        for name in ("task_time_limit", "sweep_time_limit"):
-            if getattr(self, name) >= self.visibility_timeout:
-                raise ValueError(
-                    f"ARCHIVER_{name.upper()}={getattr(self, name)} must be less than "
-                    f"ARCHIVER_VISIBILITY_TIMEOUT={self.visibility_timeout}"
-                )
-        # Tenacity's attempts (each up to both HTTP timeouts) and its waits must fit in the task
-        # time limit, or the limit, not the HTTP client, ends slow calls.
-        worst_call = self.transient_attempts * (self.http_connect_timeout + self.http_read_timeout)
-        worst = worst_call + (self.transient_attempts - 1) * self.transient_wait_max
-        if worst > 0.9 * self.task_time_limit:
-            raise ValueError(
-                f"ARCHIVER_TASK_TIME_LIMIT={self.task_time_limit} is too short for "
-                f"{self.transient_attempts} attempts with HTTP timeouts of "
-                f"{self.http_connect_timeout:g}+{self.http_read_timeout:g}s "
-                f"(needs {worst / 0.9:.0f})"
-            )
-        if self.retry_countdown > self.retry_countdown_max:
-            raise ValueError(
-                "ARCHIVER_RETRY_COUNTDOWN must not exceed ARCHIVER_RETRY_COUNTDOWN_MAX"
-            )
+    def _variables_agree(self) -> Settings:
+        problems = cross_variable_problems(self)
+        if problems:
+            raise SettingsProblems(problems)
         return self
 
 
+def variable(name: str) -> str:
+    """The environment variable that sets the field ``name``."""
+    return f"{ENV_PREFIX}{name.upper()}"
+
+
+def cross_variable_problems(settings: Settings) -> list[str]:
+    """Every rule between variables the settings break, one line each, named by variable."""
+    problems = []
+    # kombu would give a running job's message back while it still runs (harmless: the second
+    # delivery finds the job's lease held and ends quietly, but it costs a slot). Countdowns wait
+    # in the job store, not in worker memory: the visibility timeout does not bound them.
+    for name in ("task_time_limit", "sweep_time_limit"):
+        if getattr(settings, name) >= settings.visibility_timeout:
+            problems.append(
+                f"{variable(name)}={getattr(settings, name):g} must be less than "
+                f"{variable('visibility_timeout')}={settings.visibility_timeout}"
+            )
+    # Tenacity's attempts (each up to both HTTP timeouts) and its waits must fit in the task
+    # time limit, or the limit, not the HTTP client, ends slow calls.
+    attempts = settings.transient_attempts
+    worst_call = attempts * (settings.http_connect_timeout + settings.http_read_timeout)
+    worst = worst_call + (attempts - 1) * settings.transient_wait_max
+    if worst > 0.9 * settings.task_time_limit:
+        problems.append(
+            f"{variable('task_time_limit')}={settings.task_time_limit} is too short for "
+            f"{attempts} attempts with HTTP timeouts of "
+            f"{settings.http_connect_timeout:g}+{settings.http_read_timeout:g}s "
+            f"(needs {worst / 0.9:.0f})"
+        )
+    if settings.retry_countdown > settings.retry_countdown_max:
+        problems.append(
+            f"{variable('retry_countdown')}={settings.retry_countdown:g} must not exceed "
+            f"{variable('retry_countdown_max')}={settings.retry_countdown_max:g}"
+        )
+    return problems
+
+
+def _misspelt(environ: Mapping[str, str]) -> list[str]:
+    """ARCHIVER_* variables that are no setting but nearly spell one: a typo would otherwise
+    leave the default in force without a word. Names far from every setting are left alone
+    (another tool may own them)."""
+    known = {variable(name) for name in Settings.model_fields}
+    problems = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+            if close:
+                problems.append(f"{location([name])}: not a setting (did you mean {close[0]}?)")
+    return problems
+
+
+def _describe(error: Mapping[str, Any]) -> list[str]:
+    """The lines one pydantic error stands for, each naming the variable."""
+    context = error.get("ctx") or {}
+    if isinstance(context.get("error"), SettingsProblems):
+        return list(context["error"].problems)
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    parts = [part for part in error.get("loc", ()) if part != "__root__"]
+    if not parts:
+        return [message]
+    name = variable(location(parts))
+    given = error.get("input")
+    # The value given helps unless it may hold a password (a URL's user:password@).
+    if isinstance(given, str) and not name.endswith("_URL"):
+        return [f"{name}: {message} (got {show(given)})"]
+    return [f"{name}: {message}"]
+
+
 def load_settings() -> Settings:
+    """The settings, or ConfigError with one line per wrong variable."""
+    problems = _misspelt(os.environ)
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as error:
-        # Name the environment variable the user sets, not the Python attribute.
-        errors = [
-            {**e, "loc": tuple(str(part).upper() for part in e.get("loc", ()))}
-            for e in error.errors()
-        ]
-        raise ConfigError(first_pydantic_error(errors, prefix="ARCHIVER_")) from None
+        for line in error.errors():
+            problems.extend(_describe(line))
+        raise ConfigError(*problems) from None
+    if problems:
+        raise ConfigError(*problems)
+    return settings
 
 
 @lru_cache(maxsize=1)

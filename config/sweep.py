@@ -3,9 +3,10 @@
 Written in the accounts file as ``[accounts.sweep]``; absent means the account is never swept.
 
     enabled         true        (the table's presence is the intent; false pauses it)
-    inactive_after  "30d"       no message either way for at least this long
+    inactive_after  "30d"       no message either way for at least this long (1h to 3650d)
     schedule        "0 3 * * *" a crontab (UTC)            } one of the two;
     every           "6h"        or a fixed interval        } default: nightly at 03:00 UTC
+                                (at least 1s: beat would flood the broker below that)
     include_people  true        one-to-one chats
     include_groups  false       group chats (channels are never archived by a sweep)
     skip_unread     true        leave chats with unread messages (Wassenger reports unread
@@ -17,22 +18,42 @@ Written in the accounts file as ``[accounts.sweep]``; absent means the account i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from celery.schedules import crontab
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from config.errors import one_line, show
 from config.providers import WASSENGER
-from config.units import parse_duration
+from config.units import DAY, format_duration, parse_duration
 
 DEFAULT_SCHEDULE = "0 3 * * *"
 
+# Below a second between sweeps beat would flood the broker; above that, a sweep that is still
+# running makes the next tick skip (its per-account lock), so short intervals only waste calls.
+MIN_EVERY = 1.0
+# Archiving chats quiet for less than an hour is not archiving inactive chats: most likely a
+# unit slip ("6m" read as six months is six minutes), which would archive nearly everything.
+MIN_INACTIVE_AFTER = 3600.0
+MAX_INACTIVE_AFTER = 3650 * DAY
+_CRONTAB_MAX_LENGTH = 200
+
+_Label = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
+
 
 def parse_crontab(text: str) -> crontab:
-    fields = text.split()
+    fields = text.split() if len(text) <= _CRONTAB_MAX_LENGTH else []
     if len(fields) != 5:
-        raise ValueError(
-            f"schedule: {text!r} is not a crontab (5 fields: minute hour day month weekday)"
-        )
+        raise ValueError(f"{show(text)} is not a crontab (5 fields: minute hour day month weekday)")
     minute, hour, day_of_month, month_of_year, day_of_week = fields
     try:
         return crontab(
@@ -42,8 +63,21 @@ def parse_crontab(text: str) -> crontab:
             month_of_year=month_of_year,
             day_of_week=day_of_week,
         )
-    except ValueError as error:
-        raise ValueError(f"schedule: {text!r} is not a crontab ({error})") from None
+    except Exception as error:
+        # Celery's parser raises ValueError for most mistakes, but not for all of them (a step
+        # of 0 divides by zero): any failure to parse what a person wrote is that person's to fix.
+        why = one_line(str(error))[:100] or type(error).__name__
+        raise ValueError(f"{show(text)} is not a crontab ({why})") from None
+
+
+def _bounded(name: str, text: str, low: float, high: float) -> float:
+    seconds = parse_duration(text)
+    if not low <= seconds <= high:
+        raise ValueError(
+            f"{show(text)}: {name} must be between {format_duration(low)} "
+            f"and {format_duration(high)}"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -71,14 +105,20 @@ class SweepEntry(BaseModel):
     include_people: StrictBool = True
     include_groups: StrictBool = False
     skip_unread: StrictBool = True
-    statuses: list[StrictStr] | None = None
-    exclude_labels: list[StrictStr] = []
+    statuses: Annotated[list[_Label], Field(max_length=100)] | None = None
+    exclude_labels: Annotated[list[_Label], Field(max_length=100)] = []
 
-    @field_validator("inactive_after", "every")
+    @field_validator("inactive_after")
     @classmethod
-    def _duration(cls, value: str | None) -> str | None:
+    def _inactive_after(cls, value: str) -> str:
+        _bounded("inactive_after", value, MIN_INACTIVE_AFTER, MAX_INACTIVE_AFTER)
+        return value
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_duration(value)
+            _bounded("every", value, MIN_EVERY, MAX_INACTIVE_AFTER)
         return value
 
     @field_validator("schedule")

@@ -7,6 +7,12 @@ Task ``archive.chat``, keyword arguments only:
     chat_id     the chat, e.g. "79001234567@c.us"
     request_id  optional, the caller's id for tracing (at most 128 characters)
     source      optional, who asked (default "api"; sweeps say "sweep")
+
+Ids are normalised here, the one place producers and workers both go through, before anything
+builds a Redis key, a queue name or a rate limit from them: surrounding whitespace dropped,
+Wassenger's hex device ids and chat id suffixes lower-cased, ASCII digits only (see
+config/providers.py). So ``"7105187566"``, ``" 7105187566"`` and ``"7105187566\n"`` are one
+account with one rate limit, and ``"٧١٠٥١٨٧٥٦٦"`` (Arabic-Indic digits) is refused.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import PROVIDERS
+from config.errors import location, show
 
 TASK_NAME = "archive.chat"
 _REQUIRED = ("provider", "account", "chat_id")
@@ -56,25 +63,31 @@ class ArchiveJob:
             raise InvalidJob(
                 f"job: expected an object of keyword arguments, got {type(data).__name__}"
             )
-        unknown = sorted(set(data) - set(_FIELDS))
+        unknown = sorted(str(key) for key in data if key not in _FIELDS)
         if unknown:
-            raise InvalidJob(f"{unknown[0]}: unexpected field (expected {', '.join(_FIELDS)})")
+            raise InvalidJob(
+                f"{location([unknown[0]])}: unexpected field (expected {', '.join(_FIELDS)})"
+            )
         for name in _REQUIRED:
             value = data.get(name)
             if value is None or value == "":
                 raise InvalidJob(f"{name}: missing")
             if not isinstance(value, str):
                 raise InvalidJob(f"{name}: must be a string, got {type(value).__name__}")
-        provider, account, chat_id = (data[name].strip() for name in _REQUIRED)
+        provider = data["provider"].strip().lower()
         spec = PROVIDERS.get(provider)
         if spec is None:
-            raise InvalidJob(f"provider: {provider!r} is not one of {', '.join(sorted(PROVIDERS))}")
-        if not spec.account_id_pattern.match(account):
-            raise InvalidJob(f"account: {account!r} is not a {provider} {spec.account_id_hint}")
-        if not spec.chat_id_pattern.match(chat_id):
             raise InvalidJob(
-                f"chat_id: {chat_id!r} is not a {provider} chat id ({spec.chat_id_hint})"
+                f"provider: {show(data['provider'])} is not one of {', '.join(sorted(PROVIDERS))}"
             )
+        try:
+            account = spec.normalise_account_id(data["account"])
+        except ValueError as error:
+            raise InvalidJob(f"account: {error}") from None
+        try:
+            chat_id = spec.normalise_chat_id(data["chat_id"])
+        except ValueError as error:
+            raise InvalidJob(f"chat_id: {error}") from None
         optional: dict[str, str] = {}
         for name, limit in _OPTIONAL_LIMITS.items():
             value = data.get(name)
@@ -84,6 +97,10 @@ class ArchiveJob:
                 raise InvalidJob(f"{name}: must be a string, got {type(value).__name__}")
             if len(value) > limit:
                 raise InvalidJob(f"{name}: longer than {limit} characters")
+            # Logged, stored and shown as given: a line break would forge a log line, and a
+            # lone surrogate cannot be written to Redis at all.
+            if not value.isprintable():
+                raise InvalidJob(f"{name}: must be printable text on one line")
             if value:
                 optional[name] = value
         return cls(provider=provider, account=account, chat_id=chat_id, **optional)

@@ -6,6 +6,9 @@ process is redacted before any of them sees it. The exception text is rendered a
 same moment, because a traceback can hold a URL (GREEN-API's token is in the path).
 
 httpx logs every request URL at INFO, so its loggers are held at WARNING as well.
+
+JSON lines are redacted field by field, before they are serialised: masking serialised JSON
+could eat the backslash of an escaped quote and leave a line that no longer parses.
 """
 
 from __future__ import annotations
@@ -68,6 +71,13 @@ def install_redaction() -> None:
         _installed = True
 
 
+def _redacted(value: Any) -> Any:
+    """A field's value with every secret masked; numbers stay numbers."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(value if isinstance(value, str) else str(value))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and the job's fields if any."""
 
@@ -77,15 +87,15 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": _redacted(record.getMessage()),
         }
         for name in JOB_FIELDS:
             value = getattr(record, name, None)
             if value is not None:
-                data[name] = value
+                data[name] = _redacted(value)
         if record.exc_text:
-            data["exception"] = record.exc_text
-        return redact(json.dumps(data, default=str))
+            data["exception"] = _redacted(record.exc_text)
+        return json.dumps(data)
 
 
 def use_json_format(logger: logging.Logger | None = None) -> None:

@@ -1,25 +1,62 @@
 """What every provider adapter shares: answer tables, the classifier, and one HTTP exchange.
 
 An adapter builds requests; the table (data, walked row by row by the unit tests) decides what
-each answer means. Nothing here raises on a provider answer or a network failure: every exchange
-ends in a ``ProviderAnswer`` whose texts are already redacted.
+each answer means. Nothing here raises on a provider answer, a network failure or a request that
+cannot even be built: every exchange ends in a ``ProviderAnswer`` whose texts are already
+redacted (listings raise ``ListingError`` carrying one).
+
+An exception from the HTTP layer never leaves as itself: its text, its arguments or its repr can
+carry the token (httpx raises ``UnicodeEncodeError`` holding a whole header value, h11 quotes an
+illegal one, a URL holds GREEN-API's token), and an exception escaping the task would land in
+the result backend and Flower as it is. ``failed_request`` maps it to an answer by its type:
+
+    timeout                                   -> transient "timeout"
+    connection, network or remote protocol    -> transient "connection error"
+    a request the account's token or api_url  -> account_unavailable (the account pauses: every
+      cannot make (UnicodeError, an illegal       job would fail the same way until its
+      header, an invalid URL or scheme)            settings are fixed)
+    an answer that cannot be decoded          -> unexpected_response
+    anything else                             -> internal_error (a bug of ours: dead-lettered,
+                                                 replayable once fixed)
+
+The answer keeps the exception's type name and, for network failures, the operating system's
+reason ("Connection refused"), never the exception's own text.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import httpx
+from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Account, excerpt
-from worker.outcomes import TRANSIENT, Verdict
+from worker.outcomes import (
+    ACCOUNT_UNAVAILABLE,
+    TRANSIENT,
+    UNEXPECTED_RESPONSE,
+    Kind,
+    Reason,
+    Verdict,
+)
+
+logger = logging.getLogger("chat_archiver.providers")
+
+INTERNAL_ERROR = Verdict(Kind.PERMANENT, reason=Reason.INTERNAL_ERROR)
+# Raised into a request by Celery itself: the runner handles them, they are no provider answer.
+PASS_THROUGH: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)
+# A Retry-After longer than this is not a wait anyone means (and inf would overflow a key).
+MAX_RETRY_AFTER = 86400.0
 
 
 @dataclass(frozen=True)
@@ -74,22 +111,97 @@ class ProviderAnswer:
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Retry-After as seconds (a number or an HTTP date), or None when absent or unreadable."""
+    """Retry-After as seconds (a number or an HTTP date), or None when absent or unreadable;
+    at most a day, never infinite or NaN."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        current = datetime.now(UTC).timestamp() if now is None else now
+        seconds = when.timestamp() - current
+    if math.isnan(seconds):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(0.0, when.timestamp() - current)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _os_reason(error: BaseException) -> str | None:
+    """The operating system's reason behind a network error ("Connection refused"), found in
+    the exception's chain: words of the OS, never data of the request."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and isinstance(current.strerror, str):
+            return current.strerror
+        current = current.__cause__ or current.__context__
+    return None
+
+
+# What the account's token or api_url can make a request raise (chat ids are ASCII digits).
+_SETTINGS_ERRORS = (
+    UnicodeError,
+    httpx.LocalProtocolError,
+    httpx.UnsupportedProtocol,
+    httpx.InvalidURL,
+)
+
+
+def failed_request(error: Exception, started: float) -> ProviderAnswer:
+    """The answer for an exchange that raised instead of answering (see the module docstring):
+    decided by the exception's type, keeping none of its text."""
+    name = type(error).__name__
+    elapsed = time.monotonic() - started
+    if isinstance(error, httpx.TimeoutException):
+        return ProviderAnswer(TRANSIENT, "timeout", excerpt=name, elapsed=elapsed)
+    if isinstance(error, _SETTINGS_ERRORS):
+        verdict, meaning = ACCOUNT_UNAVAILABLE, "request impossible with the account's settings"
+    elif isinstance(error, httpx.DecodingError):
+        verdict, meaning = UNEXPECTED_RESPONSE, "answer could not be decoded"
+    elif isinstance(error, httpx.TransportError):
+        reason = _os_reason(error)
+        note = excerpt(f"{name}: {reason}") if reason else name
+        return ProviderAnswer(TRANSIENT, "connection error", excerpt=note, elapsed=elapsed)
+    else:
+        verdict, meaning = INTERNAL_ERROR, "request failed inside chat-archiver"
+    # The record is redacted where it is made (worker/logs.py), traceback included.
+    logger.warning("%s: %s (%s)", meaning, name, verdict, exc_info=verdict is INTERNAL_ERROR)
+    return ProviderAnswer(verdict, meaning, excerpt=name, elapsed=elapsed)
+
+
+def parsed(method: str, items: Iterable[Any], started: float) -> Iterator[Any]:
+    """The items of a streamed listing; an answer that is not the JSON it should be raises
+    ListingError (unexpected_response) instead of the parser's error, whose text quotes the
+    answer. Errors of the stream itself pass on to ``listing``."""
+    iterator = iter(items)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        except (httpx.TransportError, *PASS_THROUGH):
+            raise
+        except Exception as error:
+            raise ListingError(method, unreadable_answer(error, started)) from None
+        yield item
+
+
+def unreadable_answer(error: Exception, started: float) -> ProviderAnswer:
+    """A 2xx listing answer we cannot read (not JSON, not the shape documented)."""
+    return ProviderAnswer(
+        UNEXPECTED_RESPONSE,
+        "listing not in the documented shape",
+        status=200,
+        excerpt=type(error).__name__,
+        elapsed=time.monotonic() - started,
+    )
 
 
 class ProviderAdapter(ABC):
@@ -110,8 +222,28 @@ class ProviderAdapter(ABC):
         return response.text
 
     def archive(self, client: httpx.Client, account: Account, chat_id: str) -> ProviderAnswer:
-        request = self.archive_request(client, account, chat_id)
+        started = time.monotonic()
+        try:
+            # Building the request can fail too: httpx encodes headers as it builds them.
+            request = self.archive_request(client, account, chat_id)
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            return failed_request(error, started)
         return self.exchange(client, request, self.archive_rules)
+
+    def build(
+        self, client: httpx.Client, method: str, verb: str, url: str, **options: Any
+    ) -> httpx.Request:
+        """``client.build_request`` for a listing call: a request that cannot be built raises
+        ListingError, as an answer would, instead of an exception quoting the token."""
+        started = time.monotonic()
+        try:
+            return client.build_request(verb, url, **options)
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            raise ListingError(method, failed_request(error, started)) from None
 
     @contextmanager
     def listing(
@@ -123,32 +255,22 @@ class ProviderAdapter(ABC):
         started = time.monotonic()
         try:
             response = client.send(request, stream=True)
-        except httpx.TransportError as error:
-            meaning = "timeout" if isinstance(error, httpx.TimeoutException) else "connection error"
-            raise ListingError(
-                method,
-                ProviderAnswer(
-                    TRANSIENT,
-                    meaning,
-                    excerpt=excerpt(f"{type(error).__name__}: {error}"),
-                    elapsed=time.monotonic() - started,
-                ),
-            ) from None
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            raise ListingError(method, failed_request(error, started)) from None
         try:
             if not 200 <= response.status_code < 300:
                 response.read()
                 raise ListingError(method, self._answer(response, self.archive_rules, started))
             yield response
         except httpx.TransportError as error:
-            raise ListingError(
-                method,
-                ProviderAnswer(
-                    TRANSIENT,
-                    "stream broken",
-                    excerpt=excerpt(f"{type(error).__name__}: {error}"),
-                    elapsed=time.monotonic() - started,
-                ),
-            ) from None
+            answer = failed_request(error, started)
+            if answer.verdict is TRANSIENT:
+                answer = ProviderAnswer(
+                    TRANSIENT, "stream broken", excerpt=answer.excerpt, elapsed=answer.elapsed
+                )
+            raise ListingError(method, answer) from None
         finally:
             response.close()
 
@@ -158,21 +280,10 @@ class ProviderAdapter(ABC):
         started = time.monotonic()
         try:
             response = client.send(request)
-        except httpx.TimeoutException as error:
-            # Never str(error) alone from here on without redact(): some carry the URL.
-            return ProviderAnswer(
-                TRANSIENT,
-                meaning="timeout",
-                excerpt=excerpt(f"{type(error).__name__}: {error}"),
-                elapsed=time.monotonic() - started,
-            )
-        except httpx.TransportError as error:
-            return ProviderAnswer(
-                TRANSIENT,
-                meaning="connection error",
-                excerpt=excerpt(f"{type(error).__name__}: {error}"),
-                elapsed=time.monotonic() - started,
-            )
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            return failed_request(error, started)
         return self._answer(response, rules, started)
 
     def _answer(

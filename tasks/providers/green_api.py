@@ -8,6 +8,8 @@ are text identifiers whose prefix varies between doc revisions (``ArchiveChatErr
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -31,12 +33,15 @@ from worker.outcomes import (
 from .base import (
     ANY_STATUS,
     ChatInfo,
+    ListingError,
     ProviderAdapter,
     ResponseReader,
     Rule,
     kind_of,
+    parsed,
     status,
     statuses,
+    unreadable_answer,
 )
 
 # Order matters: the first matching row wins, and the catch-alls come last.
@@ -103,9 +108,12 @@ class GreenApiListings:
         self, client: httpx.Client, account: Account, count: int | None = None
     ) -> Iterator[ChatInfo]:
         params = {"count": count} if count is not None else None
-        request = client.build_request("GET", method_url(account, "getChats"), params=params)
+        url = method_url(account, "getChats")
+        request = self.adapter.build(client, "getChats", "GET", url, params=params)
+        started = time.monotonic()
         with self.adapter.listing(client, "getChats", request) as response:
-            for item in ijson.items(ResponseReader(response), "item"):
+            items = ijson.items(ResponseReader(response), "item")
+            for item in parsed("getChats", items, started):
                 chat_id = item.get("id") if isinstance(item, dict) else None
                 if isinstance(chat_id, str):
                     yield ChatInfo(chat_id, kind_of(chat_id), bool(item.get("archive")))
@@ -114,24 +122,41 @@ class GreenApiListings:
         self, client: httpx.Client, account: Account, method: str, minutes: int
     ) -> Iterator[tuple[str, float]]:
         """(chat id, unix time) of each message of the last `minutes`, newest first."""
-        request = client.build_request(
-            "GET", method_url(account, method), params={"minutes": minutes}
-        )
+        url = method_url(account, method)
+        request = self.adapter.build(client, method, "GET", url, params={"minutes": minutes})
+        started = time.monotonic()
         with self.adapter.listing(client, method, request) as response:
-            for item in ijson.items(ResponseReader(response), "item"):
+            items = ijson.items(ResponseReader(response), "item")
+            for item in parsed(method, items, started):
                 if isinstance(item, dict) and isinstance(item.get("chatId"), str):
-                    yield item["chatId"], float(item.get("timestamp") or 0)
+                    yield item["chatId"], _timestamp(method, item.get("timestamp"), started)
 
     def newest_message_at(
         self, client: httpx.Client, account: Account, chat_id: str
     ) -> float | None:
         """The time of the chat's newest message, or None when it has none."""
-        request = client.build_request(
-            "POST", method_url(account, "getChatHistory"), json={"chatId": chat_id, "count": 1}
-        )
-        with self.adapter.listing(client, "getChatHistory", request) as response:
+        method = "getChatHistory"
+        url = method_url(account, method)
+        body = {"chatId": chat_id, "count": 1}
+        request = self.adapter.build(client, method, "POST", url, json=body)
+        started = time.monotonic()
+        with self.adapter.listing(client, method, request) as response:
             response.read()
-            messages = response.json()
+            try:
+                messages = response.json()
+            except (ValueError, RecursionError) as error:
+                raise ListingError(method, unreadable_answer(error, started)) from None
         if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-            return float(messages[0].get("timestamp") or 0) or None
+            return _timestamp(method, messages[0].get("timestamp"), started) or None
         return None
+
+
+def _timestamp(method: str, value: object, started: float) -> float:
+    """A message's unix time as a listing gives it (0 when absent)."""
+    try:
+        seconds = float(value or 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError) as error:
+        raise ListingError(method, unreadable_answer(error, started)) from None
+    if not math.isfinite(seconds):
+        raise ListingError(method, unreadable_answer(ValueError("timestamp"), started))
+    return seconds

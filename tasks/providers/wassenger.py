@@ -10,6 +10,7 @@ the error's ``message``/``errorCode`` only, never on the raw body, which may ech
 from __future__ import annotations
 
 import json
+import time
 from datetime import datetime
 
 import httpx
@@ -28,7 +29,17 @@ from worker.outcomes import (
     UNEXPECTED_RESPONSE,
 )
 
-from .base import ANY_STATUS, ChatInfo, ProviderAdapter, Rule, kind_of, status, statuses
+from .base import (
+    ANY_STATUS,
+    ChatInfo,
+    ListingError,
+    ProviderAdapter,
+    Rule,
+    kind_of,
+    status,
+    statuses,
+    unreadable_answer,
+)
 
 ARCHIVE_RULES: tuple[Rule, ...] = (
     Rule(statuses(200, 299), ARCHIVED, "archived"),
@@ -73,7 +84,7 @@ class WassengerAdapter(ProviderAdapter):
         # /v1/chat/.../chats/...") echoes the path, whose "chat" would read as chat_not_found.
         try:
             body = json.loads(response.content or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return ""
         if isinstance(body, dict):
             return f"{body.get('message', '')} {body.get('errorCode', '')}".strip()
@@ -102,13 +113,21 @@ class WassengerListings:
         if statuses:
             params["status"] = ",".join(sorted(statuses))
         url = f"{account.api_url}{API_PREFIX}/chat/{account.id}/chats"
-        request = client.build_request("GET", url, params=params, headers=auth_headers(account))
-        with self.adapter.listing(client, "listChats", request) as response:
+        method = "listChats"
+        request = self.adapter.build(
+            client, method, "GET", url, params=params, headers=auth_headers(account)
+        )
+        started = time.monotonic()
+        with self.adapter.listing(client, method, request) as response:
             response.read()
-            items = response.json()
-        if not isinstance(items, list):
-            return []
-        return [chat for chat in map(_chat_info, items) if chat is not None]
+            try:
+                items = response.json()
+                if not isinstance(items, list):
+                    return []
+                return [chat for chat in map(_chat_info, items) if chat is not None]
+            except (ValueError, TypeError, AttributeError, RecursionError) as error:
+                # Not JSON, or a chat whose fields are not what the documentation says.
+                raise ListingError(method, unreadable_answer(error, started)) from None
 
 
 def _chat_info(item: object) -> ChatInfo | None:

@@ -80,7 +80,7 @@ def test_secret_never_prints_and_cannot_be_pickled(write) -> None:
         (
             'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
             'token_file = "/nonexistent/token"',
-            "token_file: cannot read /nonexistent/token",
+            "token_file: '/nonexistent/token' does not exist",
         ),
         (
             'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"',
@@ -107,7 +107,7 @@ def test_secret_never_prints_and_cannot_be_pickled(write) -> None:
         (
             'provider = "green-api"\nid = "7105187566"\napi_url = "ftp://x.test"\n'
             'token_env = "GREEN_API_TOKEN_7105"',
-            "api_url: 'ftp://x.test' is not an http(s) URL",
+            "api_url: must start with https:// (or http:// for a loopback host)",
         ),
         (
             'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
@@ -203,11 +203,77 @@ def test_settings_from_environment_and_one_line_errors(monkeypatch: pytest.Monke
         load_settings()
 
 
+def test_every_wrong_variable_is_reported_at_once_under_its_real_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 8 item 5: one line per wrong variable, all of them in one error, each named as a
+    person sets it (never ARCHIVER_ARCHIVER_...)."""
+    monkeypatch.setenv("ARCHIVER_TRANSIENT_ATTEMPTS", "many")
+    monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "-5")
+    monkeypatch.setenv("ARCHIVER_HTTP_READ_TIMEOUT", "inf")
+    monkeypatch.setenv("ARCHIVER_LOG_FORMAT", "xml")
+    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAXX", "10")  # a typo: must not pass silently
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    lines = str(caught.value).splitlines()
+    assert lines == list(caught.value.problems)
+    named = {line.split(":", 1)[0]: line for line in lines}
+    assert len(named) == len(lines) == 5
+    assert set(named) == {
+        "ARCHIVER_RETRY_COUNTDOWN_MAXX",
+        "ARCHIVER_VISIBILITY_TIMEOUT",
+        "ARCHIVER_HTTP_READ_TIMEOUT",
+        "ARCHIVER_TRANSIENT_ATTEMPTS",
+        "ARCHIVER_LOG_FORMAT",
+    }
+    assert "did you mean ARCHIVER_RETRY_COUNTDOWN_MAX?" in named["ARCHIVER_RETRY_COUNTDOWN_MAXX"]
+    assert "(got 'many')" in named["ARCHIVER_TRANSIENT_ATTEMPTS"]
+    assert "finite" in named["ARCHIVER_HTTP_READ_TIMEOUT"]
+    assert "ARCHIVER_ARCHIVER" not in str(caught.value)
+
+
+def test_every_broken_rule_between_variables_is_reported_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "300")
+    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "400")
+    monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN", "500")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        "ARCHIVER_TASK_TIME_LIMIT=300 must be less than ARCHIVER_VISIBILITY_TIMEOUT=300",
+        "ARCHIVER_SWEEP_TIME_LIMIT=1800 must be less than ARCHIVER_VISIBILITY_TIMEOUT=300",
+        "ARCHIVER_RETRY_COUNTDOWN=500 must not exceed ARCHIVER_RETRY_COUNTDOWN_MAX=400",
+    ]
+
+
+def test_a_misspelt_url_variable_is_named_without_echoing_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A broker URL carries a password: a value is never part of a message about a name.
+    monkeypatch.setenv("ARCHIVER_BROKER_URI", "redis://:hunter2-password@localhost/0")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value) == (
+        "ARCHIVER_BROKER_URI: not a setting (did you mean ARCHIVER_BROKER_URL?)"
+    )
+
+
+def test_a_config_error_survives_pickling_with_its_lines() -> None:
+    error = pickle.loads(pickle.dumps(ConfigError("first problem", "second\nproblem")))  # noqa: S301
+    assert error.problems == ("first problem", "second\\nproblem")
+    assert str(error) == "first problem\nsecond\\nproblem"
+
+
 def test_rates_and_durations() -> None:
     assert parse_rate("10/s") == Rate(10, 1)
     assert parse_rate("600/m").per_second == 10
     assert parse_rate("1/2s").interval == 2
+    assert parse_rate("1/d").per_second == 1 / 86400
+    assert parse_rate("1000/s").per_second == 1000
     assert str(parse_rate("5/s")) == "5/s"
+    assert parse_rate(" 10/s\n") == Rate(10, 1)  # surrounding whitespace is fine
     assert parse_duration("30d") == 30 * 86400
     assert parse_duration("6h") == 6 * 3600
     assert parse_duration(90) == 90
@@ -217,6 +283,34 @@ def test_rates_and_durations() -> None:
     for bad in ("soon", "0s", "-1d"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("1" * 400 + "/s", "is not a rate"),  # ZeroDivisionError/OverflowError on main
+        ("1e30/s", "is not a rate"),
+        ("inf/s", "is not a rate"),
+        ("nan/s", "is not a rate"),
+        ("1001/s", "between 1/d and 1000/s"),
+        ("1/2d", "at most a day"),
+        ("0.00001/s", "between 1/d and 1000/s"),
+        ("\u0661\u0660/s", "is not a rate"),  # Arabic-Indic digits
+        ("10/s\n[/x]", "is not a rate"),
+    ],
+)
+def test_absurd_rates_are_refused_in_one_line(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why) as caught:
+        parse_rate(text)
+    assert "\n" not in str(caught.value) and len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    "value", ["0.0000001s", "99999999d", float("inf"), float("nan"), -1, 0, "1" * 400 + "s"]
+)
+def test_absurd_durations_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(value)  # type: ignore[arg-type]
 
 
 def test_the_example_accounts_file_loads(monkeypatch: pytest.MonkeyPatch) -> None:

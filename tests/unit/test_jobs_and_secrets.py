@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import time
 
 import pytest
 
-from config import Secret, redact
+from config import Secret, excerpt, redact
 from worker.jobs import ArchiveJob, InvalidJob, job_summary
 from worker.logs import JsonFormatter, install_redaction
 
@@ -144,3 +147,102 @@ def test_json_log_lines_carry_job_fields() -> None:
     record.chat_id = "79001234567@c.us"
     line = JsonFormatter().format(record)
     assert '"outcome": "archived"' in line and '"chat_id": "79001234567@c.us"' in line
+
+
+REDACTION_CANARY = "CANARYforms0123456789xyz"
+
+
+def _every_form(secret: str) -> dict[str, str]:
+    """The forms a token takes in texts that quote a request: what redact must mask."""
+    data = secret.encode()
+    return {
+        "raw": f"POST /waInstance1101000001/archiveChat/{secret} HTTP/1.1",
+        "case": secret.upper(),
+        "percent upper": "".join(f"%{byte:02X}" for byte in data),
+        "percent lower": "".join(f"%{byte:02x}" for byte in data),
+        "percent mixed": secret[:6] + "".join(f"%{byte:02x}" for byte in data[6:12]) + secret[12:],
+        "percent twice": "".join(f"%25{byte:02X}" for byte in data),
+        "json escaped": json.dumps("".join(f"\\u{ord(c):04x}" for c in secret)),
+        "json of json": json.dumps(json.dumps({"token": secret})),
+        "python repr": repr(f"it's {secret}\n".encode()),
+        "bytes escapes": "".join(f"\\x{byte:02x}" for byte in data),
+        "html": "".join(f"&#x{byte:x};" for byte in data),
+        "basic": "Authorization: Basic " + base64.b64encode(f"1101:{secret}".encode()).decode(),
+        "basic, other alignments": " ".join(
+            base64.b64encode(f"{pad}{secret}!".encode()).decode() for pad in ("", "a", "ab")
+        ),
+        "base64url in a query": "?auth="
+        + base64.urlsafe_b64encode(f"\xff\xfe:{secret}".encode()).decode().replace("=", "%3D"),
+        "bearer": f"Authorization: Bearer {secret}",
+        "exception repr": repr(UnicodeEncodeError("ascii", secret, 3, 4, "ordinal not in range")),
+    }
+
+
+@pytest.mark.parametrize("form", sorted(_every_form(REDACTION_CANARY)))
+def test_a_registered_secret_is_masked_in_every_form(form: str) -> None:
+    Secret(REDACTION_CANARY)
+    text = _every_form(REDACTION_CANARY)[form]
+    out = redact(f"before {text} after")
+    assert out.startswith("before ") and out.endswith(" after")
+    assert "***" in out
+    assert "canaryforms" not in out.lower()
+    encoded = base64.b64encode(REDACTION_CANARY.encode()).decode()
+    assert encoded[2:20] not in out
+
+
+def test_a_secret_with_a_line_break_is_masked_in_h11s_escaped_form() -> None:
+    """A two-line token (a token_file with a second line, on main): h11 quotes the header
+    value with its newline escaped, which no longer matched the registered secret."""
+    Secret("CANARYfirst0line1234\nCANARYsecondline")
+    message = "Illegal header value b'CANARYfirst0line1234\\nCANARYsecondline'"
+    assert "CANARY" not in redact(message)
+    assert "CANARY" not in redact(message.replace("\\n", "\\\\n"))
+
+
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("Authorization: Basic dXNlcjpodW50ZXIyLXBhc3N3b3Jk", "Authorization: Basic ***"),
+        ('{"authorization": "Bearer UNREGISTERED1234567"}', '{"authorization": "Bearer ***"}'),
+        ("WWW-Authenticate said: bearer UNREGISTERED1234567.", "bearer ***"),
+        ("Basic auth required", "Basic auth required"),  # prose stays
+        ("https://user:hunter2-password@host.example/x", "https://***@host.example/x"),
+        ('{\\"Token\\": \\"UNREGISTERED1234567\\"}', '{\\"Token\\": \\"***\\"}'),
+        ("/waInstance1101000001/getChats/UNREGISTERED1234567?x", "/getChats/***?x"),
+        ("%2FwaInstance1101000001%2FarchiveChat%2FUNREGISTERED1234567", "%2F***"),
+        ("apiTokenInstance=UNREGISTERED1234567&x=1", "apiTokenInstance=***&x=1"),
+    ],
+)
+def test_secret_shapes_mask_the_credentials_not_just_the_word(text: str, kept: str) -> None:
+    out = redact(text)
+    assert kept in out
+    assert "UNREGISTERED" not in out and "hunter2" not in out
+    assert "dXNlcjpodW50ZXIy" not in out
+
+
+def test_redaction_stays_linear_on_hostile_text() -> None:
+    """Runs of backslashes, spaces or percent signs made redaction quadratic (minutes for a
+    megabyte) before the patterns were bounded."""
+    for text in ("\\" * 200_000, " " * 200_000, "token" + " " * 200_000, "%25" * 70_000):
+        started = time.monotonic()
+        redact(text)
+        excerpt(text)
+        assert time.monotonic() - started < 5
+
+
+def test_json_log_lines_stay_json_whatever_the_message_quotes() -> None:
+    Secret(REDACTION_CANARY)
+    record = logging.LogRecord(
+        "chat_archiver.jobs",
+        logging.WARNING,
+        __file__,
+        1,
+        'answer: {"path": "/waInstance1/archiveChat/%s\\"", "token": "%s"}',
+        (REDACTION_CANARY, REDACTION_CANARY),
+        None,
+    )
+    record.request_id = f'quote " and token={REDACTION_CANARY}'
+    line = JsonFormatter().format(record)
+    data = json.loads(line)  # masking serialised JSON could eat the backslash of a quote
+    assert REDACTION_CANARY not in line
+    assert data["request_id"].startswith('quote " and token=')

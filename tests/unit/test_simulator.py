@@ -3,6 +3,7 @@ sliding-window limiter and its counters, fault injection, listings and the admin
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import json
 import logging
@@ -278,6 +279,38 @@ def test_fail_next_burst_then_success(admin, http):
     assert "interface conversion" not in third.text
     assert admin.chat("green-api", GID, USER)["archived"] is False
     assert archive(http, USER).status_code == 200
+
+
+def test_echo_next_quotes_the_request_in_each_form_then_stops(admin, http):
+    """The echo fault answers 400 quoting the token-bearing part of the request (GREEN-API's
+    path, Wassenger's Token header) in the form asked, once per form, then archives again."""
+    forms = ["raw", "percent", "percent_lower", "json", "basic", "bearer"]
+    admin.patch_account("green-api", GID, faults={"echo_next": forms})
+    assert admin.account("green-api", GID)["faults"]["echo_next"] == forms
+    path = f"/waInstance{GID}/archiveChat/{GTOKEN}"
+    expected = {
+        "raw": path,
+        "percent": "".join(f"%{byte:02X}" for byte in path.encode()),
+        "percent_lower": "".join(f"%{byte:02x}" for byte in path.encode()),
+        "json": '"' + path.replace("/", "\\/") + '"',
+        "basic": "Authorization: Basic " + base64.b64encode(f"{GID}:{GTOKEN}".encode()).decode(),
+        "bearer": f"Authorization: Bearer {GTOKEN}",
+    }
+    for form in forms:
+        response = archive(http, USER)
+        assert response.status_code == 400
+        assert response.text == f"echo ({form}): {expected[form]}"
+    assert json.loads(expected["json"]) == path
+    assert archive(http, USER).status_code == 200
+
+    admin.patch_account("wassenger", DEV, faults={"echo_next": ["percent"]})
+    echoed = wass(http, "PUT", USER)
+    header = f"Token: {WTOKEN}"
+    assert echoed.status_code == 400
+    assert echoed.text == "echo (percent): " + "".join(f"%{b:02X}" for b in header.encode())
+    assert wass(http, "PUT", USER).status_code == 200
+    with pytest.raises(SimulatorError, match="echo_next"):
+        admin.patch_account("wassenger", DEV, faults={"echo_next": ["rot13"]})
 
 
 def test_error_ratio_generates_5xx_without_interface_conversion(admin, http):

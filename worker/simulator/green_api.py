@@ -39,9 +39,10 @@ JSON `{"code": <status>, "message": <text>}` (`application/json`) for what the A
      "description": "Monthly quota has been exceeded. ..."}}
 
 Order of checks for a known instance: outage (503, to every method) -> token (401) -> sliding
-rate limit (429) -> account status -> for archive/unarchive: `fail_next`, then `error_ratio` ->
-the method itself. getStateInstance reports not_authorized/starting as a state instead of an
-error; expired, plan_required and deleted answer their 400 there too.
+rate limit (429) -> account status -> for archive/unarchive: `echo_next` (400 quoting the path,
+token included: worker/simulator/echo.py), `fail_next`, then `error_ratio` -> the method itself.
+getStateInstance reports not_authorized/starting as a state instead of an error; expired,
+plan_required and deleted answer their 400 there too.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from worker.simulator.answers import (
     reason_phrase,
     text,
 )
+from worker.simulator.echo import echo
 from worker.simulator.state import GREEN_API, Account, Chat, SimulatorState
 
 ARCHIVE_METHODS = frozenset({"archiveChat", "unarchiveChat"})
@@ -234,6 +236,9 @@ def _answer(
     if problem is not None:
         return problem
     if method in ARCHIVE_METHODS:
+        form = faults.next_echo()
+        if form is not None:
+            return echo(form, request.path, account.id, token)
         failure = faults.next_failure()
         if failure is not None:
             return fault(failure, method)

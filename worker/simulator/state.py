@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from worker.simulator.counters import Counters, MethodCounter, SlidingWindow
+from worker.simulator.echo import ECHO_FORMS
 
 GREEN_API = "green-api"
 WASSENGER = "wassenger"
@@ -318,6 +319,8 @@ class Faults:
     error_ratio: float = 0.0
     error_statuses: list[int] = field(default_factory=lambda: list(DEFAULT_ERROR_STATUSES))
     fail_next: deque[int] = field(default_factory=deque)
+    # Forms of worker/simulator/echo.py: the next archive calls answer 400 quoting the request.
+    echo_next: deque[str] = field(default_factory=deque)
     outage_until: float | None = None
     latency_ms: float = 0.0
     timeout_after_success_ms: float = 0.0
@@ -329,6 +332,7 @@ class Faults:
             "error_ratio",
             "error_statuses",
             "fail_next",
+            "echo_next",
             "outage_until",
             "outage_seconds",
             "latency_ms",
@@ -353,6 +357,11 @@ class Faults:
             self.error_statuses = statuses or list(DEFAULT_ERROR_STATUSES)
         if "fail_next" in spec:
             self.fail_next = deque(_http_status(s) for s in spec["fail_next"] or [])
+        if "echo_next" in spec:
+            forms = spec["echo_next"] or []
+            if not isinstance(forms, list) or not all(form in ECHO_FORMS for form in forms):
+                raise SpecError(f"faults.echo_next is a list of: {', '.join(ECHO_FORMS)}")
+            self.echo_next = deque(forms)
         if "outage_until" in spec:
             until = spec["outage_until"]
             self.outage_until = None if until is None else float(until)
@@ -370,6 +379,10 @@ class Faults:
     def in_outage(self, now: float) -> bool:
         return self.outage_until is not None and now < self.outage_until
 
+    def next_echo(self) -> str | None:
+        """The form an archive call must echo its request in, or None."""
+        return self.echo_next.popleft() if self.echo_next else None
+
     def next_failure(self) -> int | None:
         """The status an archive call must fail with, or None to let it through."""
         if self.fail_next:
@@ -383,6 +396,7 @@ class Faults:
             "error_ratio": self.error_ratio,
             "error_statuses": list(self.error_statuses),
             "fail_next": list(self.fail_next),
+            "echo_next": list(self.echo_next),
             "outage_until": self.outage_until,
             "latency_ms": self.latency_ms,
             "timeout_after_success_ms": self.timeout_after_success_ms,

@@ -30,7 +30,8 @@ Every error is JSON `{"status": <code>, "message": <text>[, "errorCode": <code>]
 Account-status errors apply to the chat endpoints; `/v1/devices` reports the status instead.
 
 Order of checks: device (404) -> outage (503) -> token (401) -> sliding rate limit (429) ->
-account status -> for archive/unarchive: `fail_next`, then `error_ratio` -> the request itself.
+account status -> for archive/unarchive: `echo_next` (400 quoting the Token header:
+worker/simulator/echo.py), `fail_next`, then `error_ratio` -> the request itself.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from worker.simulator.answers import Answer, SimRequest, json_answer, reason_phrase
+from worker.simulator.echo import echo
 from worker.simulator.state import (
     WASSENGER,
     WASSENGER_TYPES,
@@ -212,6 +214,9 @@ def _answer(
         return problem
     if method == "listChats":
         return _list_chats(account, query)
+    form = faults.next_echo()
+    if form is not None:
+        return echo(form, f"Token: {token}", account.id, token or "")
     failure = faults.next_failure()
     if failure is not None:
         return fault(failure, account)
