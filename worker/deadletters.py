@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import time
 import uuid
@@ -364,37 +365,42 @@ class DeadLetterStore:
 
     def find(self, prefix: str, limit: int = 10) -> tuple[int, list[str]]:
         """(how many ids start with ``prefix``, the first ``limit`` of them in id order).
-        O(log N + limit): a lexicographic range of the ids zset, never a scan."""
-        self._ensure_id_set()
+        O(log N + limit) on the server, one round trip: a lexicographic range of the ids zset,
+        never a scan."""
         low, high = f"[{prefix}", f"[{prefix}\xff"  # \xff sorts after every id character
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zlexcount(self._ids, low, high)
-        pipe.zrangebylex(self._ids, low, high, start=0, num=limit)
-        count, ids = pipe.execute()
+        for _ in range(2):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.zcard(self._index)
+            pipe.zcard(self._ids)
+            pipe.zlexcount(self._ids, low, high)
+            pipe.zrangebylex(self._ids, low, high, start=0, num=limit)
+            indexed, listed, count, ids = pipe.execute()
+            if indexed == listed:
+                break
+            self._ensure_id_set()  # then ask again
         return int(count), list(ids)
 
     def unique_prefix_length(self, entry_ids: Iterable[str], minimum: int = 8) -> int:
         """The shortest prefix length (at least ``minimum``) at which each of these ids differs
         from every other id in the store: its two neighbours in id order, read in one round
-        trip."""
+        trip per 500 ids."""
         ids = list(entry_ids)
         if not ids:
             return minimum
         self._ensure_id_set()
-        pipe = self._redis.pipeline(transaction=False)
-        for entry_id in ids:
-            pipe.zrangebylex(self._ids, f"({entry_id}", "+", start=0, num=1)
-            pipe.zrevrangebylex(self._ids, f"({entry_id}", "-", start=0, num=1)
-        replies = pipe.execute()
         needed = minimum
-        for position, entry_id in enumerate(ids):
-            for neighbour in (*replies[2 * position], *replies[2 * position + 1]):
-                common = 0
-                for mine, theirs in zip(entry_id, neighbour, strict=False):
-                    if mine != theirs:
-                        break
-                    common += 1
-                needed = max(needed, min(common + 1, len(entry_id)))
+        for start in range(0, len(ids), _PAGE):
+            page = ids[start : start + _PAGE]
+            pipe = self._redis.pipeline(transaction=False)
+            for entry_id in page:
+                pipe.zrangebylex(self._ids, f"({entry_id}", "+", start=0, num=1)
+                pipe.zrevrangebylex(self._ids, f"({entry_id}", "-", start=0, num=1)
+            replies = pipe.execute()
+            for position, entry_id in enumerate(page):
+                for neighbour in (*replies[2 * position], *replies[2 * position + 1]):
+                    # Characters, not path components: ids are strings.
+                    common = len(os.path.commonprefix([entry_id, neighbour]))  # noqa: RUF071
+                    needed = max(needed, min(common + 1, len(entry_id)))
         return needed
 
     # --- removal and replay ----------------------------------------------------------------
