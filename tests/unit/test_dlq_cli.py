@@ -220,3 +220,21 @@ def test_awkward_excerpts_read_back_through_the_cli(store: DeadLetterStore, exce
     assert data["id"] == entry_id and CANARY not in shown.stdout
     assert dlq("show", entry_id[:8]).exit_code == 0
     assert dlq("list").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["dlq", "show"], "Error: Missing argument 'ID'."),
+        (["dlq", "list", "--limit", "0"], "Error: Invalid value for '--limit': 0 is not in"),
+        (["dlq", "lsit"], "Error: No such command 'lsit'. Did you mean 'list'?"),
+        (["dlq", "list", "--wdie"], "Error: No such option '--wdie'. Did you mean '--wide'?"),
+        (["enqueue", "--file"], "Error: Option '--file' requires an argument."),
+        (["limits", "--jsno"], "Error: No such option '--jsno'"),
+    ],
+)
+def test_usage_errors_are_one_line_too(args: list[str], says: str) -> None:
+    # click alone would print the usage text and a hint before its error line
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert one_error_line(result).startswith(says)

@@ -92,6 +92,37 @@ class UsageProblem(click.ClickException):
         super().__init__(printable(message, limit=1000))
 
 
+class OneLineCommand(click.Command):
+    """A command whose usage errors (a missing argument, an unknown option, a value click's
+    types refuse) are one line, like ours: click would print the usage text and a hint first."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise UsageProblem(error.format_message()) from None
+
+
+class OneLineGroup(click.Group):
+    """A group whose usage errors, and its commands', are one line (see OneLineCommand)."""
+
+    command_class = OneLineCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            raise UsageProblem(error.format_message()) from None
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            raise UsageProblem(error.format_message()) from None
+
+
 def fail(message: str) -> click.ClickException:
     """``Error: <one line>``, exit code 1 (see the module docstring)."""
     return click.ClickException(printable(message, limit=1000))

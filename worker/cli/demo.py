@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from worker.cli.common import console, fail, one_line_errors
+from worker.cli.common import OneLineCommand, console, fail, one_line_errors
 from worker.demo import run_demo
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option("--timeout", default=90.0, show_default=True, help="Seconds to wait for outcomes.")
 @click.option(
     "--redis",

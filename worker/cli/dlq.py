@@ -19,6 +19,7 @@ from rich.table import Column, Table
 from config import PROVIDERS
 from worker.cli.common import (
     VALUE_LIMIT,
+    OneLineGroup,
     UsageProblem,
     cell,
     console,
@@ -97,7 +98,7 @@ def _report_corrupt(entry: CorruptEntry) -> None:
     )
 
 
-@click.group()
+@click.group(cls=OneLineGroup)
 def dlq() -> None:
     """Dead letters: jobs that can never succeed as they are, kept until you act."""
 

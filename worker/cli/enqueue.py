@@ -38,7 +38,15 @@ import kombu.exceptions
 import redis
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from worker.cli.common import UsageProblem, err_console, fail, one_line_errors, printable, say
+from worker.cli.common import (
+    OneLineCommand,
+    UsageProblem,
+    err_console,
+    fail,
+    one_line_errors,
+    printable,
+    say,
+)
 from worker.jobs import InvalidJob
 from worker.producer import BATCH_SIZE, BulkResult, default_producer, enqueue_archive
 
@@ -379,7 +387,7 @@ def _check_format(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option("--provider", help="green-api or wassenger.")
 @click.option("--account", help="GREEN-API idInstance or Wassenger device id.")
 @click.option("--chat-id", help="The chat to archive, e.g. 79001234567@c.us.")

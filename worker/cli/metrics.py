@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from worker.cli.common import UsageProblem, one_line_errors, say
+from worker.cli.common import OneLineCommand, UsageProblem, one_line_errors, say
 from worker.exporter import UNAVAILABLE, serve
 from worker.services import get_accounts, get_services
 from worker.state import safe_url
@@ -16,7 +16,7 @@ from worker.state import safe_url
 logger = logging.getLogger("chat_archiver.metrics")
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option(
     "--host",
     default="127.0.0.1",
