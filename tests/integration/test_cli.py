@@ -233,3 +233,35 @@ def test_sweep_of_an_account_without_a_policy_is_one_line(env: dict[str, str]) -
     assert done.stderr.strip() == (
         f"Error: green-api:{GREEN_ID} has no [accounts.sweep] policy in the accounts file"
     )
+
+
+def test_dlq_reads_awkward_and_corrupt_entries_without_a_traceback(
+    env: dict[str, str], redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = DeadLetterStore(client, "chat-archiver")
+    awkward = store.add(
+        DeadLetter(
+            reason="unexpected_response",
+            job={"provider": "green-api", "account": GREEN_ID, "chat_id": "7900\ud800@c.us"},
+            detail="x" * 1_000_000,
+            excerpt=f'POST /waInstance{GREEN_ID}/archiveChat/{CANARY}" [/] \\ \\"',
+        )
+    )
+    # As the store wrote it before: redact() over the JSON text swallowed an escape.
+    corrupt = "c0ffee" + "0" * 26
+    broken = '{"excerpt": "/waInstance1/x/***" y", "reason": "chat_not_found"}'
+    client.hset("chat-archiver:dlq:entries", corrupt, broken)
+    client.zadd("chat-archiver:dlq:index", {corrupt: 1.0})
+
+    listed = run(env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert awkward[:8] in listed.stdout and "1 dead letter" in listed.stdout
+    assert listed.stderr.startswith(f"corrupt entry {corrupt} skipped (JSONDecodeError")
+    shown = run(env, "dlq", "show", awkward[:8])
+    assert shown.returncode == 0 and "[/]" in shown.stdout and CANARY not in shown.stdout
+    assert run(env, "dlq", "show", "c0ffee").returncode == 1
+    purged = run(env, "dlq", "purge", "--all", "--yes")
+    assert purged.returncode == 0 and purged.stdout.strip() == "purged 2"
+    for done in (listed, shown, purged):
+        assert "Traceback" not in done.stdout + done.stderr

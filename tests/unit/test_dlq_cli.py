@@ -238,3 +238,23 @@ def test_usage_errors_are_one_line_too(args: list[str], says: str) -> None:
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert one_error_line(result).startswith(says)
+
+
+def test_surrogates_and_huge_values_read_back_through_the_cli(store: DeadLetterStore) -> None:
+    entry_id = store.add(
+        DeadLetter(
+            reason="invalid_request",
+            job={"provider": "green-api", "account": "1101000001", "chat_id": "\ud800" * 1_000_000},
+            detail="d" * 1_000_000,
+            excerpt=f'"/waInstance1101000001/archiveChat/{CANARY}\\" \udfff',
+            worker="w\ud800",
+        )
+    )
+    readers = (["list"], ["list", "--json"], ["show", entry_id[:8]], ["show", entry_id, "--json"])
+    for args in readers:
+        result = dlq(*args)
+        assert result.exit_code == 0, (args, result.output[-500:])
+        assert max(len(line) for line in result.stdout.splitlines()) < 2_000, args
+        assert CANARY not in result.stdout
+    shown = json.loads(dlq("show", entry_id, "--json").stdout)
+    assert shown["worker"] == "w\\ud800" and shown["job"]["chat_id"].startswith("\\ud800\\ud800")
