@@ -337,7 +337,12 @@ def test_a_store_written_before_the_id_set_gets_it_rebuilt(
     }
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=150,
+    deadline=None,
+    database=None,  # nothing written to .hypothesis/ in the repository
+    suppress_health_check=list(HealthCheck),
+)
 @given(
     text=st.lists(
         st.text(st.characters(exclude_categories=()), max_size=20)  # surrogates included
