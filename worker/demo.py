@@ -3,22 +3,31 @@
 It starts the provider simulator with two accounts (a GREEN-API instance and a Wassenger device)
 and a mix of chats, writes an accounts file for them, starts a real ``celery -A worker worker``,
 enqueues the jobs, waits for every outcome and prints them beside what the simulator says is true.
-It uses Redis at ARCHIVER_BROKER_URL under its own queue and key prefix, or, when nothing answers
-there, a private ``redis-server`` for its duration.
+
+It leaves nothing behind. It runs a private ``redis-server`` for its duration; given a Redis
+(``--redis URL``, or ARCHIVER_BROKER_URL when redis-server is not installed) it works under its own
+queue and key prefix and removes exactly what it wrote: its keys and queues, its jobs' results, its
+queues' kombu bindings and its worker's marks in kombu's shared keys (``Footprint``). Its folder
+(accounts file, worker log) goes too.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
+import shutil
+import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
 from celery.result import AsyncResult
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from config import GREEN_API, WASSENGER, Settings, get_settings
 from worker.celery_app import create_app
@@ -29,11 +38,14 @@ from worker.local import WORKER_READY, PrivateRedis, redis_answers, worker_proce
 from worker.producer import ArchiveProducer
 from worker.simulator import SimulatorClient, SimulatorError, start_in_thread
 from worker.state import connect, safe_url
+from worker.stores.keys import ready_queue
 
 GREEN_ID = "1101000001"
 WASSENGER_ID = "64a1f0c2b3d4e5f601234567"
 UNCONFIGURED_ID = "1101009999"
 DEMO_NAMESPACE = "chat-archiver-demo"
+# Jobs for an account no accounts file names wait for one that does; the demo shows the dead
+# letter they end in after a few seconds instead of ARCHIVER_UNKNOWN_ACCOUNT_GRACE's hour.
 UNKNOWN_ACCOUNT_GRACE = 3
 
 
@@ -151,56 +163,117 @@ def matches(outcome: str, reason: str | None, truth: str) -> bool:
     }.get(reason or "") == truth
 
 
-def run_demo(console: Console, timeout: float = 90.0) -> bool:
-    """Run the demo; True when every outcome matches the simulator's truth."""
-    broker_url = get_settings().broker_url
-    private: PrivateRedis | None = None
-    if not redis_answers(broker_url):
-        if not PrivateRedis.available():
-            raise RuntimeError(
-                f"no Redis answers at {safe_url(broker_url)} and redis-server is not on the PATH: "
-                "start Redis or set ARCHIVER_BROKER_URL"
-            )
+def _demo_redis(console: Console, redis_url: str | None) -> tuple[str, PrivateRedis | None]:
+    """Where the demo runs: ``redis_url`` when given; else a private ``redis-server`` (nothing
+    of yours is touched); else, when redis-server is not installed, ARCHIVER_BROKER_URL."""
+    if redis_url is None and PrivateRedis.available():
         private = PrivateRedis().start()
-        console.print(
-            f"No Redis answers at {safe_url(broker_url)}: running a private redis-server on "
-            f"{private.url} for the demo."
+        console.out(f"Private redis-server for the demo on {private.url}", highlight=False)
+        return private.url, private
+    url = redis_url or get_settings().broker_url
+    if not redis_answers(url):
+        missing = "" if redis_url else "redis-server is not on the PATH and "
+        raise RuntimeError(
+            f"{missing}no Redis answers at {safe_url(url)}: start Redis, install redis-server, "
+            "or give --redis URL"
         )
-        broker_url = private.url
-    workdir = Path(tempfile.mkdtemp(prefix="chat-archiver-demo-"))
-    green_token, wassenger_token = secrets.token_hex(16), secrets.token_hex(16)
-    simulator = start_in_thread(scenario=scenario(green_token, wassenger_token))
-    env = {
-        "ARCHIVER_BROKER_URL": broker_url,
-        "ARCHIVER_REDIS_URL": broker_url,
-        "ARCHIVER_ACCOUNTS_FILE": str(accounts_file(workdir / "accounts.toml", simulator.url)),
-        # Its own queue and keys: the demo never mixes with a real deployment on the same Redis.
-        "ARCHIVER_QUEUE": DEMO_NAMESPACE,
-        "ARCHIVER_KEY_PREFIX": DEMO_NAMESPACE,
-        "ARCHIVER_RESULT_EXPIRES": "3600",
-        "ARCHIVER_RETRY_COUNTDOWN": "1",
-        # Jobs for an account no accounts file names wait for one that does; the demo shows the
-        # dead letter they end in after a few seconds instead of an hour.
-        "ARCHIVER_UNKNOWN_ACCOUNT_GRACE": str(UNKNOWN_ACCOUNT_GRACE),
-        "ARCHIVER_JANITOR_INTERVAL": "1",
-        "DEMO_GREEN_API_TOKEN": green_token,
-        "DEMO_WASSENGER_API_KEY": wassenger_token,
-    }
-    settings = Settings(
-        broker_url=broker_url,
-        redis_url=broker_url,
-        queue=DEMO_NAMESPACE,
-        key_prefix=DEMO_NAMESPACE,
-        result_expires=3600,
+    console.out(
+        f"Using the Redis at {safe_url(url)} under the queue and key prefix {DEMO_NAMESPACE}; "
+        "everything the demo writes there is removed afterwards",
+        highlight=False,
     )
-    worker = worker_process(env, workdir / "worker.log", name="demo", concurrency=2)
-    app = create_app(settings)
+    return url, None
+
+
+@dataclass
+class Footprint:
+    """What the demo writes in a Redis it shares, so that it can remove exactly that."""
+
+    queues: list[str]
+    node: str  # the demo worker's node name
+    task_ids: set[str] = field(default_factory=set)
+    deadlines_before: set[str] = field(default_factory=set)
+
+    DEADLINES = "_kombu.binding_deadlines"  # kombu's, shared by every worker on the database
+    PIDBOX = "_kombu.binding.celery.pidbox"  # likewise
+
+    def note_shared_state(self, client: redis.Redis) -> None:
+        self.deadlines_before = set(client.zrange(self.DEADLINES, 0, -1))
+
+    def remove(self, client: redis.Redis) -> None:
+        """Delete the demo's keys, and undo its marks in kombu's shared keys: never anything
+        that was there before it started."""
+        keys = set(client.scan_iter(f"{DEMO_NAMESPACE}*"))  # state, queues (and their lists)
+        keys |= {f"celery-task-meta-{task_id}" for task_id in self.task_ids}  # results
+        for queue in self.queues:
+            keys |= {f"_kombu.binding.{queue}", f"_kombu.binding_permanent.{queue}"}
+        keys.add(f"{self.node}.celery.pidbox")  # the worker's remote-control queue, if left
+        pipe = client.pipeline(transaction=False)
+        pipe.delete(*keys)
+        # A worker removes its pidbox binding when it stops warmly; not when it was killed.
+        pipe.smembers(self.PIDBOX)
+        pipe.zrange(self.DEADLINES, 0, -1)
+        _, members, deadlines = pipe.execute()
+        ours = [m for m in members if m.endswith(f"{self.node}.celery.pidbox")]
+        if ours:
+            client.srem(self.PIDBOX, *ours)
+        # The demo worker's pidbox marks a deadline for the pidbox exchange; one that was there
+        # before belongs to other workers (the demo only moved it later, which is harmless).
+        added = set(deadlines) - self.deadlines_before
+        if added:
+            client.zrem(self.DEADLINES, *added)
+
+
+def run_demo(console: Console, timeout: float = 90.0, redis_url: str | None = None) -> bool:
+    """Run the demo; True when every outcome matches the simulator's truth. Leaves nothing:
+    not in Redis (a private server, or exactly what it wrote removed), not on disk."""
+    broker_url, private = _demo_redis(console, redis_url)
+    workdir = Path(tempfile.mkdtemp(prefix="chat-archiver-demo-"))
+    simulator = None
+    app = None
     state = connect(broker_url)
+    footprint = Footprint(
+        queues=[DEMO_NAMESPACE, ready_queue(DEMO_NAMESPACE)],
+        node=f"{DEMO_NAMESPACE}-{os.getpid()}@{socket.gethostname()}",
+    )
+    worker = None
     try:
-        console.print(f"Simulator serving GREEN-API and Wassenger at {simulator.url}")
+        footprint.note_shared_state(state)
+        green_token, wassenger_token = secrets.token_hex(16), secrets.token_hex(16)
+        simulator = start_in_thread(scenario=scenario(green_token, wassenger_token))
+        env = {
+            "ARCHIVER_BROKER_URL": broker_url,
+            "ARCHIVER_REDIS_URL": broker_url,
+            "ARCHIVER_ACCOUNTS_FILE": str(accounts_file(workdir / "accounts.toml", simulator.url)),
+            # Its own queue and keys: the demo never mixes with a real deployment on the same
+            # Redis.
+            "ARCHIVER_QUEUE": DEMO_NAMESPACE,
+            "ARCHIVER_KEY_PREFIX": DEMO_NAMESPACE,
+            "ARCHIVER_RESULT_EXPIRES": "3600",
+            "ARCHIVER_RETRY_COUNTDOWN": "1",
+            "ARCHIVER_UNKNOWN_ACCOUNT_GRACE": str(UNKNOWN_ACCOUNT_GRACE),
+            "ARCHIVER_JANITOR_INTERVAL": "1",
+            "DEMO_GREEN_API_TOKEN": green_token,
+            "DEMO_WASSENGER_API_KEY": wassenger_token,
+            # Whatever the worker's processes put in temporary files goes into the demo's
+            # folder, which goes at the end.
+            "TMPDIR": str(workdir),
+        }
+        settings = Settings(
+            broker_url=broker_url,
+            redis_url=broker_url,
+            queue=DEMO_NAMESPACE,
+            key_prefix=DEMO_NAMESPACE,
+            result_expires=3600,
+        )
+        worker = worker_process(
+            env, workdir / "worker.log", name=footprint.node.split("@")[0], concurrency=2
+        )
+        app = create_app(settings)
+        console.out(f"Simulator serving GREEN-API and Wassenger at {simulator.url}")
         worker.start()
         worker.wait_for_log(WORKER_READY, timeout=60)
-        console.print(f"Worker started (log: {worker.log_path})")
+        console.out("Worker started")
         rows: list[dict[str, Any] | InvalidJob] = [
             {
                 "provider": j.provider,
@@ -215,20 +288,31 @@ def run_demo(console: Console, timeout: float = 90.0) -> bool:
         # No accounts file needed: jobs go to the intake, and the worker's router stores them.
         result = ArchiveProducer(app, settings, state=state).enqueue_many(rows)
         task_ids = dict(result.enqueued)
+        footprint.task_ids |= set(task_ids.values())
         for position, why in result.refused:
-            console.print(f"Refused at enqueue (job {position}): {why}")
+            console.out(f"Refused at enqueue (job {position}): {why}", highlight=False)
         outcomes = _wait(app, task_ids, timeout)
         with SimulatorClient(simulator.url) as client:
             ok = _report(console, outcomes, task_ids, client)
         _report_dead_letters(console, DeadLetterStore(state, DEMO_NAMESPACE))
+        if not ok:  # the log goes with the demo's folder: show its end first
+            console.out("The worker's log ends with:\n" + worker.log()[-3000:], highlight=False)
         return ok
     finally:
-        worker.stop()
-        simulator.stop()
-        _forget_demo_state(state)
-        app.close()
-        if private:
-            private.stop()
+        if worker is not None:
+            worker.stop()
+        if simulator is not None:
+            simulator.stop()
+        if app is not None:
+            app.close()
+        try:
+            if private is None:
+                footprint.remove(state)
+        finally:
+            state.close()
+            if private is not None:
+                private.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _wait(app: Any, task_ids: dict[int, str], timeout: float) -> dict[int, dict[str, Any]]:
@@ -276,20 +360,19 @@ def _report(
         all_agree &= agrees
         table.add_row(
             str(position),
-            f"{job.provider} {job.account}",
-            job.chat_id,
-            job.story,
-            outcome,
+            Text(f"{job.provider} {job.account}"),
+            Text(job.chat_id),
+            Text(job.story),
+            Text(outcome),  # from the result backend: never rich markup
             attempts,
-            truth,
-            "yes" if agrees else "[red]NO[/red]",
+            Text(truth),
+            Text("yes") if agrees else Text("NO", style="red"),
         )
     console.print(table)
-    console.print(
-        "Every outcome agrees with the simulator."
-        if all_agree
-        else "[red]Some outcomes disagree with the simulator.[/red]"
-    )
+    if all_agree:
+        console.out("Every outcome agrees with the simulator.")
+    else:
+        console.print(Text("Some outcomes disagree with the simulator.", style="red"))
     return all_agree
 
 
@@ -297,15 +380,9 @@ def _report_dead_letters(console: Console, store: DeadLetterStore) -> None:
     table = Table("id", "reason", "account", "chat", "detail", title="dead letters")
     for entry in store.iter():
         chat = str(entry.job.get("chat_id"))
-        table.add_row(entry.id[:8], entry.reason, entry.account, chat, entry.detail)
+        # The id as `dlq list` prints it: `dlq show` takes it (a prefix of 6+ characters).
+        table.add_row(
+            *(Text(v) for v in (entry.id[:8], entry.reason, entry.account, chat)),
+            Text(entry.detail),
+        )
     console.print(table)
-
-
-def _forget_demo_state(client: Any) -> None:
-    """Remove what the demo wrote under its own prefix and queue (never anything else)."""
-    try:
-        keys = list(client.scan_iter(f"{DEMO_NAMESPACE}*"))
-        if keys:
-            client.delete(*keys)
-    except Exception:  # cleanup is best effort: the demo's result matters more
-        return

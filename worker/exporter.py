@@ -3,24 +3,53 @@
 Served by ``chat-archiver metrics``. One exporter covers the whole deployment, however many
 workers run, because the numbers live in Redis, not in worker memory (worker/metrics.py). Flower
 exports Celery's own task metrics; these are chat-archiver's.
+
+Labels are the same everywhere: an account is ``provider`` plus ``account`` (its id, without the
+provider: ``provider="green-api", account="7105187566"``), so one PromQL join or filter works
+across every metric. A job too malformed to name its account has both empty.
+
+When Redis does not answer, a scrape gets HTTP 503 with a one-line reason (Prometheus records the
+target as down: ``up == 0``), and the log gets one line when Redis stops answering and one when it
+answers again; no traceback, however many scrapes fail in between. Nothing needs restarting.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import kombu.exceptions
+import redis
+from prometheus_client import make_wsgi_app
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
 )
-from prometheus_client.registry import Collector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from config import AccountRegistry
 from worker.dispatch.router import intake_lists
 from worker.metrics import LATENCY_BUCKETS
 from worker.services import Services
+from worker.state import safe_url
 from worker.stores.keys import ready_queue
+
+logger = logging.getLogger("chat_archiver.metrics")
+
+ACCOUNT_LABELS = ["provider", "account"]
+
+
+def _account_labels(key: str) -> list[str]:
+    """``provider:id`` (how the dead-letter counts name an account) as the two labels; the
+    store writes ``?`` for a part a malformed job lacked, the label is empty then."""
+    provider, _, account = key.partition(":")
+    return [part if part != "?" else "" for part in (provider, account)]
 
 
 class ArchiverCollector(Collector):
@@ -40,7 +69,7 @@ class ArchiverCollector(Collector):
         family = CounterMetricFamily(
             "chat_archiver_jobs",
             "Archive jobs ended, by outcome and reason",
-            labels=["provider", "account", "outcome", "reason"],
+            labels=[*ACCOUNT_LABELS, "outcome", "reason"],
         )
         for labels, count in sorted(self.services.metrics.outcomes().items()):
             family.add_metric(list(labels), count)
@@ -50,10 +79,10 @@ class ArchiverCollector(Collector):
         family = GaugeMetricFamily(
             "chat_archiver_dead_letters",
             "Entries in the dead-letter store",
-            labels=["reason", "account"],
+            labels=[*ACCOUNT_LABELS, "reason"],
         )
         for (reason, account), count in sorted(self.services.dead_letters.counts().items()):
-            family.add_metric([reason, account], count)
+            family.add_metric([*_account_labels(account), reason], count)
         yield family
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
@@ -96,7 +125,7 @@ class ArchiverCollector(Collector):
         )
 
     def _limiter(self) -> Iterator[CounterMetricFamily]:
-        labels = ["provider", "account", "method"]
+        labels = [*ACCOUNT_LABELS, "method"]
         waited = CounterMetricFamily(
             "chat_archiver_limiter_wait_seconds",
             "Time spent waiting for rate-limit permits",
@@ -127,7 +156,7 @@ class ArchiverCollector(Collector):
         family = HistogramMetricFamily(
             "chat_archiver_provider_request_seconds",
             "Provider archive calls, by duration",
-            labels=["provider", "account"],
+            labels=ACCOUNT_LABELS,
         )
         for (provider, account), values in sorted(self.services.metrics.latency().items()):
             cumulative, buckets = 0.0, []
@@ -141,13 +170,100 @@ class ArchiverCollector(Collector):
         open_ = GaugeMetricFamily(
             "chat_archiver_account_paused",
             "1 while an account's circuit is open",
-            labels=["account", "reason"],
+            labels=[*ACCOUNT_LABELS, "reason"],
         )
         parked = GaugeMetricFamily(
-            "chat_archiver_parked_jobs", "Jobs waiting for a paused account", labels=["account"]
+            "chat_archiver_parked_jobs",
+            "Jobs waiting for a paused account",
+            labels=ACCOUNT_LABELS,
         )
         for account in self.accounts:
             state = self.services.circuit.state(account)
-            open_.add_metric([account.key, state.reason or ""], 1 if state.state == "open" else 0)
-            parked.add_metric([account.key], state.parked)
+            labels = [account.provider, account.id]
+            open_.add_metric([*labels, state.reason or ""], 1 if state.state == "open" else 0)
+            parked.add_metric(labels, state.parked)
         yield from (open_, parked)
+
+
+# --- serving --------------------------------------------------------------------------------
+
+# What a scrape meets when Redis (state or broker) does not answer.
+UNAVAILABLE = (redis.RedisError, kombu.exceptions.OperationalError, OSError)
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+
+
+class MetricsApp:
+    """prometheus_client's WSGI app, plus a 503 and one log line per outage when Redis is down
+    (the bare app lets the exception through: wsgiref answers 500 and logs a traceback for
+    every scrape)."""
+
+    def __init__(self, registry: CollectorRegistry, where: str) -> None:
+        self._inner = make_wsgi_app(registry)
+        self._where = where  # the Redis URLs, passwords masked
+        self._lock = threading.Lock()
+        self.down = False
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            # The inner app renders every metric before it starts the response.
+            body = self._inner(environ, start_response)
+        except UNAVAILABLE as error:
+            reason = " ".join(f"{type(error).__name__}: {error}".split())
+            self._went_down(reason)
+            start_response(
+                "503 Service Unavailable",
+                [("Content-Type", "text/plain; charset=utf-8"), ("Retry-After", "15")],
+            )
+            return [f"chat-archiver metrics: cannot read {self._where}: {reason}\n".encode()]
+        self._came_back()
+        return body  # type: ignore[no-any-return]
+
+    def _went_down(self, reason: str) -> None:
+        with self._lock:
+            if self.down:
+                return
+            self.down = True
+        logger.error(
+            "cannot read %s (%s): scrapes get HTTP 503 until it answers", self._where, reason
+        )
+
+    def _came_back(self) -> None:
+        with self._lock:
+            if not self.down:
+                return
+            self.down = False
+        logger.warning("%s answers again: scrapes get metrics", self._where)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: Prometheus scrapes every few seconds."""
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A scraper that hung up mid-answer: one line, not socketserver's traceback.
+        logger.warning("metrics request from %s failed: a scraper gone?", client_address[0])
+
+
+def serve(
+    services: Services, accounts: AccountRegistry, host: str, port: int
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve /metrics on (host, port) from a thread; returns the server (``server_port`` is the
+    port when 0 was asked for) and its thread."""
+    registry = CollectorRegistry()
+    registry.register(ArchiverCollector(services, accounts))
+    settings = services.settings
+    urls = {safe_url(settings.state_url), safe_url(settings.broker_url)}
+    where = "Redis at " + " and ".join(sorted(urls))
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("MetricsServer", (_Server,), {"address_family": family})
+    server = make_server(
+        host, port, MetricsApp(registry, where), server_class, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread

@@ -94,9 +94,10 @@ def test_a_bad_token_costs_a_handful_of_calls_then_everything_archives(
         [green] = report["accounts"]["paused"]
         assert green["account"] == f"green-api:{GREEN_ID}" and green["parked"] >= JOBS - 1
         metrics = scrape(cluster)
-        paused = f'account="green-api:{GREEN_ID}",reason="unauthorized"'
-        assert f"chat_archiver_account_paused{{{paused}}} 1.0" in metrics
-        assert f'chat_archiver_parked_jobs{{account="green-api:{GREEN_ID}"}}' in metrics
+        # Labels as on every metric: provider, and the account's id alone (issue 11).
+        account = f'account="{GREEN_ID}",provider="green-api"'
+        assert f'chat_archiver_account_paused{{{account},reason="unauthorized"}} 1.0' in metrics
+        assert f"chat_archiver_parked_jobs{{{account}}}" in metrics
 
         # Someone fixes the token: the provider now accepts ours. Nobody replays anything.
         cluster.sim.patch_account("green-api", GREEN_ID, token=CANARY)

@@ -97,7 +97,7 @@ def test_enqueue_csv_reports_refused_lines(
     assert lines[0].startswith("line 3: chat_id: 'not-a-chat'")
     assert lines[1] == "line 5: more cells than the header names"
     assert lines[2].startswith("line 6: account: '7105187566' is not a wassenger device id")
-    assert lines[-1] == "enqueued 2, refused 3"
+    assert lines[-1] == "read 5 rows: enqueued 2, already pending 0, refused 3"
     assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
 
 
@@ -110,7 +110,7 @@ def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
     done = run(env, "enqueue", "--file", "-", stdin=stdin)
     assert done.returncode == 1
     assert done.stdout.splitlines()[0].startswith("line 2: not a JSON object")
-    assert done.stdout.strip().endswith("enqueued 2, refused 1")
+    assert done.stdout.strip().endswith("read 3 rows: enqueued 2, already pending 0, refused 1")
     assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
 
 
@@ -132,12 +132,18 @@ def test_dlq_show_and_purge_with_confirmation(env: dict[str, str], redis_url: st
     ]
     shown = run(env, "dlq", "show", ids[0])
     assert shown.returncode == 0 and "7900123456" in shown.stdout
-    missing = run(env, "dlq", "show", "nope")
-    assert missing.returncode == 1 and missing.stderr.strip() == "Error: no dead letter 'nope'"
+    short = run(env, "dlq", "show", "nope")
+    assert short.returncode == 2
+    assert short.stderr.strip() == "Error: ID 'nope': give at least 6 characters of the id"
+    missing = run(env, "dlq", "show", "nope-nope")
+    assert missing.returncode == 1 and missing.stderr.strip() == "Error: no dead letter 'nope-nope'"
+    assert run(env, "dlq", "show", ids[1][:8]).returncode == 0  # a prefix, as list prints it
 
     declined = run(env, "dlq", "purge", "--reason", "chat_not_found", stdin="n\n")
     assert declined.returncode == 1 and len(store) == 3  # asked, refused: nothing deleted
-    assert run(env, "dlq", "purge").returncode == 2  # says which entries, or nothing happens
+    unsaid = run(env, "dlq", "purge")  # says which entries, or nothing happens
+    assert unsaid.returncode == 2
+    assert unsaid.stderr.strip() == "Error: say which entries: ids, --reason, --account or --all"
     purged = run(env, "dlq", "purge", ids[0], "--yes")
     assert purged.returncode == 0 and "purged 1" in purged.stdout
     assert sorted(e.id for e in store.iter()) == sorted(ids[1:])
@@ -233,3 +239,35 @@ def test_sweep_of_an_account_without_a_policy_is_one_line(env: dict[str, str]) -
     assert done.stderr.strip() == (
         f"Error: green-api:{GREEN_ID} has no [accounts.sweep] policy in the accounts file"
     )
+
+
+def test_dlq_reads_awkward_and_corrupt_entries_without_a_traceback(
+    env: dict[str, str], redis_url: str
+) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = DeadLetterStore(client, "chat-archiver")
+    awkward = store.add(
+        DeadLetter(
+            reason="unexpected_response",
+            job={"provider": "green-api", "account": GREEN_ID, "chat_id": "7900\ud800@c.us"},
+            detail="x" * 1_000_000,
+            excerpt=f'POST /waInstance{GREEN_ID}/archiveChat/{CANARY}" [/] \\ \\"',
+        )
+    )
+    # As the store wrote it before: redact() over the JSON text swallowed an escape.
+    corrupt = "c0ffee" + "0" * 26
+    broken = '{"excerpt": "/waInstance1/x/***" y", "reason": "chat_not_found"}'
+    client.hset("chat-archiver:dlq:entries", corrupt, broken)
+    client.zadd("chat-archiver:dlq:index", {corrupt: 1.0})
+
+    listed = run(env, "dlq", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert awkward[:8] in listed.stdout and "1 dead letter" in listed.stdout
+    assert listed.stderr.startswith(f"corrupt entry {corrupt} skipped (JSONDecodeError")
+    shown = run(env, "dlq", "show", awkward[:8])
+    assert shown.returncode == 0 and "[/]" in shown.stdout and CANARY not in shown.stdout
+    assert run(env, "dlq", "show", "c0ffee").returncode == 1
+    purged = run(env, "dlq", "purge", "--all", "--yes")
+    assert purged.returncode == 0 and purged.stdout.strip() == "purged 2"
+    for done in (listed, shown, purged):
+        assert "Traceback" not in done.stdout + done.stderr

@@ -273,6 +273,7 @@ def demo_accounts() -> AccountRegistry:
 
 
 def test_compose_file_uses_the_compose_spec_without_version() -> None:
+    # v2 calls `version:` obsolete; v1 (1.27+) reads a file without one as the Compose spec.
     assert "version" not in COMPOSE
 
 
@@ -660,3 +661,172 @@ def test_dockerignore_admits_only_the_build_inputs() -> None:
     packages = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
     assert {p.rstrip("*") for p in packages} | {"pyproject.toml", "README.md"} <= admitted
     assert not {".env", "deploy", "tests", ".git"} & admitted
+
+
+# --- Compose v1 and v2 ---------------------------------------------------------------------------
+# Compose v1 (docker-compose 1.29.2, its last release, the one Debian and Ubuntu package) validates
+# the file against its own compose_spec.json before anything else and refuses any key it does not
+# know: a top-level `name:` stops it ("'name' does not match any of the regexes: '^x-'"). These
+# are the keys that schema (compose/config/compose_spec.json in the 1.29.2 wheel) accepts where
+# this file uses them; Compose v2 accepts all of them too. Checked by hand with docker-compose
+# 1.29.2 `config`, which this machine cannot keep installed.
+V1_TOP_LEVEL = {"version", "services", "networks", "volumes", "secrets", "configs"}
+V1_SERVICE = {
+    "blkio_config",
+    "build",
+    "cap_add",
+    "cap_drop",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_period",
+    "cpu_quota",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpu_shares",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "deploy",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "environment",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "privileged",
+    "profiles",
+    "pull_policy",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "user",
+    "userns_mode",
+    "volumes",
+    "volumes_from",
+    "working_dir",
+}
+# No start_interval (v2 only), no depends_on `required`/`restart` (v2 only).
+V1_HEALTHCHECK = {"disable", "interval", "retries", "start_period", "test", "timeout"}
+V1_DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
+V1_BUILD = {
+    "args",
+    "cache_from",
+    "context",
+    "dockerfile",
+    "extra_hosts",
+    "isolation",
+    "labels",
+    "network",
+    "shm_size",
+    "target",
+}
+V1_LOGGING = {"driver", "options"}
+V1_VOLUME = {"name", "driver", "driver_opts", "external", "labels"}
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, $VAR and $$: what both
+# interpolate (v2 also knows ${VAR:+...} and nested defaults, which v1 would pass on verbatim).
+V1_INTERPOLATION = re.compile(r"\$\$|\$\{\w+(?::?[-?][^}$]*)?\}|\$\w+")
+
+
+def own_keys(mapping: dict[str, Any]) -> set[str]:
+    """Keys but the x- extensions, which every Compose version accepts."""
+    return {key for key in mapping if not key.startswith("x-")}
+
+
+def test_top_level_keys_are_ones_compose_v1_accepts() -> None:
+    assert "name" not in COMPOSE, "Compose v1 refuses a top-level name: (COMPOSE_PROJECT_NAME)"
+    assert own_keys(COMPOSE) <= V1_TOP_LEVEL - {"version"}, own_keys(COMPOSE) - V1_TOP_LEVEL
+    for name, volume in (COMPOSE.get("volumes") or {}).items():
+        assert volume is None or own_keys(volume) <= V1_VOLUME, name
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_keys_are_ones_compose_v1_accepts(name: str) -> None:
+    service = SERVICES[name]
+    assert own_keys(service) <= V1_SERVICE, own_keys(service) - V1_SERVICE
+    assert own_keys(service.get("healthcheck", {})) <= V1_HEALTHCHECK, name
+    depends = service.get("depends_on", {})
+    if isinstance(depends, dict):
+        for dependency, how in depends.items():
+            assert set(how) == {"condition"}, (name, dependency)
+            assert how["condition"] in V1_DEPENDS_ON_CONDITIONS, (name, dependency)
+    build = service.get("build")
+    if isinstance(build, dict):
+        assert own_keys(build) <= V1_BUILD, name
+    assert own_keys(service.get("logging", {})) <= V1_LOGGING, name
+
+
+def test_every_interpolation_is_one_compose_v1_understands() -> None:
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        rest = V1_INTERPOLATION.sub("", line)
+        assert "$" not in rest, f"an interpolation Compose v1 would not read: {line.strip()}"
+
+
+def test_env_example_names_the_project_for_both_compose_versions() -> None:
+    # Without a name: key, Compose (v1 and v2) takes COMPOSE_PROJECT_NAME from .env, else the
+    # folder's name (a clone into another folder would get other volume names).
+    assert ENV["COMPOSE_PROJECT_NAME"] == "chat-archiver"
+
+
+def test_worker_concurrency_is_set_from_the_env_file_with_a_default() -> None:
+    command = SERVICES["worker"]["command"]
+    value = option_value(command, "-c") or option_value(command, "--concurrency")
+    assert value is not None, "the worker's pool size is set (jobs wait: more than the cores)"
+    worker = celery_cli.get_command(click.Context(celery_cli), "worker")
+    assert worker is not None
+    concurrency = _options(worker)["-c"]
+    context = click.Context(worker)
+    # As shipped (.env from env.example), and with no such variable at all.
+    shipped = int(concurrency.type.convert(interpolate(value, ENV), concurrency, context))
+    default = int(concurrency.type.convert(interpolate(value, {}), concurrency, context))
+    assert shipped == int(ENV["WORKER_CONCURRENCY"]) and shipped >= 2
+    assert default >= 2

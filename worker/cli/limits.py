@@ -8,7 +8,7 @@ from dataclasses import asdict
 import click
 from rich.table import Table
 
-from worker.cli.common import console, one_line_errors
+from worker.cli.common import OneLineCommand, cell, console, one_line_errors
 from worker.limiter import LimiterState
 from worker.services import get_accounts, get_services
 
@@ -25,7 +25,7 @@ def limiter_states(all_methods: bool = False) -> list[LimiterState]:
     return states
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option("--all", "all_methods", is_flag=True, help="Also methods never called yet.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @one_line_errors
@@ -49,8 +49,8 @@ def limits(all_methods: bool, as_json: bool) -> None:
     )
     for state in states:
         table.add_row(
-            state.account,
-            state.method,
+            cell(state.account),  # data: a Text, never parsed as rich markup
+            cell(state.method),
             f"{state.allowed_per_second:g}",
             f"{state.target_per_second:.2f}",
             f"{state.recent_per_second:.2f}",

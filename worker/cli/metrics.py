@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 
 import click
-from prometheus_client import start_http_server
-from prometheus_client.registry import CollectorRegistry
 
-from worker.cli.common import err_console, one_line_errors
-from worker.exporter import ArchiverCollector
+from worker.cli.common import OneLineCommand, UsageProblem, one_line_errors, say
+from worker.exporter import UNAVAILABLE, serve
 from worker.services import get_accounts, get_services
+from worker.state import safe_url
+
+logger = logging.getLogger("chat_archiver.metrics")
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option(
     "--host",
     default="127.0.0.1",
@@ -25,14 +27,25 @@ from worker.services import get_accounts, get_services
 @one_line_errors
 def metrics(host: str, port: int) -> None:
     """Serve /metrics: outcomes, dead letters, queue depths, limiter waits, provider latency and
-    paused accounts, read from Redis at each scrape (one exporter for any number of workers)."""
-    registry = CollectorRegistry()
-    services, accounts = get_services(), get_accounts()
-    services.redis.ping()  # fail now, in one line, rather than at the first scrape
-    services.broker.ping()
-    registry.register(ArchiverCollector(services, accounts))
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    err_console.print(f"chat-archiver metrics on http://{host}:{server.server_port}/metrics")
+    paused accounts, read from Redis at each scrape (one exporter for any number of workers).
+    While Redis does not answer, scrapes get HTTP 503 and the log one line."""
+    services, accounts = get_services(), get_accounts()  # a wrong configuration: exit 2 now
+    try:
+        services.redis.ping()
+        services.broker.ping()
+    except UNAVAILABLE as error:
+        # Not fatal: Redis may start after us (a compose stack, a reboot). Scrapes say 503.
+        logger.error(
+            "Redis at %s does not answer yet (%s): scrapes get HTTP 503 until it does",
+            safe_url(services.settings.state_url),
+            " ".join(str(error).split()),
+        )
+    try:
+        server, thread = serve(services, accounts, host, port)
+    except OSError as error:  # the port is taken, the host is not ours
+        why = error.strerror or str(error)
+        raise UsageProblem(f"--host {host} --port {port}: cannot listen ({why})") from None
+    say(f"chat-archiver metrics on http://{host}:{server.server_port}/metrics", err=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -11,16 +11,15 @@ import click
 import kombu.exceptions
 import redis
 from rich.table import Table
-from rich.text import Text
 
 from config import ConfigError
 from worker.celery_app import app
-from worker.cli.common import console, err_console
+from worker.cli.common import OneLineCommand, UsageProblem, cell, console, say
 from worker.services import get_accounts, get_services
 from worker.status import collect_status
 
 
-@click.command()
+@click.command(cls=OneLineCommand)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.option(
     "--max-dead-letters",
@@ -39,17 +38,14 @@ def status(as_json: bool, max_dead_letters: int, account_key: str | None) -> Non
             provider, _, account_id = account_key.partition(":")
             account = accounts.find(provider, account_id)
             if account is None:
-                err_console.print(
-                    f"Error: --account: no account {account_key!r} in the accounts file "
-                    "(write it as provider:id)",
-                    markup=False,
-                    highlight=False,
+                raise UsageProblem(
+                    f"--account: no account {account_key!r} in the accounts file "
+                    "(write it as provider:id)"
                 )
-                sys.exit(2)
         report = collect_status(get_services(), accounts, app, max_dead_letters, account=account)
     except (ConfigError, redis.RedisError, kombu.exceptions.OperationalError, OSError) as error:
         # Not "needs attention" (1): a health check must tell "unwell" from "cannot tell".
-        err_console.print(f"Error: cannot read the status: {error}", markup=False, highlight=False)
+        say(f"Error: cannot read the status: {error}", err=True, limit=1000)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -58,44 +54,41 @@ def status(as_json: bool, max_dead_letters: int, account_key: str | None) -> Non
     sys.exit(0 if report["healthy"] else 1)
 
 
-def _line(text: str) -> None:
-    # Values come from data (account names, reasons): never read as rich markup.
-    console.print(text, markup=False, highlight=False)
-
-
 def _print(report: dict[str, Any]) -> None:
-    _line(f"workers answering: {', '.join(report['workers']) or 'none'}")
+    # Values come from Redis, the broker and the accounts file (an account's name may hold "[/]"):
+    # plain text and Text cells only, never rich markup.
+    say(f"workers answering: {', '.join(report['workers']) or 'none'}")
     queues, jobs = report["queues"], report["jobs"]
-    _line(
+    say(
         f"intake queue {queues['intake']}, ready queue {queues['ready']}, "
         f"delivered and not yet acknowledged {queues['unacked']}"
     )
-    _line(
+    say(
         f"jobs: {jobs['stored']} stored, {jobs['waiting']} waiting for their account's turn, "
         f"{jobs['delayed']} delayed, {jobs['running_or_dispatched']} running or dispatched"
     )
     summary = report["accounts"]
-    _line(
+    say(
         f"accounts: {summary['configured']} configured, "
         f"{summary['with_jobs_waiting']} with jobs waiting, {len(summary['paused'])} paused, "
         f"{len(summary['unknown'])} unknown"
     )
     if summary["busiest"]:
-        _line(
+        say(
             "busiest: "
             + ", ".join(f"{row['account']} {row['waiting']}" for row in summary["busiest"])
         )
     dead = report["dead_letters"]
     reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(dead["by_reason"].items()))
-    _line(f"dead letters: {dead['total']}" + (f" ({reasons})" if reasons else ""))
+    say(f"dead letters: {dead['total']}" + (f" ({reasons})" if reasons else ""))
     if "account" in report:
         _print_account(report["account"])
     if report["attention"]:
-        _line("needs attention:")
+        say("needs attention:")
         for line in report["attention"]:
-            _line(f"  - {line}")
+            say(f"  - {line}")
     else:
-        _line("all well")
+        say("all well")
 
 
 def _print_account(row: dict[str, Any]) -> None:
@@ -117,5 +110,5 @@ def _print_account(row: dict[str, Any]) -> None:
         str(circuit["parked"]),
         recent,
     ]
-    table.add_row(*(Text(cell) for cell in cells))
+    table.add_row(*(cell(value) for value in cells))
     console.print(table)

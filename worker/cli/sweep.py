@@ -10,7 +10,7 @@ from rich.table import Table
 
 from worker.beat import SWEEP_TASK
 from worker.celery_app import app
-from worker.cli.common import console, one_line_errors
+from worker.cli.common import cell, console, fail, one_line_errors, say
 from worker.services import get_accounts
 
 
@@ -27,7 +27,7 @@ def run_sweep(provider: str, account: str, dry_run: bool, list_chats: bool) -> d
     try:
         return task.apply(kwargs=kwargs, throw=True).get()  # type: ignore[no-any-return]
     except (LookupError, ValueError) as error:  # unknown account, no sweep policy
-        raise click.ClickException(str(error)) from None
+        raise fail(str(error)) from None  # one printable line (exit 1)
 
 
 @click.command()
@@ -76,24 +76,26 @@ def _print(summaries: list[dict[str, Any]], dry_run: bool, list_chats: bool) -> 
         "seconds",
         title=title,
     )
+    # Values come from the provider and the accounts file (an error text may hold "[/]"): Text
+    # cells and plain lines, never rich markup.
     for s in summaries:
         skipped = ", ".join(f"{why} {n}" for why, n in sorted(s["skipped"].items())) or "-"
         calls = ", ".join(f"{method} {n}" for method, n in sorted(s["calls"].items())) or "-"
         status = s["status"] + (f": {s['error']}" if s.get("error") else "")
         table.add_row(
-            s["account"],
-            status,
+            cell(s["account"]),
+            cell(status),
             str(s["listed"]),
             str(s["selected"]),
             "-" if dry_run else str(s["enqueued"]),
             "-" if dry_run else str(s["duplicates"]),
             "-" if dry_run else str(s["refused"]),
-            skipped,
-            calls,
+            cell(skipped),
+            cell(calls),
             f"{s['seconds']:.1f}",
         )
     console.print(table)
     if list_chats:
         for s in summaries:
             for chat in s.get("chats") or ():
-                console.print(f"{s['account']} {chat}")
+                say(f"{s['account']} {chat}")
