@@ -33,10 +33,13 @@ def redis_answers(url: str, timeout: float = 1.0) -> bool:
 
 
 class PrivateRedis:
-    """A throwaway ``redis-server`` on a free loopback port, keeping nothing on disk."""
+    """A throwaway ``redis-server`` on a free loopback port, keeping nothing on disk, or, with
+    ``appendonly``, its data in an append-only file as the compose file runs it (so it can be
+    killed and restarted with its data, as a production Redis restarts)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self.appendonly = appendonly
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="chat-archiver-redis-")
         self._process: subprocess.Popen[bytes] | None = None
@@ -56,9 +59,12 @@ class PrivateRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.appendonly else "no",
                 "--dir",
                 self._dir.name,
+                # Never evict: an evicted _kombu.binding.* key silently drops messages.
+                "--maxmemory-policy",
+                "noeviction",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -69,6 +75,18 @@ class PrivateRedis:
                 raise RuntimeError(f"redis-server did not start on port {self.port}")
             time.sleep(0.05)
         return self
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        """Stop the server the hard way (SIGKILL) or its own way (SIGTERM), keeping its data
+        directory for a restart."""
+        if self._process and self._process.poll() is None:
+            self._process.send_signal(signum)
+            self._process.wait(10)
+
+    def restart(self, down_for: float = 0.3, signum: int = signal.SIGKILL) -> None:
+        self.kill(signum)
+        time.sleep(down_for)
+        self.start()
 
     def stop(self) -> None:
         if self._process and self._process.poll() is None:
