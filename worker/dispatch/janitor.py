@@ -60,13 +60,14 @@ class Janitor:
         # A node that has not renewed for two leases is gone (renewals come every third of one).
         self.node_timeout = 2 * settings.lease_timeout
 
-    def tick(self) -> Turn | None:
-        """One turn, if no other node has taken this interval's; None if it was taken."""
+    def tick(self, requeue: bool = True) -> Turn | None:
+        """One turn, if no other node has taken this interval's; None if it was taken.
+        ``requeue`` False: leave expired leases for a later turn (Redis was just away)."""
         lock_ms = max(100, int(self.interval * 1000 * 0.9))
         if not self.services.redis.set(self.services.keys.janitor, self.node, nx=True, px=lock_ms):
             return None
         turn = Turn()
-        turn.requeued = self.store.requeue_expired()
+        turn.requeued = self.store.requeue_expired() if requeue else []
         if turn.requeued:
             logger.warning(
                 "gave back %d jobs whose lease ran out (their worker died?): %s",

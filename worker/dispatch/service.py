@@ -117,6 +117,7 @@ class NodeRuntime:
         self.janitor = Janitor(services, self.router, self.node, accounts_file().get)
         self._stop = threading.Event()
         self._draining = threading.Event()  # set: routing and dispatching have stopped
+        self._redis_trouble = -1e9  # when housekeeping last failed (monotonic)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -194,11 +195,15 @@ class NodeRuntime:
                     self.publisher.check()
                     due["accounts"] = now + settings.accounts_reload_interval
                 if now >= due["janitor"]:
-                    turn = self.janitor.tick()
+                    # Right after Redis was unreachable every lease may have run out while its
+                    # run lived on: give the live nodes a renewal round before taking any back.
+                    quiet = now - self._redis_trouble > renew_every * 1.5
+                    turn = self.janitor.tick(requeue=quiet)
                     if turn is not None and turn.requeued:
                         self.dispatcher.ring()
                     due["janitor"] = now + settings.janitor_interval
             except Exception as error:
+                self._redis_trouble = time.monotonic()
                 logger.warning("housekeeping: %s; retrying", type(error).__name__)
                 for name in due:
                     due[name] = min(due[name], now + 1.0)
