@@ -27,6 +27,7 @@ from celery.app.control import Inspect
 from celery.bin.celery import celery as celery_cli
 from flower.options import options as flower_options
 from flower.urls import handlers as flower_handlers
+from flower.views.tasks import TASK_COLUMNS as FLOWER_TASK_COLUMNS
 from kombu.utils.imports import symbol_by_name
 from redbeat import RedBeatScheduler
 from redis.connection import parse_url
@@ -190,13 +191,25 @@ def check_celery(where: str, argv: list[str], service: dict[str, Any] | None) ->
     if sub == "flower":
         # Flower hands its arguments to tornado's option parser, which knows its options.
         for arg in args:
-            name = arg.lstrip("-").split("=", 1)[0]
+            name, equals, _ = arg.lstrip("-").partition("=")
             assert name in flower_options, f"{where}: {arg} is not a Flower option"
+            # Tornado takes `--name=value` only: `--name value` is "requires a value".
+            option = flower_options._options[name.replace("_", "-")]
+            assert equals or option.type is bool, f"{where}: {arg} needs =value"
+        # Flower drops a column it does not know without a word: a typo hides that column.
+        for column in flower_tasks_columns(args) or []:
+            assert column in FLOWER_TASK_COLUMNS, f"{where}: Flower has no task column {column!r}"
         return
     if sub == "inspect":
         action, args = args[0], args[1:]
         assert callable(getattr(Inspect, action, None)), f"{where}: no inspect {action!r}"
     _check_options(where, command, args, service)
+
+
+def flower_tasks_columns(args: list[str]) -> list[str] | None:
+    """The columns a `--tasks_columns=a,b` option names, in order."""
+    value = next((a.split("=", 1)[1] for a in args if a.startswith("--tasks_columns=")), None)
+    return None if value is None else [name.strip() for name in value.split(",")]
 
 
 def check_console_script(where: str, argv: list[str], service: dict[str, Any] | None) -> None:
@@ -552,6 +565,32 @@ def test_no_service_publishes_the_metrics_port() -> None:
         for host_ip, target in published_ports(service):
             assert target != metrics_port, f"{name} publishes the metrics port"
             assert host_ip == "127.0.0.1", f"{name} publishes {target} beyond loopback"
+
+
+def test_flower_shows_each_jobs_outcome_by_default() -> None:
+    # The tasks page tells outcomes at a glance (README, Operations: Flower): the state, the
+    # result (the outcome dict) and the exception (DeadLettered's reason, Deferred's why), with
+    # the job's arguments; names Flower knows (check_celery), each once.
+    columns = flower_tasks_columns(SERVICES["flower"]["command"])
+    assert columns is not None, "Flower's command sets --tasks_columns"
+    assert {"name", "uuid", "state", "result", "exception", "kwargs"} <= set(columns)
+    assert all(column in FLOWER_TASK_COLUMNS for column in columns), columns
+    assert len(columns) == len(set(columns)), columns
+    # The outcome sits right after the state, before anything wide.
+    assert columns.index("result") == columns.index("state") + 1, columns
+
+
+def test_readme_runs_flower_with_the_compose_files_columns() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Running it for real", 1)[1].split("\n## ", 1)[0]
+    flower_lines = [
+        shlex.split(line, comments=True)
+        for line in section.splitlines()
+        if line.startswith("celery -A worker flower")
+    ]
+    assert flower_lines, "README's Running it for real starts Flower"
+    for argv in flower_lines:
+        assert flower_tasks_columns(argv) == flower_tasks_columns(SERVICES["flower"]["command"])
 
 
 def test_flower_basic_auth_comes_from_the_environment() -> None:
