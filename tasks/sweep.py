@@ -38,7 +38,7 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
-from config import GREEN_API, Account, AccountRegistry, SweepPolicy, get_settings
+from config import GREEN_API, Account, AccountRegistry, SweepPolicy
 from tasks.archive.task import JobTask
 from tasks.leased import run_leased
 from tasks.providers import (
@@ -53,7 +53,6 @@ from tasks.providers import (
 )
 from worker import app
 from worker.beat import SWEEP_TASK
-from worker.celery_app import soft_time_limit
 from worker.outcomes import Kind
 from worker.producer import ArchiveProducer, default_producer
 from worker.services import Services, get_accounts, get_services
@@ -405,14 +404,9 @@ def sweep_accounts(
     return [a for a in accounts if a.sweep is not None and a.sweep.enabled]
 
 
-# A sweep is one long sequential task (listing calls at about 1/s): its own time limits.
-@app.task(
-    name=SWEEP_TASK,
-    bind=True,
-    base=JobTask,
-    time_limit=get_settings().sweep_time_limit,
-    soft_time_limit=soft_time_limit(get_settings().sweep_time_limit),
-)
+# A sweep is one long sequential task (listing calls at about 1/s): its own time limits, set when
+# the app configures (worker/celery_app.py task_annotations), not read here at import.
+@app.task(name=SWEEP_TASK, bind=True, base=JobTask)
 def archive_sweep(
     self: Any,
     provider: str | None = None,

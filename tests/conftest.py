@@ -7,13 +7,6 @@ free port for the session, and each test gets that server flushed after it.
 from __future__ import annotations
 
 import os
-
-# Before anything imports the Celery app (built from the environment at import): point it at a
-# port where nothing listens, so no test can ever publish to the machine's shared Redis by
-# accident. Tests that need a broker build their own app or set the variables themselves.
-os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
-os.environ.pop("ARCHIVER_REDIS_URL", None)
-
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +27,15 @@ GREEN_ID = "7105187566"
 WASSENGER_ID = "61b37a069cba0c15d6c81c8e"
 
 redis_server = factories.redis_proc(port=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test runs: the app's default broker is a port where nothing listens, so no test
+    can ever publish to the machine's shared Redis by accident. (Importing our modules reads no
+    setting; the app reads them when it first configures.) Tests that need a broker build their
+    own app or set the variables themselves."""
+    os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
+    os.environ.pop("ARCHIVER_REDIS_URL", None)
 
 
 @pytest.fixture

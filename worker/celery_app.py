@@ -18,6 +18,7 @@ import click
 from celery import Celery, bootsteps, signals
 
 from config import ConfigError, Settings, get_settings
+from worker.contract.tasks import SWEEP_TASK
 from worker.logs import install_redaction, use_json_format
 from worker.services import get_accounts
 from worker.state import set_outage_grace
@@ -72,6 +73,13 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The soft limit raises inside the task, which treats it as a transient failure; the hard
         # limit is the backstop that kills a job stuck where no exception reaches it.
         "task_soft_time_limit": soft_time_limit(settings.task_time_limit),
+        # A sweep lists an account at the provider's listing rate (about 1 call/s): minutes.
+        "task_annotations": {
+            SWEEP_TASK: {
+                "time_limit": settings.sweep_time_limit,
+                "soft_time_limit": soft_time_limit(settings.sweep_time_limit),
+            }
+        },
         "broker_connection_retry_on_startup": True,
         # Not True: on a Redis restart it kills running jobs and acknowledges them with no
         # outcome. A job that runs on records its outcome once Redis is back (our clients
@@ -97,21 +105,41 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class SettingsRefused(ConfigError, click.ClickException):
+    """Wrong ARCHIVER_* variables met while the app configures. Under `celery -A worker ...`
+    (whose options are read from the configuration) click prints it as ``Error:`` and one line
+    per variable, exit 2 ("cannot start", as `chat-archiver status` answers when it cannot read
+    the state), instead of a traceback through Celery's loader; elsewhere it is a ConfigError."""
+
+    exit_code = 2
+
+    def __init__(self, error: ConfigError) -> None:
+        ConfigError.__init__(self, *error.problems)
+        click.ClickException.__init__(self, str(error))
+
+
+def _configured() -> dict[str, Any]:
+    """The app's configuration, read from ARCHIVER_* when the app first needs it (not when it is
+    imported: a service that imports the producer API is not stopped by a worker setting)."""
+    install_redaction()
+    try:
+        return celery_config(get_settings())
+    except ConfigError as error:
+        raise SettingsRefused(error) from None
+
+
 def create_app(settings: Settings | None = None) -> Celery:
-    settings = settings or get_settings()
+    """An app configured from ``settings``, or from the environment when it configures."""
     celery = Celery("chat-archiver", include=TASK_MODULES)
-    celery.conf.update(celery_config(settings))
+    if settings is None:
+        celery.add_defaults(_configured)
+    else:
+        install_redaction()
+        celery.conf.update(celery_config(settings))
     return celery
 
 
-install_redaction()
-try:
-    app = create_app()
-except ConfigError as error:
-    # A wrong ARCHIVER_* variable: one line, not a traceback through Celery's loader; exit 2,
-    # "cannot start" (what `chat-archiver status` also answers when it cannot read the state).
-    print(f"chat-archiver: {error}", file=sys.stderr)
-    sys.exit(2)
+app = create_app()
 
 
 @signals.worker_init.connect
