@@ -4,7 +4,7 @@ Imports nothing of ours: it is the bottom layer (config ← worker ← tasks).
 """
 
 from config.accounts import Account, AccountRegistry, UnknownAccount, load_accounts, parse_accounts
-from config.errors import ConfigError
+from config.errors import ArchiverError, ConfigError, UserError
 from config.providers import GREEN_API, PROVIDERS, WASSENGER, ProviderSpec, provider_spec
 from config.secrets import Secret, excerpt, redact
 from config.settings import Settings, get_settings, load_settings
@@ -17,6 +17,7 @@ __all__ = [
     "WASSENGER",
     "Account",
     "AccountRegistry",
+    "ArchiverError",
     "ConfigError",
     "ProviderSpec",
     "Rate",
@@ -24,6 +25,7 @@ __all__ = [
     "Settings",
     "SweepPolicy",
     "UnknownAccount",
+    "UserError",
     "excerpt",
     "get_settings",
     "load_accounts",

@@ -30,7 +30,7 @@ from pydantic import (
     field_validator,
 )
 
-from config.errors import ConfigError, first_pydantic_error, location, show
+from config.errors import ConfigError, UserError, first_pydantic_error, location, show
 from config.files import PATH_LIMIT, FileProblem, read_bounded
 from config.providers import PROVIDERS, ProviderSpec, provider_spec
 from config.secrets import Secret
@@ -73,7 +73,7 @@ class Account:
         return self.rates[method]
 
 
-class UnknownAccount(LookupError):
+class UnknownAccount(UserError, LookupError):
     pass
 
 

@@ -30,7 +30,17 @@ def one_line(text: str) -> str:
     return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
-class ConfigError(Exception):
+class ArchiverError(Exception):
+    """The base of every error chat-archiver raises on purpose. An exception that is not one is
+    a bug: the CLI shows it as such, never as a person's mistake."""
+
+
+class UserError(ArchiverError):
+    """Something a person can put right (a setting, the accounts file, a job, an option), told
+    in one line naming what is wrong. The CLI prints it as ``Error: <line>``."""
+
+
+class ConfigError(UserError):
     """A setting or the accounts file is wrong.
 
     ``problems`` holds one line per problem; ``str(error)`` is those lines joined by newlines.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from config.errors import show
+from config.errors import UserError, show
 
 GREEN_API = "green-api"
 WASSENGER = "wassenger"
@@ -121,7 +121,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
 }
 
 
-class UnknownProvider(ValueError):
+class UnknownProvider(UserError, ValueError):
     pass
 
 

@@ -49,7 +49,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from config import redact
+from config import ArchiverError, redact
 from config.secrets import EXCERPT_LENGTH
 
 logger = logging.getLogger("chat_archiver.deadletters")
@@ -216,7 +216,7 @@ class CorruptEntry:
         return f"{self.id}: corrupt entry ({self.error})"
 
 
-class CorruptDeadLetter(ValueError):
+class CorruptDeadLetter(ArchiverError, ValueError):
     def __init__(self, entry: CorruptEntry) -> None:
         super().__init__(entry.summary())
         self.entry = entry

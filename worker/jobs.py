@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import PROVIDERS
-from config.errors import location, show
+from config.errors import UserError, location, show
 
 TASK_NAME = "archive.chat"
 _REQUIRED = ("provider", "account", "chat_id")
@@ -30,7 +30,7 @@ _OPTIONAL_LIMITS = {"request_id": 128, "source": 64}
 _FIELDS = (*_REQUIRED, *_OPTIONAL_LIMITS)
 
 
-class InvalidJob(ValueError):
+class InvalidJob(UserError, ValueError):
     """One line naming the field and the problem."""
 
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from config.errors import ArchiverError
+
 
 class Outcome(StrEnum):
     ARCHIVED = "archived"
@@ -100,7 +102,7 @@ RATE_LIMITED = Verdict(Kind.RATE_LIMITED)
 # -- how a job that did not end in success reads in Celery's result backend and in Flower --------
 
 
-class DeadLettered(Exception):
+class DeadLettered(ArchiverError):
     """The job's final state is FAILURE with this exception: Flower counts it as failed and shows
     ``reason: detail``. Its arguments (the JSON result's ``exc_message``) are the reason, the
     detail and the dead letter's id, for consumers in any language."""

@@ -40,7 +40,7 @@ from typing import Any
 import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
-from config import Account, excerpt
+from config import Account, ArchiverError, excerpt
 from worker.outcomes import (
     ACCOUNT_UNAVAILABLE,
     TRANSIENT,
@@ -325,7 +325,7 @@ def kind_of(chat_id: str) -> str:
     return "user"
 
 
-class ListingError(Exception):
+class ListingError(ArchiverError):
     """A listing call did not answer 2xx (or failed on the network): the answer says why."""
 
     def __init__(self, method: str, answer: ProviderAnswer) -> None:

@@ -32,8 +32,7 @@ import redis
 from rich.console import Console
 from rich.text import Text
 
-from config import ConfigError, get_settings
-from worker.jobs import InvalidJob
+from config import ConfigError, UserError, get_settings
 from worker.logs import install_redaction
 from worker.state import safe_url
 
@@ -135,7 +134,8 @@ def install_cli_logging() -> None:
 
 def one_line_errors(command: F) -> F:
     """Turn the errors a person can fix into ``Error: <one line>``: a wrong configuration exits
-    2, an invalid job and an unreachable Redis or broker exit 1."""
+    2, any other UserError (an invalid job, an unknown account) and an unreachable Redis or
+    broker exit 1. Anything else is a bug and keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -143,7 +143,7 @@ def one_line_errors(command: F) -> F:
             return command(*args, **kwargs)
         except ConfigError as error:
             raise UsageProblem(str(error)) from None
-        except InvalidJob as error:
+        except UserError as error:  # an invalid job, an unknown account...: not a bug of ours
             raise fail(str(error)) from None
         except (redis.ConnectionError, redis.TimeoutError) as error:
             url = safe_url(get_settings().state_url)

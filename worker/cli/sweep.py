@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from config import UserError
 from worker.beat import SWEEP_TASK
 from worker.celery_app import app
 from worker.cli.common import cell, console, fail, one_line_errors, say
@@ -26,7 +27,7 @@ def run_sweep(provider: str, account: str, dry_run: bool, list_chats: bool) -> d
     }
     try:
         return task.apply(kwargs=kwargs, throw=True).get()  # type: ignore[no-any-return]
-    except (LookupError, ValueError) as error:  # unknown account, no sweep policy
+    except UserError as error:  # unknown account, no sweep policy: not a bug of ours
         raise fail(str(error)) from None  # one printable line (exit 1)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from config import ArchiverError
 from worker.contract.tasks import ARCHIVE_TASK, PROBE_TASK, SWEEP_TASK, TASK_NAMES, UNPACED
 from worker.jobs import ArchiveJob, InvalidJob, job_summary
 
@@ -45,7 +46,7 @@ HISTORY_PREFIX = "archiver_"
 _HISTORY_LIMIT = 1e12  # counts and unix times alike stay far below this
 
 
-class Refused(ValueError):
+class Refused(ArchiverError, ValueError):
     """A message that is not a job we can run. ``str()`` is one line naming the field."""
 
     def __init__(

@@ -124,6 +124,9 @@ class Keys:
         """zset account -> when its circuit opened: the accounts the janitor looks after."""
         return f"{self.prefix}:paused"
 
+    def sweep_lock(self, account: str) -> str:
+        return f"{self.prefix}:sweep-lock:{account}"
+
     def pending(self, account: str, chat_id: str) -> str:
         return f"{self.prefix}:pending:{account}:{chat_id}"
 

@@ -32,12 +32,14 @@ import redis
 from redis.client import Pipeline
 from redis.commands.core import Script
 
+from config import ArchiverError
+
 LUA_DIR = Path(__file__).parent / "lua"
 _HEADER = re.compile(r"^--!\s*(keys|args|rest|uses):(.*)$")
 _NAME = re.compile(r"^\*?[a-z_][a-z0-9_]*$")
 
 
-class ScriptCallError(TypeError):
+class ScriptCallError(ArchiverError, TypeError):
     """A script was called with keys or arguments other than the ones it declares."""
 
 

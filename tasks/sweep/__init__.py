@@ -1,0 +1,21 @@
+"""Task ``archive.sweep``: find an account's inactive chats and enqueue an archive job for each.
+
+policy.py    which listed chats are archived, and the sweep's summary
+finders.py   how each provider's chats and their last activity are found (FINDERS)
+calls.py     listing calls behind the shared limiter, retried
+sweeper.py   one sweep of one account, under its lock
+task.py      the Celery task (one account, or every account whose sweep is enabled)
+"""
+
+from tasks.sweep.policy import SweepSummary, skip_reason
+from tasks.sweep.sweeper import Sweeper
+from tasks.sweep.task import SweepError, archive_sweep, sweep_accounts
+
+__all__ = [
+    "SweepError",
+    "SweepSummary",
+    "Sweeper",
+    "archive_sweep",
+    "skip_reason",
+    "sweep_accounts",
+]
