@@ -206,9 +206,9 @@ def _token_from_file(path: str) -> Secret:
             f"token_file: {show(path, PATH_LIMIT)} holds more than one line: a token file holds "
             "the token alone, on one line"
         )
-    problem = _token_problem(text)
-    if problem is not None:
-        raise ValueError(f"token_file: the token in {show(path, PATH_LIMIT)} {problem}")
+    wrong = _token_problem(text)
+    if wrong is not None:
+        raise ValueError(f"token_file: the token in {show(path, PATH_LIMIT)} {wrong}")
     return Secret(text)
 
 
@@ -351,10 +351,10 @@ def parse_accounts(data: Mapping[str, Any], source: str = "accounts file") -> Ac
             raise ConfigError(line) from None
         except ValueError as error:
             raise ConfigError(f"{label}: {error}") from None
-        key = (account.provider, account.id)
-        if key in seen:
-            raise ConfigError(f"{label}: id: duplicate of account {seen[key]}")
-        seen[key] = index
+        ident = (account.provider, account.id)
+        if ident in seen:
+            raise ConfigError(f"{label}: id: duplicate of account {seen[ident]}")
+        seen[ident] = index
         accounts.append(account)
     return AccountRegistry(accounts)
 

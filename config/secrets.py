@@ -296,6 +296,6 @@ class Secret:
     def __hash__(self) -> int:
         return hash(self._value)
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> str | tuple[object, ...]:
         # Pickling would carry the secret into a message, a result or a file: refuse.
         raise TypeError("a Secret cannot be pickled")

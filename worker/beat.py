@@ -41,7 +41,7 @@ def sweep_schedule(accounts: AccountRegistry) -> dict[str, dict[str, Any]]:
     return entries
 
 
-class SweepScheduler(RedBeatScheduler):  # type: ignore[misc]
+class SweepScheduler(RedBeatScheduler):
     def setup_schedule(self) -> None:
         self.app.conf.beat_schedule = sweep_schedule(get_accounts())
         super().setup_schedule()

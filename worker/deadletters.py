@@ -51,6 +51,7 @@ from redis.client import Pipeline
 
 from config import ArchiverError, redact
 from config.secrets import EXCERPT_LENGTH
+from worker.stores.writes import Writes
 
 logger = logging.getLogger("chat_archiver.deadletters")
 
@@ -275,7 +276,7 @@ class DeadLetterStore:
         self._ids = f"{prefix}:dlq:ids"
         self._counts = f"{prefix}:dlq:counts"
 
-    def queue_add(self, pipe: Pipeline, entry: DeadLetter) -> str:
+    def queue_add(self, pipe: Pipeline | Writes, entry: DeadLetter) -> str:
         """Add the entry's writes to a pipeline (a MULTI one keeps the keys together)."""
         stored = entry.sanitized()
         pipe.hset(self._entries, stored.id, _dump(stored))
@@ -292,7 +293,7 @@ class DeadLetterStore:
 
     def read(self, entry_id: str) -> DeadLetter | CorruptEntry | None:
         text = self._redis.hget(self._entries, entry_id)
-        return parse_entry(entry_id, text) if text is not None else None
+        return parse_entry(entry_id, str(text)) if text is not None else None
 
     def get(self, entry_id: str) -> DeadLetter | None:
         """The entry, or None; raises CorruptDeadLetter for an entry that does not parse."""
@@ -318,14 +319,14 @@ class DeadLetterStore:
         produced = 0
         start = 0
         while limit is None or produced < limit:
-            ids = self._redis.zrevrange(self._index, start, start + _PAGE - 1)
+            ids = [str(i) for i in self._redis.zrevrange(self._index, start, start + _PAGE - 1)]
             if not ids:
                 return
             start += len(ids)
             for entry_id, text in zip(ids, self._redis.hmget(self._entries, ids), strict=True):
                 if text is None:  # removed between the two reads
                     continue
-                entry = parse_entry(entry_id, text)
+                entry = parse_entry(entry_id, str(text))
                 if isinstance(entry, CorruptEntry):
                     report(entry)
                     continue
@@ -342,7 +343,7 @@ class DeadLetterStore:
         """Entries per (reason, account)."""
         found: Counter[tuple[str, str]] = Counter()
         for key, value in self._redis.hgetall(self._counts).items():
-            reason, _, account = key.partition("|")
+            reason, _, account = str(key).partition("|")
             try:
                 count = int(value)
             except ValueError:
@@ -416,7 +417,9 @@ class DeadLetterStore:
                 try:
                     pipe.watch(self._entries, self._counts)
                     texts = pipe.hmget(self._entries, ids)
-                    present = [(i, t) for i, t in zip(ids, texts, strict=True) if t is not None]
+                    present = [
+                        (i, str(t)) for i, t in zip(ids, texts, strict=True) if t is not None
+                    ]
                     if not present:
                         return 0
                     fields = [self._counts_field_of(pipe, i, t) for i, t in present]

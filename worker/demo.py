@@ -198,7 +198,7 @@ class Footprint:
     PIDBOX = "_kombu.binding.celery.pidbox"  # likewise
 
     def note_shared_state(self, client: redis.Redis) -> None:
-        self.deadlines_before = set(client.zrange(self.DEADLINES, 0, -1))
+        self.deadlines_before = {str(member) for member in client.zrange(self.DEADLINES, 0, -1)}
 
     def remove(self, client: redis.Redis) -> None:
         """Delete the demo's keys, and undo its marks in kombu's shared keys: never anything

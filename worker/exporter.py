@@ -216,7 +216,7 @@ class MetricsApp:
             )
             return [f"chat-archiver metrics: cannot read {self._where}: {reason}\n".encode()]
         self._came_back()
-        return body  # type: ignore[no-any-return]
+        return body
 
     def _went_down(self, reason: str) -> None:
         with self._lock:
@@ -261,7 +261,7 @@ def serve(
     where = "Redis at " + " and ".join(sorted(urls))
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
     server_class = type("MetricsServer", (_Server,), {"address_family": family})
-    server = make_server(
+    server: WSGIServer = make_server(
         host, port, MetricsApp(registry, where), server_class, handler_class=_QuietHandler
     )
     thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)

@@ -75,16 +75,17 @@ class MetricsRecorder:
         pipe.hincrbyfloat(self.latency_key, str(total), float(value))
 
     def outcomes(self) -> dict[tuple[str, str, str, str], int]:
-        return {
-            tuple(field.split("|", 3)): int(value)  # type: ignore[misc]
-            for field, value in self._redis.hgetall(self.outcomes_key).items()
-        }
+        found: dict[tuple[str, str, str, str], int] = {}
+        for field, value in self._redis.hgetall(self.outcomes_key).items():
+            provider, account, outcome, reason = str(field).split("|", 3)
+            found[(provider, account, outcome, reason)] = int(value)
+        return found
 
     def latency(self) -> dict[tuple[str, str], dict[str, float]]:
         """(provider, account) -> {bucket or "sum": value}."""
         found: dict[tuple[str, str], dict[str, float]] = {}
         for field, value in self._redis.hgetall(self.latency_key).items():
-            provider, account, name = field.split("|", 2)
+            provider, account, name = str(field).split("|", 2)
             found.setdefault((provider, account), {})[name] = float(value)
         return found
 

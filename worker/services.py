@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis
+from redis import Redis
 
 from config import AccountRegistry, ConfigError, Settings, get_settings, load_accounts
 from worker.circuit import AccountCircuit
@@ -40,8 +40,8 @@ RELOAD_CHECK = 2.0
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    redis: redis.Redis  # our state (ARCHIVER_REDIS_URL, else the broker's)
-    broker: redis.Redis  # the broker's Redis, where the queues are (the same client if shared)
+    redis: Redis  # our state (ARCHIVER_REDIS_URL, else the broker's)
+    broker: Redis  # the broker's Redis, where the queues are (the same client if shared)
     keys: Keys
     jobs: JobStore
     limiter: AccountLimiter

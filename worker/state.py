@@ -8,14 +8,10 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.client import Pipeline
-from redis.commands.core import Script
 from redis.exceptions import BusyLoadingError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -75,10 +71,3 @@ def reset_state_redis() -> None:
     global _client, _client_pid
     with _lock:
         _client, _client_pid = None, None
-
-
-def queue_script(pipe: Pipeline, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-    """Add a Lua script to a pipeline as EVAL. redis-py's own way (EVALSHA) costs a SCRIPT EXISTS
-    round trip before every pipeline that holds a script; the script's text (Redis caches it by
-    its SHA) costs a few hundred bytes instead, and can never be missing."""
-    pipe.eval(script.script, len(keys), *keys, *args)

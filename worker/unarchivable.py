@@ -17,6 +17,8 @@ import time
 import redis
 from redis.client import Pipeline
 
+from worker.stores.writes import Writes
+
 
 class UnarchivableChats:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
@@ -26,7 +28,7 @@ class UnarchivableChats:
     def key(self, provider: str, account: str) -> str:
         return f"{self._prefix}:unarchivable:{provider}:{account}"
 
-    def queue_add(self, pipe: Pipeline, provider: str, account: str, chat_id: str) -> None:
+    def queue_add(self, pipe: Pipeline | Writes, provider: str, account: str, chat_id: str) -> None:
         pipe.zadd(self.key(provider, account), {chat_id: time.time()})
 
     def since(self, provider: str, account: str, cutoff: float) -> set[str]:

@@ -37,7 +37,7 @@ def _warm_up(**_: Any) -> None:
     get_services()
 
 
-class JobTask(Task):  # type: ignore[misc]
+class JobTask(Task):
     """The base of our tasks: validation is ours (a malformed message is dead-lettered, not
     refused by a TypeError), the main process's request tells the dispatcher when a slot frees,
     and a dead letter is an expected ending (logged as one line, not a traceback)."""
@@ -66,7 +66,7 @@ def settle(task: Task, context: RunContext, end: RunEnd) -> Any:
     raise Ignore()
 
 
-class ArchiveTask(JobTask):  # type: ignore[misc]
+class ArchiveTask(JobTask):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:

@@ -186,7 +186,7 @@ def parsed(method: str, items: Iterable[Any], started: float) -> Iterator[Any]:
             item = next(iterator)
         except StopIteration:
             return
-        except (httpx.TransportError, *PASS_THROUGH):
+        except (httpx.TransportError, SoftTimeLimitExceeded):  # PASS_THROUGH, and the stream
             raise
         except Exception as error:
             raise ListingError(method, unreadable_answer(error, started)) from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
+from typing import Any
 
 import httpx
 
@@ -133,7 +134,7 @@ class WassengerListings:
 def _chat_info(item: object) -> ChatInfo | None:
     if not isinstance(item, dict) or not isinstance(item.get("id"), str):
         return None
-    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+    meta: dict[str, Any] = item["meta"] if isinstance(item.get("meta"), dict) else {}
     last = item.get("lastMessageAt")
     labels = tuple(
         label.get("name", "") if isinstance(label, dict) else str(label)

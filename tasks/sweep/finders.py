@@ -20,6 +20,7 @@ import math
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Protocol
 
 import httpx
@@ -68,8 +69,13 @@ class WassengerFinder:
         while True:
             chats = calls.call(
                 "listChats",
-                lambda p=page: self.listings.chats_page(
-                    client, account, p, WASSENGER_PAGE_SIZE, policy.statuses
+                partial(
+                    self.listings.chats_page,
+                    client,
+                    account,
+                    page,
+                    WASSENGER_PAGE_SIZE,
+                    policy.statuses,
                 ),
             )
             for chat in chats:
@@ -100,7 +106,7 @@ class GreenApiFinder:
         for method in ("lastIncomingMessages", "lastOutgoingMessages"):
             messages = 0
             for chat_id, at in calls.stream(
-                method, lambda m=method: listings.recent_messages(client, account, m, minutes)
+                method, partial(listings.recent_messages, client, account, method, minutes)
             ):
                 messages += 1
                 recent[chat_id] = max(at, recent.get(chat_id, 0.0))
@@ -142,7 +148,7 @@ class GreenApiFinder:
             # getChats?count=n answers the n most active chats: the last is chat number n - 1.
             last = deque(
                 calls.stream(
-                    "getChats", lambda m=middle: listings.chats(client, account, count=m + 1)
+                    "getChats", partial(listings.chats, client, account, count=middle + 1)
                 ),
                 maxlen=1,
             )
@@ -150,7 +156,7 @@ class GreenApiFinder:
                 break
             newest = calls.call(
                 "getChatHistory",
-                lambda c=last[0].id: listings.newest_message_at(client, account, c),
+                partial(listings.newest_message_at, client, account, last[0].id),
             )
             if newest is not None and newest > cutoff:
                 low = middle + 1

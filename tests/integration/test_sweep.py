@@ -109,9 +109,7 @@ def env(
     sim = SimulatorClient(simulator.url)
     sim.delete_accounts()
     sim.reset_counters()
-    yield SweepEnv(
-        services, sim, ArchiveProducer(app, services.settings, services.redis)
-    )
+    yield SweepEnv(services, sim, ArchiveProducer(app, services.settings, services.redis))
     sim.close()
     app.close()
     reset_services()

@@ -44,9 +44,7 @@ WASSENGER_JOB = {**JOB, "provider": "wassenger", "account": WASSENGER_ID}
 
 
 @pytest.fixture
-def archiver_env(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
-) -> Iterator[Env]:
+def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Env]:
     """Sleeps are recorded, not slept, so time does not pass between a run's attempts: limits
     far above what these tests call keep tenacity's retries from waiting for permits."""
     accounts_file = tmp_path / "accounts.toml"

@@ -76,9 +76,7 @@ class Circuit:
 
 
 @pytest.fixture
-def archiver_env(
-    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
-) -> Iterator[Env]:
+def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Env]:
     """A limit far above what these tests call: jobs handed out together run on their slots."""
     accounts_file = tmp_path / "accounts.toml"
     accounts_file.write_text(accounts_toml("http://provider.test", green_rate="1000/s"))

@@ -166,7 +166,7 @@ def _undecodable_at(raw: IO[bytes], encoding: str, start: int) -> tuple[int, str
 def _lines(source: Source) -> Iterator[str]:
     """The decoded text, line by line, endings kept (csv wants them: newline='')."""
     source.raw.seek(source.start)
-    text = io.TextIOWrapper(source.raw, encoding=source.encoding, errors="strict", newline="")  # type: ignore[type-var]
+    text = io.TextIOWrapper(source.raw, encoding=source.encoding, errors="strict", newline="")
     try:
         # Not `yield from text`: closing this generator early would close the file with it.
         for line in text:  # noqa: UP028

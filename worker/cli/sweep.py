@@ -26,7 +26,7 @@ def run_sweep(provider: str, account: str, dry_run: bool, list_chats: bool) -> d
         "list_chats": list_chats,
     }
     try:
-        return task.apply(kwargs=kwargs, throw=True).get()  # type: ignore[no-any-return]
+        return task.apply(kwargs=kwargs, throw=True).get()
     except UserError as error:  # unknown account, no sweep policy: not a bug of ours
         raise fail(str(error)) from None  # one printable line (exit 1)
 

@@ -75,10 +75,10 @@ class Router:
         self.clock = clock
         self.lists = intake_lists(intake)
 
-    def wait(self, timeout: float) -> bool:
+    def wait(self, timeout: int) -> bool:
         """Block until a message arrives on the intake (its main list) or ``timeout`` passes;
         the message is moved into the routing list as it is taken. True if one came."""
-        moved = self.broker.blmove(self.intake, self.routing, timeout, "RIGHT", "LEFT")
+        moved = self.broker.blmove(self.intake, self.routing, int(timeout), "RIGHT", "LEFT")
         return moved is not None
 
     def route(self, limit: int = BATCH) -> Routed:

@@ -45,7 +45,7 @@ def poke() -> None:
         runtime.dispatcher.poke()
 
 
-class JobRequest(Request):  # type: ignore[misc]
+class JobRequest(Request):
     """Celery's request, in the worker's main process, telling the dispatcher when a slot frees.
     Every ending of a run (success, failure, retry, ignored) acknowledges or rejects its message
     once the slot is free (Celery's own on_success is replaced per task, so it is not the hook)."""
@@ -174,7 +174,7 @@ class NodeRuntime:
                     self.dispatcher.poke()
                     self.dispatcher.ring()
                 if not routed.taken:
-                    self.router.wait(2.0)
+                    self.router.wait(2)
                 backoff = 0.1
             except Exception as error:  # Redis away: the batch waits in the routing list
                 logger.warning("router: %s; retrying", type(error).__name__)

@@ -301,7 +301,7 @@ class JobStore:
         if older_than is not None:
             upper = _us(self._now() - older_than)
         found = self.redis.zrangebyscore(self.keys.unknown, "-inf", upper, withscores=True)
-        return {str(account): score / MICROS for account, score in found}
+        return {str(member[0]): float(member[1]) / MICROS for member in found}
 
     def forget_unknown(self, account: str) -> None:
         """An unknown account whose jobs are all gone (dead-lettered)."""
@@ -399,4 +399,4 @@ class JobStore:
     def due_accounts(self, count: int) -> list[tuple[str, float]]:
         """The accounts next in line, with when each is due (unix time)."""
         found = self.redis.zrange(self.keys.due, 0, count - 1, withscores=True)
-        return [(str(account), score / MICROS) for account, score in found]
+        return [(str(member[0]), float(member[1]) / MICROS) for member in found]
