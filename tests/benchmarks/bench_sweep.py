@@ -4,7 +4,7 @@
 
 For each provider it runs ``chat-archiver sweep`` as its own process (the code a worker's
 archive.sweep task runs) against the simulator, which enforces the listing limits, and reports:
-jobs enqueued (and found in the account's queue), listing calls per method, time spent waiting
+jobs enqueued (and found in the intake queue), listing calls per method, time spent waiting
 for the shared limiter's permits against everything else, and the sweeping process's peak RSS.
 Then it checks each chat once: the same chats swept again, enqueued again in bulk and sent again
 with raw send_task while their jobs are pending, before real workers run them all: the provider
@@ -13,26 +13,33 @@ must see exactly one archive call per distinct chat.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
-import redis
-from celery.result import AsyncResult
-from rich.console import Console
-from rich.table import Table
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+# First: points the project at a private Redis before anything of it is imported.
+from tests.benchmarks import harness
 
-from config import Settings, load_accounts
-from worker.celery_app import create_app
-from worker.local import WORKER_READY, PrivateRedis, free_port, worker_process
-from worker.producer import ArchiveProducer
-from worker.simulator import SimulatorClient
+PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+import redis  # noqa: E402
+from celery.result import AsyncResult  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from config import Settings  # noqa: E402
+from worker.celery_app import create_app  # noqa: E402
+from worker.local import WORKER_READY, PrivateRedis, free_port, worker_process  # noqa: E402
+from worker.producer import ArchiveProducer  # noqa: E402
+from worker.simulator import SimulatorClient  # noqa: E402
 
 GREEN_ID = "7200000001"
 WASSENGER_ID = "72000000000000000000aa01"
@@ -42,7 +49,7 @@ TOKENS = {
     "BENCH_WASSENGER": "benchwassengerkey01",
     "BENCH_DUP": "benchduplicatetok01",
 }
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = harness.ROOT
 
 
 def accounts_toml(api_url: str) -> str:
@@ -140,7 +147,7 @@ def main() -> int:
     figures: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "chats": args.chats}
     sim_port = free_port()
     sim_url = f"http://127.0.0.1:{sim_port}"
-    private = PrivateRedis().start()
+    private = PrivateRedis(port=harness.REDIS_PORT).start()
     simulator = start_simulator(sim_port, workdir / "simulator.log")
     workers = []
     try:
@@ -174,9 +181,12 @@ def main() -> int:
         )
         state = redis.Redis.from_url(private.url, decode_responses=True)
 
+        intake = Settings(broker_url=private.url).queue
         for provider, account in (("green-api", GREEN_ID), ("wassenger", WASSENGER_ID)):
             truth = len(sim.inactive(provider, account, days=30))
             sim.reset_counters()
+            # No worker runs: the sweep's jobs stay in the intake queue, where producers put them.
+            queued_before = int(state.llen(intake))
             result = run_sweep(env, provider, account)
             summary = result["summary"]
             counters = sim.counters()["accounts"][f"{provider}:{account}"]
@@ -185,7 +195,7 @@ def main() -> int:
             figures[provider] = {
                 "inactive_truth": truth,
                 "enqueued": summary["enqueued"],
-                "queued": state.llen(f"archive.{provider}.{account}"),
+                "queued": int(state.llen(intake)) - queued_before,
                 "listing_calls": summary["calls"],
                 "provider_429s": sum(c.get("rate_limited", 0) for c in counters.values()),
                 "sweep_seconds": summary["seconds"],
@@ -195,8 +205,8 @@ def main() -> int:
                 "peak_rss_mb": result["peak_rss_mb"],
             }
 
-        # The sweeps above left 40,000 jobs in their accounts' queues at 10/s and 5/s: forget
-        # them (this Redis is ours), so the workers below serve only the duplicate test.
+        # The sweeps above left 40,000 jobs in the intake queue for accounts at 10/s and 5/s:
+        # forget them (this Redis is ours), so the workers below serve only the duplicate test.
         state.flushdb()
         figures["each_chat_once"] = _each_chat_once(
             env, sim, private, accounts, workdir, args.dup_chats, workers
@@ -256,7 +266,7 @@ def _each_chat_once(
     os.environ.update(TOKENS)
     settings = Settings(broker_url=private.url)
     app = create_app(settings)
-    producer = ArchiveProducer(app, settings, load_accounts(accounts))
+    producer = ArchiveProducer(app, settings, redis.Redis.from_url(private.url))
     sim.reset_counters()
     # No worker yet: every job stays pending while its duplicates are asked for.
     first = run_sweep(env, "green-api", DUP_ID)["summary"]
@@ -326,7 +336,7 @@ def _report(console: Console, figures: dict[str, Any]) -> None:
     rows = [
         ("inactive chats (simulator truth)", "inactive_truth"),
         ("jobs enqueued", "enqueued"),
-        ("jobs in the account's queue", "queued"),
+        ("jobs in the intake queue", "queued"),
         ("provider 429s", "provider_429s"),
         ("sweep seconds", "sweep_seconds"),
         ("  waiting for listing permits", "permit_wait_seconds"),
