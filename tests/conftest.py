@@ -16,8 +16,10 @@ import redis
 import redis.connection
 from pytest_redis import factories
 
+import worker.producer
 from config import AccountRegistry, Settings, get_settings
-from worker.producer import reset_default_producer
+from worker.celery_app import create_app
+from worker.producer import ArchiveProducer, reset_default_producer
 from worker.services import Services, get_accounts, get_services, reset_services
 
 # A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
@@ -110,6 +112,17 @@ def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
     yield use_environment(monkeypatch, redis_url, accounts_file)
     reset_services()
     reset_default_producer()
+
+
+@pytest.fixture
+def producer(archiver_env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArchiveProducer]:
+    """A producer on a Celery app built for the test Redis, also installed as this process's
+    default producer (what the CLI's commands and enqueue_archive use when run in-process)."""
+    celery = create_app(archiver_env.settings)
+    made = ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
+    monkeypatch.setattr(worker.producer, "_default", (os.getpid(), made))
+    yield made
+    celery.close()
 
 
 class RoundTrips:

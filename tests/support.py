@@ -3,6 +3,9 @@ the dispatcher would (so a runner can be tested without a worker)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,18 +24,44 @@ T = TypeVar("T")
 
 
 def eventually(
-    condition: Callable[[], T], timeout: float = 10.0, what: str = "the condition", step=0.02
+    condition: Callable[[], T],
+    timeout: float = 10.0,
+    what: str = "the condition",
+    step: float = 0.02,
+    *,
+    ignoring: tuple[type[BaseException], ...] = (),
+    context: Callable[[], str] | None = None,
 ) -> T:
     """Poll ``condition`` until it returns something truthy (returned), or fail after
-    ``timeout`` seconds saying ``what`` never happened."""
+    ``timeout`` seconds saying ``what`` never happened (and ``context()``: a log's tail, say).
+    Exceptions in ``ignoring`` count as "not yet" (a server still starting)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
+        try:
+            value = condition()
+        except ignoring:
+            value = None  # type: ignore[assignment]
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
+            more = f"\n{context()}" if context is not None else ""
+            raise AssertionError(f"{what} did not happen within {timeout}s{more}")
         time.sleep(step)
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, stdin: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``chat-archiver ARGS`` in its own process, as a person runs it (``env`` added to ours)."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker.cli", *args],
+        input=stdin,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 class JobDesk:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from celery import Celery
@@ -17,11 +18,11 @@ from celery.result import AsyncResult
 
 from config import Settings
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
-from tests.support import eventually
+from tests.support import eventually, run_cli
 from worker.celery_app import create_app
 from worker.contract.results import outcome_of
 from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.local import WORKER_READY, CeleryProcess, worker_process
+from worker.local import WORKER_READY, CeleryProcess, free_port, worker_process
 from worker.producer import ArchiveProducer
 from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
 
@@ -108,6 +109,34 @@ class Cluster:
         self.workers.append(beat)
         return beat
 
+    def start_flower(
+        self,
+        *options: str,
+        user: str = "ops",
+        password: str = "flower-pass",  # noqa: S107
+    ) -> tuple[str, httpx.Client]:
+        """A real Flower on this cluster, with basic auth: its URL and an API client, once it
+        answers and its event receiver has had a moment to connect."""
+        port = free_port()
+        flower = CeleryProcess(
+            ["flower", f"--port={port}", "--address=127.0.0.1", *options],
+            {**self.env, "FLOWER_BASIC_AUTH": f"{user}:{password}"},
+            self.workdir / "flower.log",
+        ).start()
+        self.workers.append(flower)  # stopped, and its log read, with the workers
+        url = f"http://127.0.0.1:{port}"
+        api = httpx.Client(base_url=url, auth=(user, password), timeout=10)
+        eventually(
+            lambda: api.get("/healthcheck").status_code == 200,
+            30,
+            "Flower answering",
+            0.2,
+            ignoring=(httpx.TransportError,),
+            context=lambda: flower.log()[-2000:],
+        )
+        time.sleep(1)  # its event receiver connects after the web server answers
+        return url, api
+
     def add_chats(self, provider: str, chats: list[str], **fields: Any) -> None:
         account = GREEN_ID if provider == "green-api" else WASSENGER_ID
         self.sim.add_chats(provider, account, [{"id": chat, **fields} for chat in chats])
@@ -145,15 +174,7 @@ class Cluster:
         return int(counter.get("calls", 0))
 
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "worker.cli", *args],
-            input=input,
-            capture_output=True,
-            text=True,
-            env={**os.environ, **self.env},
-            timeout=60,
-            check=False,
-        )
+        return run_cli(*args, env=self.env, stdin=input, timeout=60)
 
     def logs(self) -> str:
         return "".join(worker.log() for worker in self.workers)

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
+from tests.support import eventually
 from worker.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
@@ -41,10 +42,15 @@ def sweeps_so_far(cluster: Cluster) -> int:
 def test_beat_fires_sweeps_that_archive_inactive_chats(swept: Cluster) -> None:
     swept.start_worker()
     beat = swept.start_beat()
-    deadline = time.monotonic() + 30
-    while not all(swept.sim.chat("wassenger", WASSENGER_ID, chat)["archived"] for chat in INACTIVE):
-        assert time.monotonic() < deadline, beat.log()[-2000:]
-        time.sleep(0.2)
+    eventually(
+        lambda: all(
+            swept.sim.chat("wassenger", WASSENGER_ID, chat)["archived"] for chat in INACTIVE
+        ),
+        30,
+        "every inactive chat archived",
+        0.2,
+        context=lambda: beat.log()[-2000:],
+    )
     assert "Sending due task sweep wassenger:" in beat.log()
 
 

@@ -6,19 +6,18 @@ the worker's and Flower's logs and every key and value in Redis."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 import redis
 
 from tests.conftest import GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
+from tests.support import eventually
 from tests.unit.test_canary import leaks
-from worker.local import CeleryProcess, free_port, worker_process
+from worker.local import worker_process
 from worker.simulator.echo import ECHO_FORMS
 
 pytestmark = pytest.mark.integration
@@ -43,28 +42,8 @@ def everything_in(client: redis.Redis) -> str:
     return "\n".join(chunks)
 
 
-def start_flower(cluster: Cluster) -> httpx.Client:
-    port = free_port()
-    flower = CeleryProcess(
-        ["flower", f"--port={port}", "--address=127.0.0.1"],
-        {**cluster.env, "FLOWER_BASIC_AUTH": "ops:flower-pass"},
-        cluster.workdir / "flower.log",
-    ).start()
-    cluster.workers.append(flower)  # stopped, and its log read, with the workers
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=("ops", "flower-pass"), timeout=10)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if api.get("/healthcheck").status_code == 200:
-                break
-        assert time.monotonic() < deadline, flower.log()[-2000:]
-        time.sleep(0.2)
-    time.sleep(1)  # its event receiver is connected
-    return api
-
-
 def test_echoed_tokens_reach_no_result_dead_letter_flower_log_or_key(cluster: Cluster) -> None:
-    flower = start_flower(cluster)
+    _, flower = cluster.start_flower()
     forms = list(ECHO_FORMS)
     results = []
     task_ids = []
@@ -94,14 +73,14 @@ def test_echoed_tokens_reach_no_result_dead_letter_flower_log_or_key(cluster: Cl
         shown.append(done.stdout + done.stderr)
     listed = cluster.cli("dlq", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    deadline = time.monotonic() + 20
-    while True:
+
+    def all_failed() -> dict[str, Any] | None:
         tasks = flower.get("/api/tasks").json()
-        # Dead-lettered: failed, in Flower's words, with the reason as the exception.
-        if all(tasks.get(task_id, {}).get("state") == "FAILURE" for task_id in task_ids):
-            break
-        assert time.monotonic() < deadline, "Flower never saw every job end"
-        time.sleep(0.3)
+        done = all(tasks.get(task_id, {}).get("state") == "FAILURE" for task_id in task_ids)
+        return tasks if done else None
+
+    # Dead-lettered: failed, in Flower's words, with the reason as the exception.
+    tasks = eventually(all_failed, 20, "Flower seeing every job end", 0.3)
     for task_id, result in zip(task_ids, results, strict=True):
         assert result["reason"] in tasks[task_id]["exception"]
     pages = [flower.get(f"/task/{task_id}").text for task_id in task_ids]
@@ -135,11 +114,8 @@ def test_a_worker_refuses_to_start_with_a_bad_token_and_does_not_show_it(
         "ZWS_TOKEN": WASSENGER_CANARY + "\u200b",  # a paste's zero-width space
     }
     worker = worker_process(env, tmp_path / "worker.log", name="refuses").start()
-    deadline = time.monotonic() + 60
     assert worker.process is not None
-    while worker.process.poll() is None:
-        assert time.monotonic() < deadline, worker.log()
-        time.sleep(0.2)
+    worker.process.wait(60)
     assert worker.process.returncode != 0
     log = worker.log()
     assert (

@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import CANARY, GREEN_ID
 from tests.integration.conftest import Cluster
+from tests.support import eventually
 from worker.local import free_port
 from worker.simulator import SimulatorHandle
 
@@ -30,13 +31,13 @@ def scrape(cluster: Cluster) -> str:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the exporter never answered"
-                time.sleep(0.1)
+        return eventually(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text,
+            20,
+            "the exporter answering",
+            0.1,
+            ignoring=(httpx.TransportError,),
+        )
     finally:
         exporter.terminate()
         exporter.wait(10)
@@ -74,10 +75,13 @@ def test_a_bad_token_costs_a_handful_of_calls_then_everything_archives(
         cluster.start_worker("w1", concurrency=4)
         cluster.start_worker("w2", concurrency=4)
 
-        deadline = time.monotonic() + 60
-        while cluster.services_parked() < JOBS:
-            assert time.monotonic() < deadline, f"parked {cluster.services_parked()}"
-            time.sleep(0.2)
+        eventually(
+            lambda: cluster.services_parked() >= JOBS,
+            60,
+            f"{JOBS} jobs parked",
+            0.2,
+            context=lambda: f"parked {cluster.services_parked()}",
+        )
         time.sleep(5)  # a few probe rounds while still broken
         outage_calls = cluster.calls("green-api", "archiveChat")
         # The first jobs in flight, then one probe per cooldown (1 s, then 2 s).
@@ -101,10 +105,13 @@ def test_a_bad_token_costs_a_handful_of_calls_then_everything_archives(
 
         # Someone fixes the token: the provider now accepts ours. Nobody replays anything.
         cluster.sim.patch_account("green-api", GREEN_ID, token=CANARY)
-        deadline = time.monotonic() + 120
-        while cluster.sim.summary("green-api", GREEN_ID)["archived"] < JOBS:
-            assert time.monotonic() < deadline, cluster.sim.summary("green-api", GREEN_ID)
-            time.sleep(0.5)
+        eventually(
+            lambda: cluster.sim.summary("green-api", GREEN_ID)["archived"] >= JOBS,
+            120,
+            "every chat archived",
+            0.5,
+            context=lambda: str(cluster.sim.summary("green-api", GREEN_ID)),
+        )
         assert len(cluster.dead_letters) == 0
         # Each chat archived by exactly one call; the 401s stayed a handful (a probe or two may
         # have landed between our count above and the fix).

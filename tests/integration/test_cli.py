@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests.conftest import CANARY, GREEN_ID, accounts_toml
+from tests.support import run_cli
 from worker.contract import envelope
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.local import CeleryProcess
@@ -39,15 +39,7 @@ def env(redis_url: str, tmp_path: Path) -> dict[str, str]:
 def run(
     env: dict[str, str], *args: str, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        input=stdin,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli(*args, env=env, stdin=stdin, timeout=60)
 
 
 def test_enqueue_one_job_prints_its_id(env: dict[str, str], redis_url: str) -> None:

@@ -39,7 +39,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import GREEN_ID, WASSENGER_ID, Env
-from tests.unit.test_dlq_cli import producer  # noqa: F401 - the fixture
 from worker.cli import main
 from worker.cli.enqueue import FIELD_LIMIT
 
@@ -307,7 +306,7 @@ def check(env: Env, case: Case, tmp: Path, counter: list[int], seen: Counter[str
 
 def test_enqueue_file_never_tracebacks_and_always_adds_up(
     archiver_env: Env,
-    producer,  # noqa: F811 - the process's producer on the test Redis
+    producer,
     tmp_path: Path,
 ) -> None:
     counter = [0]

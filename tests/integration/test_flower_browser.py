@@ -22,19 +22,16 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.conftest import GREEN_ID, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.support import eventually
-from worker.local import CeleryProcess, free_port
 from worker.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
@@ -137,26 +134,6 @@ def cluster(redis_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Itera
     )
     yield c
     c.close()
-
-
-def start_flower(cluster: Cluster, options: list[str]) -> tuple[str, httpx.Client]:
-    port = free_port()
-    flower = CeleryProcess(
-        ["flower", f"--port={port}", "--address=127.0.0.1", *options],
-        {**cluster.env, "FLOWER_BASIC_AUTH": f"{FLOWER_USER}:{FLOWER_PASSWORD}"},
-        cluster.workdir / "flower.log",
-    ).start()
-    cluster.workers.append(flower)  # stopped with the workers
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url, auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=10)
-    deadline = time.monotonic() + 30
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if api.get("/healthcheck").status_code == 200:
-                break
-        assert time.monotonic() < deadline, flower.log()[-2000:]
-        time.sleep(0.2)
-    return url, api
 
 
 def screenshot(driver: Any, path: Path) -> None:
@@ -264,7 +241,7 @@ def test_flower_tells_every_outcome_at_a_glance(
 ) -> None:
     options = compose_flower_options()
     columns = configured_columns(options)
-    url, api = start_flower(cluster, options)
+    url, api = cluster.start_flower(*options, user=FLOWER_USER, password=FLOWER_PASSWORD)
     cluster.start_worker()
     # Flower hears the worker's events (its health check answers before it listens).
     eventually(

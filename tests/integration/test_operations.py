@@ -7,13 +7,13 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
-from worker.local import CeleryProcess, free_port
+from tests.support import eventually
 from worker.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
@@ -76,13 +76,16 @@ def test_sigterm_lets_jobs_in_flight_finish_and_loses_none(cluster: Cluster) -> 
     held = cluster.producer.enqueue(
         {"provider": "wassenger", "account": WASSENGER_ID, "chat_id": "447000000429@c.us"}
     )
-    deadline = time.monotonic() + 20
-    while (
-        cluster.calls("green-api", "archiveChat") < 2
-        or cluster.app.AsyncResult(held).state != "RETRY"
-    ):
-        assert time.monotonic() < deadline, worker.log()[-2000:]
-        time.sleep(0.05)
+    eventually(
+        lambda: (
+            cluster.calls("green-api", "archiveChat") >= 2
+            and cluster.app.AsyncResult(held).state == "RETRY"
+        ),
+        20,
+        "two calls under way and the 429 waiting",
+        0.05,
+        context=lambda: worker.log()[-2000:],
+    )
     started = cluster.calls("green-api", "archiveChat")
     signalled = time.monotonic()
     worker.signal(signal.SIGTERM)  # a deploy: warm shutdown
@@ -102,24 +105,8 @@ def test_sigterm_lets_jobs_in_flight_finish_and_loses_none(cluster: Cluster) -> 
 
 
 def test_flower_shows_every_outcome_and_no_secret(cluster: Cluster) -> None:
-    port = free_port()
-    flower = CeleryProcess(
-        ["flower", f"--port={port}", "--address=127.0.0.1"],
-        {**cluster.env, "FLOWER_BASIC_AUTH": "ops:flower-pass"},
-        cluster.workdir / "flower.log",
-    ).start()
-    cluster.workers.append(flower)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=("ops", "flower-pass"), timeout=10)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if api.get("/healthcheck").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, flower.log()[-2000:]
-        time.sleep(0.2)
-    time.sleep(1)  # Flower's event receiver is connected
+    _, api = cluster.start_flower()
+    flower = cluster.workers[-1]
 
     cluster.add_chats("green-api", ["79000000001@c.us"])
     cluster.add_chats("wassenger", ["447000000001@c.us"], archived=True)
@@ -134,10 +121,12 @@ def test_flower_shows_every_outcome_and_no_secret(cluster: Cluster) -> None:
         dict(zip(("provider", "account", "chat_id"), job, strict=True)) for job in jobs.values()
     )
     ids = dict(zip(jobs, (task_id for _, task_id in result.enqueued), strict=True))
-    deadline = time.monotonic() + 20
-    while not all(task_id in api.get("/api/tasks").json() for task_id in ids.values()):
-        assert time.monotonic() < deadline, "Flower never heard the jobs were sent"
-        time.sleep(0.2)
+    eventually(
+        lambda: all(task_id in api.get("/api/tasks").json() for task_id in ids.values()),
+        20,
+        "Flower hearing the jobs were sent",
+        0.2,
+    )
     queued = api.get("/api/tasks").json()[ids["archived"]]
     assert queued["sent"] is not None and queued["received"] is None
     cluster.start_worker()
@@ -145,14 +134,13 @@ def test_flower_shows_every_outcome_and_no_secret(cluster: Cluster) -> None:
         cluster.result(task_id)
 
     expected = {"archived": "SUCCESS", "already_archived": "SUCCESS", "dead_lettered": "FAILURE"}
-    deadline = time.monotonic() + 20
-    while True:
+
+    def seen() -> dict[str, Any] | None:
         tasks = api.get("/api/tasks").json()
         states = {outcome: tasks.get(ids[outcome], {}).get("state") for outcome in ids}
-        if states == expected:
-            break
-        assert time.monotonic() < deadline, tasks
-        time.sleep(0.3)
+        return tasks if states == expected else None
+
+    tasks = eventually(seen, 20, "Flower showing every outcome", 0.3)
     for outcome, task_id in ids.items():
         seen = tasks[task_id]
         assert seen["name"] == "archive.chat"

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CANARY, accounts_toml
+from tests.support import eventually
 from worker.local import PrivateRedis, free_port
 
 pytestmark = pytest.mark.integration
@@ -37,15 +38,14 @@ def scrape(port: int) -> tuple[int, str, float]:
 
 
 def wait_until_listening(port: int, process: subprocess.Popen[str]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def listening() -> bool:
         assert process.poll() is None, process.stderr.read() if process.stderr else ""
-        try:
-            scrape(port)
-            return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.1)
-    raise TimeoutError("the exporter never listened")
+        scrape(port)
+        return True
+
+    eventually(
+        listening, 30, "the exporter listening", 0.1, ignoring=(urllib.error.URLError, OSError)
+    )
 
 
 def test_redis_down_is_a_503_and_one_log_line_then_it_recovers(

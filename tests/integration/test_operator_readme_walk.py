@@ -8,11 +8,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support import eventually
 from tests.unit.test_compose import DEPLOY, ENV, ROOT
 from worker.local import WORKER_READY, CeleryProcess, free_port
 from worker.simulator import SimulatorClient
@@ -62,8 +63,8 @@ def test_the_bare_host_walk_through_the_simulator_works(redis_url: str, tmp_path
         )
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
         assert enqueued.stdout.strip() == "read 11 rows: enqueued 11, already pending 0, refused 0"
-        deadline = time.monotonic() + 60
-        while True:
+
+        def three_dead_letters() -> list[dict[str, Any]] | None:
             listed = subprocess.run(
                 [*cli, "dlq", "list", "--json"],
                 cwd=ROOT,
@@ -73,10 +74,10 @@ def test_the_bare_host_walk_through_the_simulator_works(redis_url: str, tmp_path
                 timeout=60,
                 check=True,
             )
-            dead = json.loads(listed.stdout)
-            if len(dead) >= 3 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+            found = json.loads(listed.stdout)
+            return found if len(found) >= 3 else None
+
+        dead = eventually(three_dead_letters, 60, "three dead letters", 0.5)
         assert sorted(e["job"]["request_id"] for e in dead) == ["demo-11", "demo-6", "demo-7"]
         with SimulatorClient(f"http://127.0.0.1:{port}") as sim:
             assert sim.chat("green-api", "1101000001", "79001000001@c.us")["archived"]

@@ -3,11 +3,7 @@ listing calls under the shared limiter. Sweeps run in this process; no worker is
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +15,9 @@ from config import Account, get_settings
 from tasks.archive import ArchiveRunner, RunContext
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
-from tests.support import JobDesk
+from tests.support import JobDesk, run_cli
 from worker.celery_app import create_app
+from worker.contract import envelope
 from worker.dispatch.router import Router
 from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, reset_services
@@ -49,7 +46,7 @@ class SweepEnv:
         account = GREEN_ID if provider == "green-api" else WASSENGER_ID
         jobs: dict[str, str] = {}
         for raw in self.services.redis.lrange("archive", 0, -1):
-            kwargs = json.loads(base64.b64decode(json.loads(raw)["body"]))[1]
+            _, kwargs, _ = envelope.unpack(raw)
             if (kwargs["provider"], kwargs["account"]) != (provider, account):
                 continue
             assert kwargs["chat_id"] not in jobs, "a chat was enqueued twice"
@@ -277,17 +274,6 @@ def test_listing_calls_take_permits_of_the_shared_limiter(env: SweepEnv) -> None
     assert counters["rate_limited"] == 0 and counters["peak_1s"] <= 2
     state = env.services.limiter.state(env.account("wassenger"), "listChats")
     assert state.granted == 4 and state.waited_seconds > 0.5
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=dict(os.environ),
-    )
 
 
 def test_sweep_command_dry_run_then_for_real(env: SweepEnv) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import GREEN_ID
 from tests.integration.conftest import Cluster
+from tests.support import eventually
 from worker.producer import enqueue_many
 
 pytestmark = pytest.mark.integration
@@ -31,14 +31,6 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
 def test_sigkilled_worker_loses_no_job(fresh_cluster: Cluster) -> None:
     cluster = fresh_cluster
     chats = [f"7900000{n:04d}@c.us" for n in range(8)]
@@ -48,7 +40,7 @@ def test_sigkilled_worker_loses_no_job(fresh_cluster: Cluster) -> None:
     first = cluster.start_worker("doomed", concurrency=2)
     rows = [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat} for chat in chats]
     task_ids = [task_id for _, task_id in enqueue_many(rows, producer=cluster.producer).enqueued]
-    wait_for(lambda: cluster.calls("green-api", "archiveChat") >= 2, 20, "no job started")
+    eventually(lambda: cluster.calls("green-api", "archiveChat") >= 2, 20, "no job started")
 
     first.signal(signal.SIGKILL, group=True)  # the main process and its pool, mid-job
     first.process.wait(10)  # type: ignore[union-attr]
@@ -74,7 +66,7 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered(fresh_cluster: Cl
     ).enqueued
     max_deliveries = cluster.settings.max_deliveries
     for delivery in range(1, max_deliveries + 1):
-        wait_for(
+        eventually(
             lambda d=delivery: cluster.calls("green-api", "archiveChat") >= d,
             30,
             f"delivery {delivery} never reached the provider",

@@ -176,7 +176,7 @@ def test_a_probe_that_fails_again_doubles_the_cooldown(circuit: Circuit) -> None
         again = circuit.run_next()  # the probe
     assert isinstance(again, Waiting) and route.call_count == 1
     state = circuit.services.circuit.state(circuit.account)
-    assert state.trips == 2 and 0.4 < (state.probe_in or 0) <= 0.6
+    assert state.trips == 2 and state.probe_in is not None and 0.4 < state.probe_in <= 0.6
     assert circuit.parked() == ["task-1", "task-2"]  # back at the head, still oldest first
     assert len(circuit.probes) == 1  # the chain the first trip started wakes up for it
 
@@ -188,7 +188,7 @@ def test_jobs_in_flight_when_it_opens_do_not_stretch_the_cooldown(circuit: Circu
     for n in range(4):
         assert breaker.trip(circuit.account, "unauthorized", "HTTP 401", False, f"c{n}") is None
     state = breaker.state(circuit.account)
-    assert state.trips == 1 and (state.probe_in or 0) <= 0.3
+    assert state.trips == 1 and state.probe_in is not None and state.probe_in <= 0.3
 
 
 def test_a_transient_probe_lets_the_next_job_probe(circuit: Circuit) -> None:

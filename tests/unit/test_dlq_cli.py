@@ -4,33 +4,18 @@ copied at any width, prefixes, filters checked, corrupt entries reported, data p
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner, Result
 
-import worker.producer
 from tests.conftest import CANARY, Env
 from tests.unit.test_deadletters import AWKWARD_EXCERPTS, entry, store_like_the_old_version
-from worker.celery_app import create_app
 from worker.cli import main
 from worker.cli.common import console
 from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.producer import ArchiveProducer
-
-
-@pytest.fixture
-def producer(archiver_env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArchiveProducer]:
-    """The process's default producer, on a Celery app built for the test Redis (the module's
-    app was built at import, pointing nowhere: see tests/conftest.py)."""
-    celery = create_app(archiver_env.settings)
-    made = ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
-    monkeypatch.setattr(worker.producer, "_default", (os.getpid(), made))
-    yield made
-    celery.close()
 
 
 @pytest.fixture

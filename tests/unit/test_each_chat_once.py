@@ -2,29 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import respx
 
-from config import get_settings
 from tasks.archive import ArchiveRunner, Done, RunContext, Waiting
 from tests.conftest import CANARY, GREEN_ID, Env
 from tests.support import JobDesk
-from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 JOB = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
 QUEUE = "archive"
-
-
-@pytest.fixture
-def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
-    celery = create_app(get_settings())
-    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
-    celery.close()
 
 
 @pytest.fixture

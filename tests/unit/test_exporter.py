@@ -81,3 +81,26 @@ def test_every_metric_names_an_account_the_same_way(archiver_env: Env) -> None:
     assert labels("chat_archiver_jobs_waiting") == [{"provider": "green-api", "account": GREEN_ID}]
     assert labels("chat_archiver_jobs")[0]["account"] == GREEN_ID
     assert named >= 10
+
+
+def test_the_latency_histogram_is_cumulative(archiver_env: Env) -> None:
+    """Prometheus buckets count every call at or under their bound: a 0.07 s and a 3 s call make
+    the 0.1 s bucket 1, the 5 s bucket 2 and +Inf 2."""
+    services = archiver_env.services
+    pipe = services.redis.pipeline()
+    for seconds in (0.07, 3.0):
+        services.metrics.queue_latency(pipe, "green-api", GREEN_ID, seconds)
+    pipe.execute()
+    families = {f.name: f for f in ArchiverCollector(services, get_accounts()).collect()}
+    buckets = {
+        s.labels["le"]: s.value
+        for s in families["chat_archiver_provider_request_seconds"].samples
+        if s.name.endswith("_bucket")
+    }
+    assert (buckets["0.05"], buckets["0.1"], buckets["2.5"], buckets["5"], buckets["+Inf"]) == (
+        0,
+        1,
+        1,
+        2,
+        2,
+    )

@@ -4,17 +4,14 @@ one account, one rate limit, one queue and one "each chat once" mark, in both pl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 import respx
 
-from config import PROVIDERS, get_settings
+from config import PROVIDERS
 from tasks.archive import ArchiveRunner, Done, RunContext
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
 from tests.support import JobDesk
-from worker.celery_app import create_app
 from worker.jobs import ArchiveJob, InvalidJob
 from worker.producer import ArchiveProducer
 
@@ -105,13 +102,6 @@ def test_patterns_are_anchored_and_ascii() -> None:
     green = PROVIDERS["green-api"]
     assert green.account_id_pattern.match(f"{GREEN_ID}\n") is None
     assert green.chat_id_pattern.search(f"{CHAT}\n") is None
-
-
-@pytest.fixture
-def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
-    celery = create_app(get_settings())
-    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
-    celery.close()
 
 
 def test_the_producer_sees_one_account_and_one_chat_in_every_spelling(

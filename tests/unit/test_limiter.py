@@ -78,3 +78,16 @@ def test_recent_rate_counts_granted_slots(limiter: AccountLimiter, archiver_env:
     state = limiter.state(account, "archiveChat")
     assert 0.1 <= state.recent_per_second <= 0.3
     assert state.granted == 3
+
+
+def test_recent_rate_counts_slots_taken_not_slots_reserved_ahead(
+    limiter: AccountLimiter, archiver_env: Env
+) -> None:
+    """Ten permits at 10/s reserve slots over the next second: only the one already due counts
+    as a call in the recent rate (the others are future slots nobody has used yet)."""
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    for _ in range(10):
+        assert limiter.acquire(account, "archiveChat", max_wait=5).granted
+    state = limiter.state(account, "archiveChat")
+    assert state.granted == 10
+    assert state.recent_per_second == pytest.approx(1 / 10)  # one call in the 10 s window

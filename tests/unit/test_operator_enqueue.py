@@ -14,7 +14,6 @@ import redis
 from click.testing import CliRunner, Result
 
 from tests.conftest import GREEN_ID, Env
-from tests.unit.test_dlq_cli import producer  # noqa: F401 - the fixture
 from worker.cli import main
 from worker.producer import ArchiveProducer, default_producer
 
@@ -52,7 +51,7 @@ def one_error_line(result: Result) -> str:
 
 
 @pytest.fixture
-def env(archiver_env: Env, producer: ArchiveProducer) -> Env:  # noqa: F811
+def env(archiver_env: Env, producer: ArchiveProducer) -> Env:
     return archiver_env
 
 

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from config import get_settings
 from tests.conftest import GREEN_ID, Env, RoundTrips
-from worker.celery_app import create_app
 from worker.jobs import InvalidJob
 from worker.producer import ArchiveProducer, enqueue_archive, enqueue_many
-
-
-@pytest.fixture
-def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
-    celery = create_app(get_settings())
-    yield ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
-    celery.close()
-
 
 INTAKE = "archive"
 
@@ -29,9 +19,9 @@ INTAKE = "archive"
 def queued(env: Env, queue: str = INTAKE) -> list[dict]:
     messages = []
     for raw in env.redis.lrange(queue, 0, -1):
-        envelope = json.loads(raw)
-        body = json.loads(base64.b64decode(envelope["body"]))
-        messages.append({"headers": envelope["headers"], "kwargs": body[1], "args": body[0]})
+        data = json.loads(raw)
+        args, kwargs, _ = json.loads(base64.b64decode(data["body"]))
+        messages.append({"headers": data["headers"], "kwargs": kwargs, "args": args})
     return messages[::-1]  # LPUSH: the newest first in the list
 
 
