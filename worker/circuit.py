@@ -39,69 +39,15 @@ from enum import StrEnum
 import redis
 
 from config import Account
+from worker.stores.clock import Clock, RedisClock
 from worker.stores.keys import Keys
+from worker.stores.scripts import load
 
 
 class Decision(StrEnum):
     CALL = "call"  # closed: call the provider
     PARK = "park"  # open: keep the job for later
     PROBE = "probe"  # open and a probe is due: this job calls the provider to see
-
-
-# KEYS: circuit hash, probe claim, probe chain mark, paused set. ARGV: account, reason, detail,
-# cooldown, cooldown max, probing (1/0), chain token. Opens a closed circuit and marks a probe
-# chain as started (the caller sends its first task); a failed probe keeps it open and doubles
-# the cooldown (the chain that released the probe wakes up in time for the next). Jobs that were
-# already in flight when it opened change nothing. Returns the seconds to the next probe and
-# whether the caller must start the chain (1/0).
-_TRIP = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local open = redis.call('HGET', KEYS[1], 'state')
-if open and ARGV[6] ~= '1' then
-  local wait = tonumber(redis.call('HGET', KEYS[1], 'probe_at')) - now
-  return {tostring(math.max(wait, 0)), 0}
-end
-local trips = redis.call('HINCRBY', KEYS[1], 'trips', 1)
-local cooldown = math.min(tonumber(ARGV[4]) * 2 ^ (trips - 1), tonumber(ARGV[5]))
-redis.call('HSET', KEYS[1], 'state', 'open', 'reason', ARGV[2], 'detail', ARGV[3],
-           'probe_at', tostring(now + cooldown))
-redis.call('DEL', KEYS[2])
-if open then return {tostring(cooldown), 0} end
-redis.call('HSET', KEYS[1], 'opened_at', tostring(now))
-redis.call('ZADD', KEYS[4], now, ARGV[1])
-redis.call('SET', KEYS[3], ARGV[7], 'PX', math.floor((cooldown + 60) * 1000))
-return {tostring(cooldown), 1}
-"""
-
-# KEYS: circuit hash, probe chain mark. ARGV: chain token. A job that has just parked starts a
-# chain unless one runs (a lost chain is replaced). Returns seconds to the probe when the
-# caller must send the chain's first task, else -1.
-_ENSURE_CHAIN = """
-local probe_at = redis.call('HGET', KEYS[1], 'probe_at')
-if not probe_at then return '-1' end
-local t = redis.call('TIME')
-local wait = math.max(tonumber(probe_at) - (tonumber(t[1]) + tonumber(t[2]) / 1000000), 0)
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', math.floor((wait + 60) * 1000)) then
-  return tostring(wait)
-end
-return '-1'
-"""
-
-# KEYS: probe chain mark, parked list. ARGV: chain token, ms until its next turn. A turn of the
-# chain goes on unless another chain has taken over, and ends when no job is parked: in one
-# script, so a job parking meanwhile either is seen here or finds the mark gone and starts a
-# new chain. Returns 'continue', 'ended' or 'superseded'.
-_CHAIN_TURN = """
-local mark = redis.call('GET', KEYS[1])
-if mark and mark ~= ARGV[1] then return 'superseded' end
-if redis.call('LLEN', KEYS[2]) == 0 then
-  if mark then redis.call('DEL', KEYS[1]) end
-  return 'ended'
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 'continue'
-"""
 
 
 class ChainTurn(StrEnum):
@@ -132,6 +78,7 @@ class AccountCircuit:
         cooldown_max: float,
         max_pause: float,
         probe_claim_ttl: float,
+        clock: Clock | None = None,
     ) -> None:
         self._redis = client
         self._keys = Keys(prefix)
@@ -141,9 +88,7 @@ class AccountCircuit:
         # Longer than the longest run of a job: a probe that dies mid-way frees the claim when
         # it expires, and a live one never loses it.
         self.probe_claim_ttl = probe_claim_ttl
-        self._trip = client.register_script(_TRIP)
-        self._ensure_chain = client.register_script(_ENSURE_CHAIN)
-        self._chain_turn = client.register_script(_CHAIN_TURN)
+        self.clock: Clock = clock or RedisClock()
 
     def _key(self, kind: str, account: Account) -> str:
         names = {
@@ -160,39 +105,55 @@ class AccountCircuit:
         """Open the account's circuit (or, after a failed probe, keep it open with a doubled
         cooldown). Returns the seconds until its probe when the caller must start the probe
         chain ``chain`` (the circuit was closed)."""
-        keys = [
-            self._key("circuit", account),
-            self._key("circuit-probe", account),
-            self._key("probe-scheduled", account),
-            self._keys.paused,
-        ]
-        wait, start = self._trip(
-            keys=keys,
-            args=[
-                account.key,
-                reason,
-                detail,
-                self.cooldown,
-                self.cooldown_max,
-                int(probing),
-                chain,
-            ],
+        wait, start = load("circuit_trip").run(
+            self._redis,
+            keys={
+                "circuit": self._key("circuit", account),
+                "probe": self._key("circuit-probe", account),
+                "chain": self._key("probe-scheduled", account),
+                "paused": self._keys.paused,
+            },
+            args={
+                "now": self.clock.arg(),
+                "account": account.key,
+                "reason": reason,
+                "detail": detail,
+                "cooldown": self.cooldown,
+                "cooldown_max": self.cooldown_max,
+                "probing": int(probing),
+                "token": chain,
+            },
         )
         return float(wait) if int(start) else None
 
     def chain_to_start(self, account: Account, chain: str) -> float | None:
         """Seconds until the probe when no probe chain runs and the caller must start ``chain``
         (a lost one is replaced), else None."""
-        keys = [self._key("circuit", account), self._key("probe-scheduled", account)]
-        wait = float(self._ensure_chain(keys=keys, args=[chain]))
+        wait = float(
+            load("circuit_chain_start").run(
+                self._redis,
+                keys={
+                    "circuit": self._key("circuit", account),
+                    "chain": self._key("probe-scheduled", account),
+                },
+                args={"now": self.clock.arg(), "token": chain},
+            )
+        )
         return wait if wait >= 0 else None
 
     def chain_turn(self, account: Account, chain: str, next_turn_in: float) -> ChainTurn:
         """Go on with the probe chain ``chain`` for one more turn, ``next_turn_in`` seconds
         away, unless nothing is parked or another chain has taken over."""
-        keys = [self._key("probe-scheduled", account), self._key("parked", account)]
         ttl_ms = int((next_turn_in + 60) * 1000)  # time for its task to come back
-        return ChainTurn(self._chain_turn(keys=keys, args=[chain, ttl_ms]))
+        turn = load("circuit_chain_turn").run(
+            self._redis,
+            keys={
+                "chain": self._key("probe-scheduled", account),
+                "parked": self._key("parked", account),
+            },
+            args={"token": chain, "next_turn_ms": ttl_ms},
+        )
+        return ChainTurn(turn)
 
     def release_probe(self, account: Account) -> None:
         """The probe could not tell (a transient failure): let the next job probe."""
@@ -219,14 +180,13 @@ class AccountCircuit:
 
     def state(self, account: Account) -> CircuitState:
         pipe = self._redis.pipeline(transaction=False)
-        pipe.time()
         pipe.hgetall(self._key("circuit", account))
         pipe.llen(self._key("parked", account))
         pipe.exists(self._key("circuit-probe", account))
-        (seconds, micros), data, parked, probing = pipe.execute()
+        data, parked, probing = pipe.execute()
         if not data:
             return CircuitState(account.key, "closed", parked=parked)
-        now = seconds + micros / 1_000_000
+        now = self.clock.now(self._redis)
         return CircuitState(
             account=account.key,
             state=data.get("state", "open"),

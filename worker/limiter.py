@@ -111,12 +111,11 @@ class AccountLimiter:
     def state(self, account: Account, method: str) -> LimiterState:
         tat_key, stats_key, recent_key = self._keys(account, method)
         pipe = self._redis.pipeline(transaction=False)
-        pipe.time()
         pipe.get(tat_key)
         pipe.hgetall(stats_key)
         pipe.zrange(recent_key, 0, -1, withscores=True)
-        (seconds, micros), tat, stats, recent = pipe.execute()
-        now = seconds * MICROS + micros
+        tat, stats, recent = pipe.execute()
+        now = self.clock.now(self._redis) * MICROS
         window_start = now - RECENT_WINDOW * MICROS
         recent_count = sum(1 for _, score in recent if window_start < score <= now)
         rate = account.rate(method)

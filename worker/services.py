@@ -27,6 +27,7 @@ from worker.limiter import AccountLimiter
 from worker.metrics import MetricsRecorder
 from worker.pending import PendingJobs
 from worker.state import connect, reset_state_redis, state_redis
+from worker.stores.clock import Clock
 from worker.stores.jobs import JobStore
 from worker.stores.keys import Keys
 from worker.unarchivable import UnarchivableChats
@@ -50,6 +51,12 @@ class Services:
     circuit: AccountCircuit
     metrics: MetricsRecorder
     unarchivable: UnarchivableChats
+
+    def use_clock(self, clock: Clock) -> None:
+        """Run every store on ``clock`` (tests pin it: worker/stores/clock.py)."""
+        self.jobs.clock = clock
+        self.limiter.clock = clock
+        self.circuit.clock = clock
 
     @property
     def shared(self) -> bool:

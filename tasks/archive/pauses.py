@@ -10,7 +10,6 @@ borrows the other.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
@@ -89,7 +88,7 @@ class AccountPauses:
     ) -> list[str]:
         """Dead-letter the jobs parked longer than the maximum pause (they are at the head), with
         the account's reason, so they can be replayed once the account is fixed."""
-        now = time.time() if now is None else now
+        now = self.circuit.clock.now(self.services.redis) if now is None else now
         settings = self.services.settings
         reason = Reason(state.reason or Reason.ACCOUNT_UNAVAILABLE)
         detail = (

@@ -1,6 +1,6 @@
 """The account circuit breaker, one process, real Redis, HTTP mocked: a bad token pauses the
 account, its jobs wait in the job store without running, one probe at a time, and the account
-resumes by itself."""
+resumes by itself. Every store runs on a pinned clock the tests move: no test sleeps."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.support import JobDesk
 from worker.contract import envelope
 from worker.endings import Endings
 from worker.services import Services, get_accounts, reset_services
+from worker.stores.clock import PinnedClock
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 
@@ -40,6 +41,7 @@ class Circuit:
     pauses: AccountPauses
     desk: JobDesk
     probes: list[tuple[str, float]] = field(default_factory=list)  # (chain, countdown) sent
+    clock: PinnedClock = field(default_factory=PinnedClock)  # every store's: no test sleeps
 
     @property
     def account(self) -> Account:
@@ -108,7 +110,9 @@ def make_circuit(
             endings=endings,
             pauses=pauses,
         )
-        return Circuit(services, runner, pauses, JobDesk(services, get_accounts()), sent)
+        clock = PinnedClock(time.time())
+        services.use_clock(clock)
+        return Circuit(services, runner, pauses, JobDesk(services, get_accounts()), sent, clock)
 
     yield make
     reset_services()
@@ -151,7 +155,7 @@ def test_a_probe_that_succeeds_resumes_the_account(circuit: Circuit) -> None:
     trip(circuit)
     circuit.put(2, 3, 4, 5)
     circuit.handed_out()  # parks them
-    time.sleep(0.35)  # the cooldown
+    circuit.clock.advance(0.35)  # the cooldown
     assert circuit.pauses.release_probe(circuit.account) == "task-1"
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(200)
@@ -169,14 +173,16 @@ def test_a_probe_that_fails_again_doubles_the_cooldown(circuit: Circuit) -> None
     trip(circuit)
     circuit.put(2)
     circuit.handed_out()
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     circuit.pauses.release_probe(circuit.account)
     with respx.mock() as mock:
         route = mock.post(GREEN_URL).respond(401)
         again = circuit.run_next()  # the probe
     assert isinstance(again, Waiting) and route.call_count == 1
     state = circuit.services.circuit.state(circuit.account)
-    assert state.trips == 2 and state.probe_in is not None and 0.4 < state.probe_in <= 0.6
+    # The clock is pinned, so the second cooldown is exactly twice the first (0.3 s); the
+    # tolerance only absorbs the stored timestamp's six decimals.
+    assert state.trips == 2 and state.probe_in == pytest.approx(0.6, abs=1e-5)
     assert circuit.parked() == ["task-1", "task-2"]  # back at the head, still oldest first
     assert len(circuit.probes) == 1  # the chain the first trip started wakes up for it
 
@@ -188,12 +194,12 @@ def test_jobs_in_flight_when_it_opens_do_not_stretch_the_cooldown(circuit: Circu
     for n in range(4):
         assert breaker.trip(circuit.account, "unauthorized", "HTTP 401", False, f"c{n}") is None
     state = breaker.state(circuit.account)
-    assert state.trips == 1 and state.probe_in is not None and state.probe_in <= 0.3
+    assert state.trips == 1 and state.probe_in == pytest.approx(0.3, abs=1e-5)
 
 
 def test_a_transient_probe_lets_the_next_job_probe(circuit: Circuit) -> None:
     trip(circuit)
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     circuit.pauses.release_probe(circuit.account)
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(503)
@@ -222,7 +228,7 @@ def test_the_chain_releases_one_probe_per_turn_and_stops_when_nothing_is_parked(
     [(chain, _)] = circuit.probes
     early = circuit.look_after(chain)
     assert early["probe"] is None and 0.1 < early["next_turn_in"] <= 0.3  # not due yet
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     turn = circuit.look_after(chain)
     assert turn["probe"] == "task-1"  # the oldest, to the front of the wait list
     assert circuit.services.jobs.wait_head(circuit.account.key, 5) == ["task-1"]
@@ -247,7 +253,7 @@ def test_a_probe_that_fails_again_keeps_its_clock_until_the_maximum_pause(
     trip(circuit, 1)
     first_parked = dict(circuit.services.jobs.parked_head(circuit.account.key, 1))["task-1"]
     [(chain, _)] = circuit.probes
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     assert circuit.look_after(chain)["probe"] == "task-1"
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(401)
@@ -256,7 +262,7 @@ def test_a_probe_that_fails_again_keeps_its_clock_until_the_maximum_pause(
     circuit.handed_out()  # parked later than task-1, and behind it
     assert circuit.parked() == ["task-1", "task-2"]
     assert dict(circuit.services.jobs.parked_head(circuit.account.key, 1))["task-1"] == first_parked
-    time.sleep(max(0.0, first_parked + 1.25 - time.time()))
+    circuit.clock.seconds = first_parked + 1.25  # past the maximum pause since first parked
     turn = circuit.look_after(chain)
     # Past the maximum pause since it was first parked, however often it was released.
     assert turn["dead_lettered"] == 1
@@ -272,7 +278,7 @@ def test_jobs_released_by_a_closed_circuit_start_a_new_pause_afresh(circuit: Cir
     trip(circuit, 1)
     circuit.put(2)
     circuit.handed_out()
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     circuit.pauses.release_probe(circuit.account)
     with respx.mock() as mock:
         mock.post(GREEN_URL).respond(200)
@@ -301,7 +307,7 @@ def test_jobs_in_flight_when_it_opens_park_without_a_permit_or_the_probe(
     assert route.call_count == 1 and granted() == before  # no new permit for the parked one
     assert circuit.parked() == ["task-1", "task-2"]
     assert circuit.services.circuit.state(circuit.account).probing is False
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     # A second job for task-1's chat (task-1 holds it while parked) is a duplicate: it must not
     # take the probe that is now due.
     circuit.desk.put(job(1), task_id="twin")
@@ -315,7 +321,7 @@ def test_a_probe_that_cannot_release_the_others_still_archives(circuit: Circuit)
     circuit.put(2)
     circuit.handed_out()
     [(chain, _)] = circuit.probes
-    time.sleep(0.35)
+    circuit.clock.advance(0.35)
     circuit.pauses.release_probe(circuit.account)
     broken = redis.ConnectionError("Redis gone")
     with (

@@ -7,7 +7,7 @@ string means "ask Redis".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
 MICROS = 1_000_000
 
@@ -18,18 +18,35 @@ class RedisClock:
     def arg(self) -> str:
         return ""
 
+    def now(self, client: Any) -> float:
+        """The time in seconds, for reads made outside a script (Redis's clock too)."""
+        seconds, micros = client.time()
+        return float(seconds) + float(micros) / MICROS
 
-@dataclass
+
 class PinnedClock:
-    """A clock a test sets and moves by hand (seconds since the epoch)."""
+    """A clock a test sets and moves by hand. It keeps whole microseconds, as the scripts do, so
+    what Python reads and what a script reads are the same number."""
 
-    seconds: float = 1_800_000_000.0
+    def __init__(self, seconds: float = 1_800_000_000.0) -> None:
+        self.micros = round(seconds * MICROS)
+
+    @property
+    def seconds(self) -> float:
+        return self.micros / MICROS
+
+    @seconds.setter
+    def seconds(self, value: float) -> None:
+        self.micros = round(value * MICROS)
 
     def arg(self) -> str:
-        return str(round(self.seconds * MICROS))
+        return str(self.micros)
+
+    def now(self, client: Any) -> float:
+        return self.seconds
 
     def advance(self, seconds: float) -> None:
-        self.seconds += seconds
+        self.micros += round(seconds * MICROS)
 
 
 Clock = RedisClock | PinnedClock

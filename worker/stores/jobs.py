@@ -260,11 +260,7 @@ class JobStore:
         pipe.execute()
 
     def _now(self) -> float:
-        pinned = self.clock.arg()
-        if pinned:
-            return int(pinned) / MICROS
-        seconds, micros = self.redis.time()
-        return seconds + micros / MICROS
+        return self.clock.now(self.redis)
 
     # -- the janitor ----------------------------------------------------------------------------
 
