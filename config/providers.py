@@ -1,7 +1,7 @@
 """What we know about each provider, as data: id formats, default URLs, default rate limits.
 
-Everything here comes from ../shared/providers.md. Where a fact is unconfirmed (Wassenger's limits,
-whether GREEN-API accepts ``@lid`` chats) this table is the one place to correct it.
+Everything here comes from tasks/providers/FACTS.md. Where a fact is unconfirmed (Wassenger's
+limits, whether GREEN-API accepts ``@lid`` chats) this table is the one place to correct it.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ProviderSpec:
     chat_id_hint: str
     default_api_url: str | None
     # Calls per second the provider allows, per account and per method. The limiter spaces calls
-    # a little under these (see worker/limiter.py) because window semantics are undocumented.
+    # a little under these (see worker/stores/limiter.py) because window semantics are undocumented.
     method_rates: dict[str, str] = field(default_factory=dict)
     # The method that archives a chat: the one an account's `rate_limit` setting overrides.
     archive_method: str = "archive"

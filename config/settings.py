@@ -74,9 +74,9 @@ class Settings(BaseSettings):
     # How long a chat's "job pending" mark outlives a crash that skipped its release.
     pending_ttl: int = Field(86400, gt=0)
 
-    # An account that answers "unauthorized"/"unavailable"/"quota" is paused (worker/circuit.py):
-    # probed after the cooldown, doubling up to the maximum; its jobs wait at most max_pause,
-    # then go to the dead letters with the account's reason.
+    # An account that answers "unauthorized"/"unavailable"/"quota" is paused
+    # (worker/stores/circuit.py): probed after the cooldown, doubling up to the maximum; its jobs
+    # wait at most max_pause, then go to the dead letters with the account's reason.
     circuit_cooldown: float = Field(30.0, gt=0)
     circuit_cooldown_max: float = Field(600.0, gt=0)
     circuit_max_pause: float = Field(86400.0, gt=0)

@@ -18,9 +18,8 @@ Written in the accounts file as ``[accounts.sweep]``; absent means the account i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from celery.schedules import crontab
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -35,6 +34,9 @@ from pydantic import (
 from config.errors import one_line, show
 from config.providers import WASSENGER
 from config.units import DAY, format_duration, parse_duration
+
+if TYPE_CHECKING:
+    from celery.schedules import crontab
 
 DEFAULT_SCHEDULE = "0 3 * * *"
 
@@ -51,6 +53,9 @@ _Label = Annotated[StrictStr, StringConstraints(min_length=1, max_length=100)]
 
 
 def parse_crontab(text: str) -> crontab:
+    # Imported here: Celery is heavy, and only sweep policies with a schedule need it.
+    from celery.schedules import crontab
+
     fields = text.split() if len(text) <= _CRONTAB_MAX_LENGTH else []
     if len(fields) != 5:
         raise ValueError(f"{show(text)} is not a crontab (5 fields: minute hour day month weekday)")

@@ -3,7 +3,7 @@
 Producers import from here: ``from tasks import enqueue_archive, enqueue_many``.
 """
 
-from worker.jobs import ArchiveJob, InvalidJob
+from worker.contract.jobs import ArchiveJob, InvalidJob
 from worker.producer import BulkResult, enqueue_archive, enqueue_job, enqueue_many
 
 __all__ = [

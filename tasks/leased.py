@@ -15,8 +15,8 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from worker.contract.tasks import UNPACED
-from worker.endings import Endings, RunRef
 from worker.services import get_services
+from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
 
 logger = logging.getLogger("chat_archiver.jobs")

@@ -1,6 +1,6 @@
 """Task ``archive.probe``: look after an account whose circuit is open until it answers again.
 
-A chain of tasks, each sending the next (worker/circuit.py keeps the chain's token, so a lost
+A chain of tasks, each sending the next (worker/stores/circuit.py keeps the chain's token, so a lost
 chain is replaced by the next job that parks and two chains never run side by side). Each turn:
 
 - the circuit has closed: release whatever is still parked (a probe job that closed it could not
@@ -27,10 +27,10 @@ from tasks.archive.pauses import AccountPauses
 from tasks.archive.task import JobTask
 from tasks.leased import run_leased
 from worker import app
-from worker.circuit import ChainTurn
 from worker.contract.tasks import PROBE_TASK
-from worker.endings import Endings
 from worker.services import get_accounts, get_services
+from worker.stores.circuit import ChainTurn
+from worker.stores.endings import Endings
 
 
 @app.task(name=PROBE_TASK, bind=True, base=JobTask)

@@ -19,7 +19,7 @@ from pytest_redis import factories
 import worker.producer
 from config import AccountRegistry, Settings, get_settings
 from worker.celery_app import create_app
-from worker.producer import ArchiveProducer, reset_default_producer
+from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, get_services, reset_services
 
 # A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
@@ -98,7 +98,6 @@ def use_environment(
     for name, value in settings.items():
         monkeypatch.setenv(f"ARCHIVER_{name.upper()}", value)
     reset_services()
-    reset_default_producer()
     services = get_services()
     get_accounts()  # as a worker does at start: loads (and registers for redaction) the secrets
     return Env(get_settings(), services, accounts_file, services.redis)
@@ -111,17 +110,17 @@ def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path
     accounts_file.write_text(accounts_toml("http://provider.test"))
     yield use_environment(monkeypatch, redis_url, accounts_file)
     reset_services()
-    reset_default_producer()
 
 
 @pytest.fixture
-def producer(archiver_env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[ArchiveProducer]:
+def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
     """A producer on a Celery app built for the test Redis, also installed as this process's
     default producer (what the CLI's commands and enqueue_archive use when run in-process)."""
     celery = create_app(archiver_env.settings)
     made = ArchiveProducer(celery, archiver_env.settings, archiver_env.redis)
-    monkeypatch.setattr(worker.producer, "_default", (os.getpid(), made))
+    worker.producer._default.install(made)
     yield made
+    worker.producer._default.forget()
     celery.close()
 
 

@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 from config import AccountRegistry
 from worker.contract import envelope
+from worker.contract.jobs import ArchiveJob
 from worker.contract.tasks import ARCHIVE_TASK
 from worker.dispatch.registry import dispatch_entry
-from worker.jobs import ArchiveJob
 from worker.services import Services
 from worker.stores.jobs import NewJob
 from worker.stores.keys import ready_queue

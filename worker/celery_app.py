@@ -21,7 +21,7 @@ from config import ConfigError, Settings, get_settings
 from worker.contract.tasks import SWEEP_TASK
 from worker.logs import install_redaction, use_json_format
 from worker.services import get_accounts
-from worker.state import set_outage_grace
+from worker.stores.client import set_outage_grace
 from worker.stores.keys import ready_queue
 
 TASK_MODULES = ["tasks.archive", "tasks.probe", "tasks.sweep"]

@@ -18,10 +18,10 @@ from celery.worker.consumer import Consumer
 from kombu.message import Message
 
 from config import excerpt
-from worker.deadletters import DeadLetter
-from worker.jobs import job_summary
-from worker.outcomes import Reason
+from worker.contract.jobs import job_summary
+from worker.contract.outcomes import Reason
 from worker.services import get_services
+from worker.stores.deadletters import DeadLetter
 
 logger = logging.getLogger("chat_archiver.consumer")
 

@@ -1,9 +1,10 @@
 """The producer side: validate archive jobs and publish them, one at a time or in bulk.
 
-A job is checked here exactly as the worker's router checks it (worker.jobs), so an invalid job is
-refused at enqueue with one line naming the field. A chat that already has a pending job is not
-enqueued again: the caller gets that job's id (worker.pending). Every job goes to the intake queue
-(``ARCHIVER_QUEUE``), where workers' routers take it into the job store (worker/stores/jobs.py).
+A job is checked here exactly as the worker's router checks it (worker/contract/jobs.py), so an
+invalid job is refused at enqueue with one line naming the field. A chat that already has a
+pending job is not enqueued again: the caller gets that job's id (worker/stores/pending.py). Every
+job goes to the intake queue (``ARCHIVER_QUEUE``), where workers' routers take it into the job
+store (worker/stores/jobs.py).
 Bulk publishing goes through kombu's ``Producer.batch``, which pipelines the Redis commands:
 thousands of jobs cost a handful of round trips.
 
@@ -13,7 +14,6 @@ producer needs the broker and the state Redis, never the accounts file.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,10 +26,10 @@ from celery.events.dispatcher import EventDispatcher
 from celery.utils.nodenames import anon_nodename
 
 from config import Settings, get_settings
-from worker.celery_app import app
-from worker.jobs import TASK_NAME, ArchiveJob, InvalidJob
-from worker.pending import Claim, PendingJobs
-from worker.state import connect, state_redis
+from config.per_process import PerProcess
+from worker.contract.jobs import TASK_NAME, ArchiveJob, InvalidJob
+from worker.stores.client import connect, state_redis
+from worker.stores.pending import Claim, PendingJobs
 
 BATCH_SIZE = 500
 
@@ -233,22 +233,21 @@ class ArchiveProducer:
             dispatcher.close()
 
 
-_default: tuple[int, ArchiveProducer] | None = None
+def _build_default() -> ArchiveProducer:
+    # The app is imported here, not at the top: importing the producer API (``import tasks``)
+    # makes no Celery app. The process's state client: a worker that sends probes and sweeps
+    # opens no second pool.
+    from worker.celery_app import app
+
+    return ArchiveProducer(app, get_settings(), state_redis())
+
+
+_default = PerProcess(_build_default)
 
 
 def default_producer() -> ArchiveProducer:
     """The producer for this process's settings and Celery app (one per process)."""
-    global _default
-    if _default is None or _default[0] != os.getpid():
-        # The process's state client: a worker that sends probes and sweeps opens no second pool.
-        producer = ArchiveProducer(app, get_settings(), state_redis())
-        _default = (os.getpid(), producer)
-    return _default[1]
-
-
-def reset_default_producer() -> None:
-    global _default
-    _default = None
+    return _default.get()
 
 
 def enqueue_archive(

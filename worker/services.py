@@ -1,7 +1,7 @@
 """The process's shared services, built once from settings: accounts, stores, limiter.
 
 Built lazily so importing the app does not read files or open connections; rebuilt per process
-because Redis clients must not cross a fork (see worker/state.py).
+because Redis clients must not cross a fork (config/per_process.py).
 
 The accounts registry follows its file: a process looks at the file's identity (inode, size,
 modification time) at most every few seconds and reloads it when it changed, so an account added
@@ -12,7 +12,6 @@ longer loads keeps the registry it replaces, with one error in the log.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
@@ -21,16 +20,17 @@ from pathlib import Path
 from redis import Redis
 
 from config import AccountRegistry, ConfigError, Settings, get_settings, load_accounts
-from worker.circuit import AccountCircuit
-from worker.deadletters import DeadLetterStore
-from worker.limiter import AccountLimiter
-from worker.metrics import MetricsRecorder
-from worker.pending import PendingJobs
-from worker.state import connect, reset_state_redis, state_redis
+from config.per_process import PerProcess, forget_all
+from worker.stores.circuit import AccountCircuit
+from worker.stores.client import connect, state_redis
 from worker.stores.clock import Clock
+from worker.stores.deadletters import DeadLetterStore
 from worker.stores.jobs import JobStore
 from worker.stores.keys import Keys
-from worker.unarchivable import UnarchivableChats
+from worker.stores.limiter import AccountLimiter
+from worker.stores.metrics import MetricsRecorder
+from worker.stores.pending import PendingJobs
+from worker.stores.unarchivable import UnarchivableChats
 
 logger = logging.getLogger("chat_archiver.accounts")
 
@@ -127,63 +127,54 @@ class AccountsFile:
         return True
 
 
-_accounts: tuple[int, AccountsFile] | None = None
+_accounts = PerProcess(lambda: AccountsFile(get_settings().accounts_file))
 
 
 def accounts_file() -> AccountsFile:
-    global _accounts
-    pid = os.getpid()
-    if _accounts is None or _accounts[0] != pid:
-        _accounts = (pid, AccountsFile(get_settings().accounts_file))
-    return _accounts[1]
+    return _accounts.get()
 
 
 def get_accounts() -> AccountRegistry:
     return accounts_file().get()
 
 
-_services: tuple[int, Services] | None = None
+def build_services() -> Services:
+    settings = get_settings()
+    client = state_redis()
+    shared = settings.broker_url == settings.state_url
+    keys = Keys(settings.key_prefix)
+    return Services(
+        settings=settings,
+        redis=client,
+        broker=client if shared else connect(settings.broker_url),
+        keys=keys,
+        jobs=JobStore(client, keys, lease=settings.lease_timeout),
+        limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
+        dead_letters=DeadLetterStore(client, settings.key_prefix),
+        pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
+        circuit=AccountCircuit(
+            client,
+            settings.key_prefix,
+            settings.circuit_cooldown,
+            settings.circuit_cooldown_max,
+            settings.circuit_max_pause,
+            # A probe job's run ends by the hard time limit at the latest.
+            probe_claim_ttl=settings.task_time_limit + 10,
+        ),
+        metrics=MetricsRecorder(client, settings.key_prefix),
+        unarchivable=UnarchivableChats(client, settings.key_prefix),
+    )
+
+
+_services = PerProcess(build_services)
 
 
 def get_services() -> Services:
-    global _services
-    pid = os.getpid()
-    if _services is None or _services[0] != pid:
-        settings = get_settings()
-        client = state_redis()
-        shared = settings.broker_url == settings.state_url
-        keys = Keys(settings.key_prefix)
-        _services = (
-            pid,
-            Services(
-                settings=settings,
-                redis=client,
-                broker=client if shared else connect(settings.broker_url),
-                keys=keys,
-                jobs=JobStore(client, keys, lease=settings.lease_timeout),
-                limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
-                dead_letters=DeadLetterStore(client, settings.key_prefix),
-                pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
-                circuit=AccountCircuit(
-                    client,
-                    settings.key_prefix,
-                    settings.circuit_cooldown,
-                    settings.circuit_cooldown_max,
-                    settings.circuit_max_pause,
-                    # A probe job's run ends by the hard time limit at the latest.
-                    probe_claim_ttl=settings.task_time_limit + 10,
-                ),
-                metrics=MetricsRecorder(client, settings.key_prefix),
-                unarchivable=UnarchivableChats(client, settings.key_prefix),
-            ),
-        )
-    return _services[1]
+    return _services.get()
 
 
 def reset_services() -> None:
-    """Forget everything built from settings (tests that change the environment)."""
-    global _services, _accounts
-    _services = None
-    _accounts = None
+    """Forget everything built from settings, in every per-process cache (tests that change the
+    environment)."""
     get_settings.cache_clear()
-    reset_state_redis()
+    forget_all()

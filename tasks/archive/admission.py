@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from config import Account
-from worker.circuit import Decision
-from worker.limiter import MICROS, RECENT_WINDOW, Permit
-from worker.pending import Claim
 from worker.services import Services
+from worker.stores.circuit import Decision
 from worker.stores.jobs import Lease
+from worker.stores.limiter import MICROS, RECENT_WINDOW, Permit
+from worker.stores.pending import Claim
 from worker.stores.scripts import load
 
 # How long the record of runs that never ended is kept: far longer than any job waits.

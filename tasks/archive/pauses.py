@@ -1,4 +1,5 @@
-"""An account's pauses: what runs and probes do around its circuit breaker (worker/circuit.py).
+"""An account's pauses: what runs and probes do around its circuit breaker
+(worker/stores/circuit.py).
 
 A run whose provider answers an account problem trips the circuit and parks its job; a run that
 meets an open circuit parks its job; a probe that gets an answer closes the circuit and releases
@@ -14,11 +15,11 @@ import uuid
 from collections.abc import Callable
 
 from config import Account
-from worker.circuit import CircuitState
-from worker.endings import Endings
-from worker.outcomes import Reason
-from worker.probes import ensure_chain, send_probe
+from worker.contract.outcomes import Reason
+from worker.dispatch.probes import ensure_chain, send_probe
 from worker.services import Services
+from worker.stores.circuit import CircuitState
+from worker.stores.endings import Endings
 from worker.stores.writes import Writes
 
 logger = logging.getLogger("chat_archiver.jobs")

@@ -16,7 +16,7 @@
         transient ─ tenacity retries inside the run (a few seconds)
                   ─ then a countdown in the job store ──────► dead letter retries_exhausted
 
-Every ending is written by worker/endings.py in one atomic step. Nothing waits in a worker's
+Every ending is written by worker/stores/endings.py in one atomic step. Nothing waits in a worker's
 memory: a job that must run later goes back to the job store.
 """
 
@@ -44,13 +44,13 @@ from tasks.providers import (
     shared_client,
     transient_backoff,
 )
-from worker.circuit import Decision
 from worker.contract.history import Delivery
-from worker.deadletters import DeadLetter
-from worker.endings import Endings, RunRef
-from worker.jobs import ArchiveJob, InvalidJob, job_summary
-from worker.outcomes import DeadLettered, Kind, Outcome, Reason
+from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
+from worker.contract.outcomes import DeadLettered, Kind, Outcome, Reason
 from worker.services import Services
+from worker.stores.circuit import Decision
+from worker.stores.deadletters import DeadLetter
+from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
 
 logger = logging.getLogger("chat_archiver.jobs")

@@ -19,12 +19,12 @@ from celery.exceptions import Ignore, Retry
 from tasks.archive.runner import ArchiveRunner, Done, Failed, RunContext, RunEnd, Waiting
 from tasks.providers import shared_client
 from worker import app
+from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
+from worker.contract.outcomes import DeadLettered, Deferred, Outcome, Reason
 from worker.contract.tasks import ARCHIVE_TASK
-from worker.deadletters import DeadLetter
-from worker.endings import Endings, RunRef
-from worker.jobs import ArchiveJob, InvalidJob, job_summary
-from worker.outcomes import DeadLettered, Deferred, Outcome, Reason
 from worker.services import accounts_file, get_accounts, get_services
+from worker.stores.deadletters import DeadLetter
+from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
 
 logger = logging.getLogger("chat_archiver.jobs")

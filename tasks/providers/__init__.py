@@ -1,4 +1,4 @@
-"""One adapter per provider over the shared outcome model (worker.outcomes)."""
+"""One adapter per provider over the shared outcome model (worker.contract.outcomes)."""
 
 from config import GREEN_API, WASSENGER
 

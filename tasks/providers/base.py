@@ -41,7 +41,7 @@ import httpx
 from celery.exceptions import SoftTimeLimitExceeded
 
 from config import Account, ArchiverError, excerpt
-from worker.outcomes import (
+from worker.contract.outcomes import (
     ACCOUNT_UNAVAILABLE,
     TRANSIENT,
     UNEXPECTED_RESPONSE,

@@ -16,7 +16,7 @@ import httpx
 import ijson
 
 from config import GREEN_API, Account
-from worker.outcomes import (
+from worker.contract.outcomes import (
     ACCOUNT_UNAVAILABLE,
     ALREADY_ARCHIVED,
     ARCHIVED,

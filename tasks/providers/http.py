@@ -1,22 +1,16 @@
 """One ``httpx.Client`` per process, shared by every adapter: pooled connections, explicit timeouts.
 
 Celery's prefork pool forks children after the parent may have created a client; sockets must not
-be shared across processes, so the client is keyed by the process id and rebuilt after a fork.
+be shared across processes, so the client is one per process (config/per_process.py).
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 import httpx
 from tenacity.wait import wait_base, wait_exponential_jitter
 
 from config import Settings, get_settings
-
-_lock = threading.Lock()
-_client: httpx.Client | None = None
-_client_pid: int | None = None
+from config.per_process import PerProcess
 
 
 def build_client() -> httpx.Client:
@@ -30,14 +24,11 @@ def build_client() -> httpx.Client:
     )
 
 
+_client = PerProcess(build_client)
+
+
 def shared_client() -> httpx.Client:
-    global _client, _client_pid
-    pid = os.getpid()
-    if _client is None or _client_pid != pid:
-        with _lock:
-            if _client is None or _client_pid != pid:
-                _client, _client_pid = build_client(), pid
-    return _client
+    return _client.get()
 
 
 def transient_backoff(settings: Settings) -> wait_base:

@@ -1,7 +1,7 @@
 """Wassenger: archive a chat (``PUT /v1/chat/{deviceId}/chats/{chatId}/archive``).
 
 The API key goes in the ``Token`` header only (Wassenger also accepts a ``token`` query parameter,
-which would put it in URLs). Less is confirmed publicly than for GREEN-API (see providers.md):
+which would put it in URLs). Less is confirmed publicly than for GREEN-API (see FACTS.md):
 the path comes from the sibling WaliChat node, "already archived" has no documented answer, so
 this table treats 409 or a message saying so as success. Rows branch on status first, then on
 the error's ``message``/``errorCode`` only, never on the raw body, which may echo the path.
@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from config import WASSENGER, Account
-from worker.outcomes import (
+from worker.contract.outcomes import (
     ACCOUNT_UNAVAILABLE,
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -143,7 +143,7 @@ def _chat_info(item: object) -> ChatInfo | None:
     return ChatInfo(
         id=item["id"],
         kind=kind_of(item["id"]),
-        # Archived for WhatsApp: either flag says so (providers.md).
+        # Archived for WhatsApp: either flag says so (FACTS.md).
         archived=item.get("waStatus") == "archived" or bool(meta.get("isArchived")),
         last_activity=datetime.fromisoformat(last).timestamp() if isinstance(last, str) else None,
         unread=int(meta.get("unreadCount") or 0),

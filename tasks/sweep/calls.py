@@ -14,7 +14,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt
 from config import Account
 from tasks.providers import ListingError, transient_backoff
 from tasks.sweep.policy import SweepSummary
-from worker.outcomes import Kind
+from worker.contract.outcomes import Kind
 from worker.services import Services
 
 # A listing call waits inline for its permit; a longer pause (the provider's 429) is slept in

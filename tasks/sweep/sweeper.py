@@ -82,7 +82,7 @@ class Sweeper:
     ) -> None:
         cutoff = self.clock() - policy.inactive_after
         # Chats the provider refused lately for want of an incoming message (a sweep would
-        # only dead-letter them again: worker/unarchivable.py).
+        # only dead-letter them again: worker/stores/unarchivable.py).
         refused = self.services.unarchivable.since(account.provider, account.id, cutoff)
         calls = ListingCalls(self.services, account, summary, self.sleep)
         found = FINDERS[account.provider].chats(

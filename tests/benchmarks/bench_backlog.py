@@ -64,7 +64,7 @@ from tests.benchmarks.harness import (  # noqa: E402
     summary,
     target,
 )
-from worker.limiter import MICROS  # noqa: E402
+from worker.stores.limiter import MICROS  # noqa: E402
 
 LIMIT = 10
 ACCOUNTS = 5
@@ -127,7 +127,7 @@ def limiter_stats(bench: Bench, n: int) -> dict[str, int]:
     assert bench.redis is not None
     key = f"{bench.settings.key_prefix}:limiter:{harness.PROVIDER}:{account_id(n)}:{METHOD}:stats"
     raw = bench.redis.hgetall(key)
-    return {k: int(v) for k, v in raw.items()}
+    return {str(k): int(v) for k, v in raw.items()}
 
 
 def sample_rss(nodes: list[Node], series: list[dict[str, Any]], began: float) -> None:
@@ -231,7 +231,9 @@ def backlog_run(
             f"{bench.settings.key_prefix}:limiter:{harness.PROVIDER}:{account_id(BUSY)}:"
             f"{METHOD}:recent"
         )
-        slots = sorted(float(v) for _, v in bench.redis.zrange(recent_key, 0, -1, withscores=True))
+        slots = sorted(
+            float(pair[1]) for pair in bench.redis.zrange(recent_key, 0, -1, withscores=True)
+        )
         enqueue_calls = len(sent) - sent_before
         in_window = [s for s in sent[sent_before:] if s.account != BUSY]
         ids = [t for s in in_window for t in s.task_ids]

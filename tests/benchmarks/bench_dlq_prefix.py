@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from worker.deadletters import DeadLetter, DeadLetterStore  # noqa: E402
-from worker.local import PrivateRedis  # noqa: E402
+from worker.sandbox.local import PrivateRedis  # noqa: E402
+from worker.stores.deadletters import DeadLetter, DeadLetterStore  # noqa: E402
 
 PREFIX = "bench"
 

@@ -45,8 +45,8 @@ from tests.integration.conftest import FAST, Cluster
 from tests.unit.test_envelope import mangled_messages
 from worker.contract import envelope
 from worker.contract.results import outcome_of
-from worker.local import PrivateRedis
-from worker.simulator import start_in_thread
+from worker.sandbox.local import PrivateRedis
+from worker.sandbox.simulator import start_in_thread
 
 # The faults section runs with the settings' defaults, not the integration tests' fast ones.
 DEFAULTS = {

@@ -73,6 +73,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--idle-seconds", type=float, default=None, help="idle measurement per run (10)"
     )
+    group.add_argument(
+        "--runs",
+        nargs="+",
+        default=None,
+        help="only these runs (bare-defaults bare-events archiver-5 archiver-1000 "
+        "archiver-5000 archiver-1000-over5 archiver-5000-over5)",
+    )
 
 
 def _plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
@@ -86,6 +93,8 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, str]]:
     if not args.quick:
         for count in ACCOUNT_COUNTS[1:]:
             runs.append(("archiver", count, "5"))
+    if getattr(args, "runs", None):
+        runs = [run for run in runs if run_key(*run) in args.runs]
     return runs
 
 
@@ -415,14 +424,19 @@ def targets(sections: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         if rows_ and "status" in rows_[0] and not key.endswith("over5")
     }
     if "archiver-5000" in status and "archiver-5" in status:
-        big, small = status["archiver-5000"], status["archiver-5"]
+        big, small = status["archiver-5000"]["text"], status["archiver-5"]["text"]
         rows.append(
             target(
-                "status at 5,000 accounts: as fast and short as at 5 (within 1.5x, +0.5 s)",
-                f"{big['text']['wall_s']:.2f} s / {big['text']['stdout_bytes']} B vs "
-                f"{small['text']['wall_s']:.2f} s / {small['text']['stdout_bytes']} B",
-                big["text"]["wall_s"] <= 1.5 * small["text"]["wall_s"] + 0.5
-                and big["text"]["stdout_bytes"] <= 1.5 * small["text"]["stdout_bytes"] + 200,
+                "status at 5,000 accounts: short (output ≤ 2x of 5 accounts')",
+                f"{big['stdout_bytes']} B vs {small['stdout_bytes']} B",
+                big["stdout_bytes"] <= 2 * small["stdout_bytes"],
+            )
+        )
+        rows.append(
+            target(
+                "status at 5,000 accounts: fast (wall ≤ 5 accounts' + 0.5 s)",
+                f"{big['wall_s']:.2f} s vs {small['wall_s']:.2f} s",
+                big["wall_s"] <= small["wall_s"] + 0.5,
             )
         )
     return rows

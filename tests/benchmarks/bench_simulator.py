@@ -29,7 +29,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from worker.simulator import SimulatorClient  # noqa: E402
+from worker.sandbox.simulator import SimulatorClient  # noqa: E402
 
 GREEN_ID = "7105187566"
 DEVICE_ID = "0123456789abcdef01234567"
@@ -37,7 +37,7 @@ TOKEN = "bench-token"
 
 
 def start_server() -> tuple[subprocess.Popen[str], str]:
-    code = "from worker.simulator import serve; serve('127.0.0.1', 0)"
+    code = "from worker.sandbox.simulator import serve; serve('127.0.0.1', 0)"
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         cwd=ROOT,

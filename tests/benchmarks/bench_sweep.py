@@ -37,9 +37,9 @@ from rich.table import Table  # noqa: E402
 
 from config import Settings  # noqa: E402
 from worker.celery_app import create_app  # noqa: E402
-from worker.local import WORKER_READY, PrivateRedis, free_port, worker_process  # noqa: E402
 from worker.producer import ArchiveProducer  # noqa: E402
-from worker.simulator import SimulatorClient  # noqa: E402
+from worker.sandbox.local import WORKER_READY, PrivateRedis, free_port, worker_process  # noqa: E402
+from worker.sandbox.simulator import SimulatorClient  # noqa: E402
 
 GREEN_ID = "7200000001"
 WASSENGER_ID = "72000000000000000000aa01"
@@ -149,7 +149,7 @@ def main() -> int:
     sim_url = f"http://127.0.0.1:{sim_port}"
     private = PrivateRedis(port=harness.REDIS_PORT).start()
     simulator = start_simulator(sim_port, workdir / "simulator.log")
-    workers = []
+    workers: list[Any] = []
     try:
         accounts = workdir / "accounts.toml"
         accounts.write_text(accounts_toml(sim_url))

@@ -75,9 +75,9 @@ from rich.table import Table  # noqa: E402
 from config import Settings  # noqa: E402
 from tests.benchmarks import stock_app  # noqa: E402
 from worker.celery_app import create_app  # noqa: E402
-from worker.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process  # noqa: E402
 from worker.producer import ArchiveProducer  # noqa: E402
-from worker.simulator import SimulatorClient  # noqa: E402
+from worker.sandbox.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process  # noqa: E402
+from worker.sandbox.simulator import SimulatorClient  # noqa: E402
 
 PROVIDER = "green-api"
 METHOD = "archiveChat"
@@ -564,7 +564,8 @@ class Bench:
     @staticmethod
     def enqueue_stock(app: Celery, jobs: Iterable[tuple[int, str]], bare: bool) -> int:
         count = 0
-        with app.producer_or_acquire() as producer:
+        # Pipelined like enqueue_many (kombu's Producer.batch): a burst lands at once.
+        with app.producer_or_acquire() as producer, producer.batch(max_size=500):
             for n, chat in jobs:
                 if bare:
                     name = stock_app.BARE_TASK
@@ -763,7 +764,7 @@ def machine_config(bench: Bench) -> dict[str, Any]:
         "redis_server": _redis_version(),
         "limiter_margin": bench.settings.limiter_margin,
         "limiter_max_wait_s": bench.settings.limiter_max_wait,
-        "redis_hz": int(bench.redis.config_get("hz")["hz"]) if bench.redis is not None else None,
+        "redis_hz": int(str(bench.redis.config_get("hz")["hz"])) if bench.redis else None,
     }
 
 

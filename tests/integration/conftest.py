@@ -21,10 +21,10 @@ from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, acc
 from tests.support import eventually, run_cli
 from worker.celery_app import create_app
 from worker.contract.results import outcome_of
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.local import WORKER_READY, CeleryProcess, free_port, worker_process
 from worker.producer import ArchiveProducer
-from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
+from worker.sandbox.local import WORKER_READY, CeleryProcess, free_port, worker_process
+from worker.sandbox.simulator import SimulatorClient, SimulatorHandle, start_in_thread
+from worker.stores.deadletters import DeadLetter, DeadLetterStore
 
 pytestmark = pytest.mark.integration
 

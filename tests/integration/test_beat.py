@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.support import eventually
-from worker.simulator import SimulatorHandle
+from worker.sandbox.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 

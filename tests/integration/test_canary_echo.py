@@ -17,8 +17,8 @@ from tests.conftest import GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.support import eventually
 from tests.unit.test_canary import leaks
-from worker.local import worker_process
-from worker.simulator.echo import ECHO_FORMS
+from worker.sandbox.local import worker_process
+from worker.sandbox.simulator.echo import ECHO_FORMS
 
 pytestmark = pytest.mark.integration
 

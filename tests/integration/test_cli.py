@@ -13,8 +13,8 @@ import redis
 from tests.conftest import CANARY, GREEN_ID, accounts_toml
 from tests.support import run_cli
 from worker.contract import envelope
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.local import CeleryProcess
+from worker.sandbox.local import CeleryProcess
+from worker.stores.deadletters import DeadLetter, DeadLetterStore
 from worker.stores.jobs import JobStore, NewJob
 from worker.stores.keys import Keys
 

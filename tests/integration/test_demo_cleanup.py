@@ -12,7 +12,7 @@ import pytest
 import redis
 from rich.console import Console
 
-from worker.demo import run_demo
+from worker.sandbox.demo import run_demo
 
 pytestmark = pytest.mark.integration
 

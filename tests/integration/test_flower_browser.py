@@ -32,7 +32,7 @@ import yaml
 from tests.conftest import GREEN_ID, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.support import eventually
-from worker.simulator import SimulatorHandle
+from worker.sandbox.simulator import SimulatorHandle
 
 pytestmark = pytest.mark.integration
 
@@ -284,7 +284,7 @@ def test_flower_tells_every_outcome_at_a_glance(
     meta = stored(missing)
     assert meta["status"] == "FAILURE", meta
     assert meta["result"]["exc_type"] == "DeadLettered", meta
-    assert meta["result"]["exc_module"] == "worker.outcomes", meta
+    assert meta["result"]["exc_module"] == "worker.contract.outcomes", meta
     assert meta["result"]["exc_message"] == [
         "chat_not_found",
         dead["detail"],

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import CANARY, accounts_toml
 from tests.support import eventually
-from worker.local import PrivateRedis, free_port
+from worker.sandbox.local import PrivateRedis, free_port
 
 pytestmark = pytest.mark.integration
 

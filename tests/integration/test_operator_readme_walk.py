@@ -15,8 +15,8 @@ import pytest
 
 from tests.support import eventually
 from tests.unit.test_compose import DEPLOY, ENV, ROOT
-from worker.local import WORKER_READY, CeleryProcess, free_port
-from worker.simulator import SimulatorClient
+from worker.sandbox.local import WORKER_READY, CeleryProcess, free_port
+from worker.sandbox.simulator import SimulatorClient
 
 pytestmark = pytest.mark.integration
 

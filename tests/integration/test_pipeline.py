@@ -11,7 +11,7 @@ from kombu import Connection
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
 from tests.integration.conftest import Cluster
 from tests.support import eventually
-from worker.jobs import InvalidJob
+from worker.contract.jobs import InvalidJob
 from worker.producer import enqueue_archive, enqueue_many
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,8 @@ from tests.integration.conftest import Cluster
 from tests.support import eventually
 from tests.unit.test_envelope import mangled_messages
 from worker.contract import envelope
-from worker.local import PrivateRedis
-from worker.simulator import SimulatorHandle
+from worker.sandbox.local import PrivateRedis
+from worker.sandbox.simulator import SimulatorHandle
 from worker.stores.jobs import JobStore, NewJob
 from worker.stores.keys import Keys
 

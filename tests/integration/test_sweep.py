@@ -20,9 +20,9 @@ from worker.celery_app import create_app
 from worker.contract import envelope
 from worker.dispatch.router import Router
 from worker.producer import ArchiveProducer
+from worker.sandbox.simulator import SimulatorClient, SimulatorHandle, start_in_thread
 from worker.services import Services, get_accounts, reset_services
-from worker.simulator import SimulatorClient, SimulatorHandle, start_in_thread
-from worker.state import connect
+from worker.stores.client import connect
 
 pytestmark = pytest.mark.integration
 

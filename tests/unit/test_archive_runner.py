@@ -27,8 +27,8 @@ from tests.conftest import (
 )
 from tests.support import JobDesk
 from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER
-from worker.endings import Endings, RunRef
 from worker.services import reset_services
+from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"

@@ -30,8 +30,8 @@ from tasks.archive import ArchiveRunner, Failed, RunContext, RunEnd, Waiting
 from tasks.archive.pauses import AccountPauses
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, Env
 from tests.support import JobDesk
-from worker.endings import Endings
 from worker.logs import install_redaction
+from worker.stores.endings import Endings
 
 CANARIES = (CANARY, WASSENGER_CANARY)
 

@@ -23,9 +23,9 @@ from tasks.probe import look_after
 from tests.conftest import CANARY, GREEN_ID, Env, accounts_toml, use_environment
 from tests.support import JobDesk
 from worker.contract import envelope
-from worker.endings import Endings
 from worker.services import Services, get_accounts, reset_services
 from worker.stores.clock import PinnedClock
+from worker.stores.endings import Endings
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 

@@ -34,9 +34,9 @@ from redis.connection import parse_url
 
 from config.accounts import AccountRegistry, load_accounts
 from config.settings import Settings
-from worker.jobs import ArchiveJob
-from worker.simulator import SimulatorState, load_scenario
-from worker.simulator.admin import admin_routes
+from worker.contract.jobs import ArchiveJob
+from worker.sandbox.simulator import SimulatorState, load_scenario
+from worker.sandbox.simulator.admin import admin_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

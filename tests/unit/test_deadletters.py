@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CANARY, Env
-from worker import deadletters
 from worker.consumer import dead_letter_message
-from worker.deadletters import CorruptDeadLetter, CorruptEntry, DeadLetter, DeadLetterStore
+from worker.stores import deadletters
+from worker.stores.deadletters import CorruptDeadLetter, CorruptEntry, DeadLetter, DeadLetterStore
 
 
 def entry(

@@ -14,8 +14,8 @@ from tests.conftest import CANARY, Env
 from tests.unit.test_deadletters import AWKWARD_EXCERPTS, entry, store_like_the_old_version
 from worker.cli import main
 from worker.cli.common import console
-from worker.deadletters import DeadLetter, DeadLetterStore
 from worker.producer import ArchiveProducer
+from worker.stores.deadletters import DeadLetter, DeadLetterStore
 
 
 @pytest.fixture

@@ -4,13 +4,16 @@ the same way on every metric."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 
-from tests.conftest import GREEN_ID, WASSENGER_ID, Env, use_environment
-from worker.deadletters import DeadLetter
-from worker.exporter import ArchiverCollector
-from worker.metrics import MetricsRecorder
+from tests.conftest import GREEN_ID, WASSENGER_ID, Env, RoundTrips, use_environment
 from worker.services import get_accounts
+from worker.stores.deadletters import DeadLetter
+from worker.stores.metrics import MetricsRecorder
+from worker.views.exporter import ArchiverCollector
 
 
 def test_queue_depths_come_from_the_broker(
@@ -104,3 +107,55 @@ def test_the_latency_histogram_is_cumulative(archiver_env: Env) -> None:
         2,
         2,
     )
+
+
+def test_a_scrape_reads_thousands_of_accounts_in_batches(
+    archiver_env: Env,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    round_trips: Callable[[], RoundTrips],
+) -> None:
+    """The circuit and limiter figures of every account are read in pipelines of READ_BATCH: a
+    scrape at 1,200 accounts takes a few dozen round trips, not one or more per account, and
+    each account still gets its own figures."""
+    many = tmp_path / "many.toml"
+    many.write_text(
+        "".join(
+            f'[[accounts]]\nprovider = "green-api"\nid = "{7_100_000_000 + n}"\n'
+            f'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
+            for n in range(1_200)
+        )
+    )
+    env = use_environment(monkeypatch, archiver_env.settings.broker_url, many)
+    services, accounts = env.services, get_accounts()
+    paused = accounts.find("green-api", "7100001100")  # in the third batch
+    busy = accounts.find("green-api", "7100000700")  # in the second
+    assert paused is not None and busy is not None
+    services.circuit.trip(paused, "unauthorized", "HTTP 401", probing=False, chain="c1")
+    services.limiter.acquire(busy, "archiveChat", max_wait=1.0)
+
+    counter = round_trips()
+    families = {f.name: f for f in ArchiverCollector(services, accounts).collect()}
+    per_account = 1 + len(paused.rates)  # what one read per circuit and per limit would cost
+    assert counter.count < 60 < len(accounts) * per_account
+
+    def valued(name: str) -> list[dict[str, str]]:
+        return [s.labels for s in families[name].samples if s.value]
+
+    assert valued("chat_archiver_account_paused") == [
+        {"provider": "green-api", "account": "7100001100", "reason": "unauthorized"}
+    ]
+    assert len(families["chat_archiver_account_paused"].samples) == 1_200
+    granted = [
+        s.labels
+        for s in families["chat_archiver_limiter_permits"].samples
+        if s.labels["result"] == "granted" and s.value
+    ]
+    assert granted == [
+        {
+            "provider": "green-api",
+            "account": "7100000700",
+            "method": "archiveChat",
+            "result": "granted",
+        }
+    ]

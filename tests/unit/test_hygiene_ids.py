@@ -12,7 +12,7 @@ from config import PROVIDERS
 from tasks.archive import ArchiveRunner, Done, RunContext
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
 from tests.support import JobDesk
-from worker.jobs import ArchiveJob, InvalidJob
+from worker.contract.jobs import ArchiveJob, InvalidJob
 from worker.producer import ArchiveProducer
 
 CHAT = "79001234567@c.us"

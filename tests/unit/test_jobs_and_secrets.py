@@ -10,7 +10,7 @@ import time
 import pytest
 
 from config import Secret, excerpt, redact
-from worker.jobs import ArchiveJob, InvalidJob, job_summary
+from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
 from worker.logs import JsonFormatter, install_redaction
 
 

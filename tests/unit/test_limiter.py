@@ -9,7 +9,7 @@ import pytest
 
 from config import parse_rate
 from tests.conftest import GREEN_ID, Env
-from worker.limiter import AccountLimiter
+from worker.stores.limiter import AccountLimiter
 
 
 @pytest.fixture

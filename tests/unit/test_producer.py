@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import GREEN_ID, Env, RoundTrips
-from worker.jobs import InvalidJob
+from worker.contract.jobs import InvalidJob
 from worker.producer import ArchiveProducer, enqueue_archive, enqueue_many
 
 INTAKE = "archive"

@@ -1,4 +1,5 @@
-"""Every documented provider answer maps to exactly one outcome (providers.md, row by row)."""
+"""Every documented provider answer maps to exactly one outcome (tasks/providers/FACTS.md, row
+by row)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,7 @@ from tasks.providers import (
 from tasks.providers.base import classify, parse_retry_after
 from tasks.providers.green_api import ARCHIVE_RULES as GREEN_RULES
 from tasks.providers.wassenger import ARCHIVE_RULES as WASSENGER_RULES
-from worker.logs import install_redaction
-from worker.outcomes import (
+from worker.contract.outcomes import (
     ACCOUNT_UNAVAILABLE,
     ALREADY_ARCHIVED,
     ARCHIVED,
@@ -40,7 +40,8 @@ from worker.outcomes import (
     Reason,
     Verdict,
 )
-from worker.simulator import start_in_thread
+from worker.logs import install_redaction
+from worker.sandbox.simulator import start_in_thread
 
 TOKEN = "CANARYtableT0ken12345"
 GREEN = Account(

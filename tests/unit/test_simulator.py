@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.simulator import (
+from worker.sandbox.simulator import (
     SimulatorClient,
     SimulatorError,
     SimulatorHandle,
@@ -787,13 +787,13 @@ def test_mask_path():
 
 
 def test_access_log_masks_tokens(caplog: pytest.LogCaptureFixture):
-    caplog.set_level(logging.INFO, logger="worker.simulator.access")
+    caplog.set_level(logging.INFO, logger="worker.sandbox.simulator.access")
     with start_in_thread(access_log=True) as handle, httpx.Client(base_url=handle.url) as http:
         handle.state.put_account("green-api", GID, {"token": GTOKEN})
         http.post(f"/waInstance{GID}/archiveChat/{GTOKEN}", json={"chatId": USER})
         http.get(f"/waInstance{GID}/getChats/wrong-{GTOKEN}")
         http.get("/_sim/health")
-    lines = [r.getMessage() for r in caplog.records if r.name == "worker.simulator.access"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "worker.sandbox.simulator.access"]
     assert len(lines) == 3
     assert any("/archiveChat/***" in line for line in lines)
     assert all(GTOKEN not in line for line in lines)

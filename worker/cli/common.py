@@ -34,7 +34,7 @@ from rich.text import Text
 
 from config import ConfigError, UserError, get_settings
 from worker.logs import install_redaction
-from worker.state import safe_url
+from worker.stores.client import safe_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from worker.cli.common import OneLineCommand, console, fail, one_line_errors
-from worker.demo import run_demo
+from worker.sandbox.demo import run_demo
 
 
 @click.command(cls=OneLineCommand)

@@ -29,10 +29,10 @@ from worker.cli.common import (
     say,
     when,
 )
-from worker.deadletters import CorruptEntry, DeadLetter, DeadLetterStore
-from worker.outcomes import Reason
+from worker.contract.outcomes import Reason
 from worker.producer import enqueue_job
 from worker.services import get_services
+from worker.stores.deadletters import CorruptEntry, DeadLetter, DeadLetterStore
 
 MIN_PREFIX = 6  # what a person may type
 SHORT_ID = 8  # what `list` prints at least (more when that is not unique)

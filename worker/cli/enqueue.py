@@ -47,7 +47,7 @@ from worker.cli.common import (
     printable,
     say,
 )
-from worker.jobs import InvalidJob
+from worker.contract.jobs import InvalidJob
 from worker.producer import BATCH_SIZE, BulkResult, default_producer, enqueue_archive
 
 FORMATS = ("csv", "tsv", "jsonl")

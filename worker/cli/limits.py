@@ -9,8 +9,8 @@ import click
 from rich.table import Table
 
 from worker.cli.common import OneLineCommand, cell, console, one_line_errors
-from worker.limiter import LimiterState
 from worker.services import get_accounts, get_services
+from worker.stores.limiter import LimiterState
 
 
 def limiter_states(all_methods: bool = False) -> list[LimiterState]:

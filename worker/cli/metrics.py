@@ -9,9 +9,9 @@ import threading
 import click
 
 from worker.cli.common import OneLineCommand, UsageProblem, one_line_errors, say
-from worker.exporter import UNAVAILABLE, serve
 from worker.services import get_accounts, get_services
-from worker.state import safe_url
+from worker.stores.client import safe_url
+from worker.views.exporter import UNAVAILABLE, serve
 
 logger = logging.getLogger("chat_archiver.metrics")
 

@@ -1,10 +1,10 @@
-"""``chat-archiver simulate``: serve both provider APIs on loopback (see worker/simulator)."""
+"""``chat-archiver simulate``: serve both provider APIs on loopback (worker/sandbox/simulator)."""
 
 from __future__ import annotations
 
 import click
 
-from worker.simulator import serve
+from worker.sandbox.simulator import serve
 
 
 @click.command()

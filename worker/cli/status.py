@@ -16,7 +16,7 @@ from config import ConfigError
 from worker.celery_app import app
 from worker.cli.common import OneLineCommand, UsageProblem, cell, console, say
 from worker.services import get_accounts, get_services
-from worker.status import collect_status
+from worker.views.status import collect_status
 
 
 @click.command(cls=OneLineCommand)

@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config import ArchiverError
+from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
 from worker.contract.tasks import ARCHIVE_TASK, PROBE_TASK, SWEEP_TASK, TASK_NAMES, UNPACED
-from worker.jobs import ArchiveJob, InvalidJob, job_summary
 
 # Every message we accept is a few hundred bytes; a limit far above that and far below what could
 # hurt a worker. Checked on the raw text and again after base64 and decompression.

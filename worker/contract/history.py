@@ -2,7 +2,7 @@
 
 A job keeps its task id for its whole life: every time it waits and runs again (a retry, a 429,
 a paused account) the job store keeps a new message with these headers updated
-(worker/endings.py), so a run knows what the runs before it did.
+(worker/stores/endings.py), so a run knows what the runs before it did.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
     SUCCESS  the result is a :class:`JobResult`: outcome archived, already_archived or duplicate
     FAILURE  the job was dead-lettered: the exception is ``DeadLettered(reason, detail,
-             dead_letter_id)`` (worker/outcomes.py); in the backend's JSON, ``result.exc_type``
-             is "DeadLettered" and ``result.exc_message`` holds those three strings
+             dead_letter_id)`` (worker/contract/outcomes.py); in the backend's JSON,
+             ``result.exc_type`` is "DeadLettered" and ``result.exc_message`` holds those three
+             strings
     RETRY    the job waits in the job store (a retry's countdown, its account's rate limit, a
              paused account): ``Deferred(why)``; not ready yet
     PENDING  not started yet (or unknown)
@@ -17,7 +18,7 @@ from typing import Any, NotRequired, TypedDict
 
 from celery.result import AsyncResult
 
-from worker.outcomes import DeadLettered
+from worker.contract.outcomes import DeadLettered
 
 
 class JobResult(TypedDict):

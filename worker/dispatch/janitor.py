@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import AccountRegistry
+from worker.contract.outcomes import Reason
+from worker.dispatch.probes import ensure_chain
 from worker.dispatch.router import Router
-from worker.endings import Endings
-from worker.outcomes import Reason
-from worker.probes import ensure_chain
 from worker.services import Services
+from worker.stores.endings import Endings
 from worker.stores.writes import Writes
 
 logger = logging.getLogger("chat_archiver.janitor")

@@ -14,10 +14,10 @@ import logging
 from typing import Any
 
 from config import Account, AccountRegistry
-from worker.limiter import MICROS, AccountLimiter
 from worker.services import AccountsFile
 from worker.stores.jobs import JobStore
 from worker.stores.keys import Keys
+from worker.stores.limiter import MICROS, AccountLimiter
 
 logger = logging.getLogger("chat_archiver.accounts")
 

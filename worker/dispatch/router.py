@@ -24,8 +24,8 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 from config import excerpt
 from worker.contract import envelope
 from worker.contract.envelope import Intake, Refused
-from worker.deadletters import DeadLetter, DeadLetterStore
-from worker.outcomes import DeadLettered, Reason
+from worker.contract.outcomes import DeadLettered, Reason
+from worker.stores.deadletters import DeadLetter, DeadLetterStore
 from worker.stores.jobs import JobStore, NewJob
 from worker.stores.keys import Keys
 from worker.stores.scripts import load

@@ -30,7 +30,7 @@ from worker.dispatch.janitor import Janitor
 from worker.dispatch.registry import AccountsPublisher
 from worker.dispatch.router import Router, intake_lists
 from worker.services import Services, accounts_file, get_services
-from worker.state import connect, set_outage_grace
+from worker.stores.client import connect, set_outage_grace
 from worker.stores.keys import ready_queue
 
 logger = logging.getLogger("chat_archiver.dispatch")

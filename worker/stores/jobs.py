@@ -38,7 +38,7 @@ PROMOTE_PER_CALL = 500
 # How far ahead of its permit a job may be dispatched: time for the message to reach a worker
 # process, so the call goes out on its slot. A worker slot sleeps at most this long for it.
 DISPATCH_LEAD = 0.02
-# The window of the limiter's "recent rate" figures (worker/limiter.py).
+# The window of the limiter's "recent rate" figures (worker/stores/limiter.py).
 RECENT_WINDOW = 10.0
 
 

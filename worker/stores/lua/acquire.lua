@@ -1,7 +1,7 @@
 --! keys: tat stats recent
 --! args: now interval_us max_wait_us window_us
 --! uses: clock gcra
--- One permit of a limit (worker/limiter.py): {granted (0/1), µs to its slot (to the next free
+-- One permit of a limit (worker/stores/limiter.py): {granted (0/1), µs to its slot (to the next free
 -- slot when refused)}.
 local now = clock_us(ARG.now)
 local granted, slot = gcra_acquire(KEY.tat, KEY.stats, KEY.recent, ARG.interval_us,

@@ -1,7 +1,7 @@
 --! keys: circuit probe chain paused
 --! args: now account reason detail cooldown cooldown_max probing token
 --! uses: clock
--- An account answered an account problem (worker/circuit.py). Opens a closed circuit and marks a
+-- An account answered an account problem (worker/stores/circuit.py). Opens a closed circuit and marks a
 -- probe chain as started (the caller sends its first task); a failed probe (`probing` '1') keeps
 -- it open and doubles the cooldown (the chain that released the probe wakes up in time for the
 -- next). Jobs that were already in flight when it opened change nothing. Returns the seconds to

@@ -2,7 +2,7 @@
 --! args: ttl
 --! rest: pairs
 --! uses: claim
--- Each chat once, for a batch (worker/pending.py): KEY.chats are the chats' pending marks, REST
+-- Each chat once, for a batch (worker/stores/pending.py): KEY.chats are the chats' pending marks, REST
 -- their task ids in the same order. A bulk enqueue claims 500 chats in one call instead of 500, and
 -- hears back only about the chats another job holds: {position, owner, position, owner, ...}.
 local held = {}

@@ -1,4 +1,4 @@
--- The account circuit breaker (worker/circuit.py): 'call' (closed), 'park' (open, no probe due
+-- The account circuit breaker (worker/stores/circuit.py): 'call' (closed), 'park' (open, no probe due
 -- or one already running) or 'probe' (open and a probe is due: this caller takes the probe claim
 -- and calls the provider to see). probe_at is in seconds.
 local function circuit_check(circuit_key, probe_key, probe_ttl_ms, now)

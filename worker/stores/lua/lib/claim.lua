@@ -1,4 +1,4 @@
--- Each chat once (worker/pending.py): 1 when `task_id` owns the chat's mark (now or already),
+-- Each chat once (worker/stores/pending.py): 1 when `task_id` owns the chat's mark (now or already),
 -- else the id of the job that owns it.
 local function claim(key, task_id, ttl)
   local owner = redis.call('GET', key)

@@ -1,4 +1,4 @@
--- GCRA, the generic cell rate algorithm (worker/limiter.py explains the choice). One key holds
+-- GCRA, the generic cell rate algorithm (worker/stores/limiter.py explains the choice). One key holds
 -- the limit's theoretical arrival time (TAT): the moment its next call may go. A permit reserves
 -- the slot at TAT and moves TAT one interval on. A slot further away than max_wait is not
 -- reserved. Returns granted (boolean) and the slot in µs: the reserved one, or the next free one.

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import json
 
-from worker.simulator.answers import Answer, text
+from worker.sandbox.simulator.answers import Answer, text
 
 ECHO_FORMS = ("raw", "percent", "percent_lower", "json", "basic", "bearer")
 

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import Callable
 
 from config import Account
-from worker.circuit import AccountCircuit
 from worker.contract.tasks import PROBE_TASK
 from worker.producer import default_producer
+from worker.stores.circuit import AccountCircuit
 
 # Redis's clock and ours may differ a little: a probe task comes back a little after its turn.
 PROBE_SLACK = 0.5

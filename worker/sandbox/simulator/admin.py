@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 import tornado.web
 
-from worker.simulator.state import SimulatorState, SpecError
+from worker.sandbox.simulator.state import SimulatorState, SpecError
 
 _ACCOUNT = r"/_sim/accounts/([^/]+)/([^/]+)"
 

@@ -1,8 +1,8 @@
 """Prometheus metrics read from Redis at each scrape: what every worker process and host wrote.
 
 Served by ``chat-archiver metrics``. One exporter covers the whole deployment, however many
-workers run, because the numbers live in Redis, not in worker memory (worker/metrics.py). Flower
-exports Celery's own task metrics; these are chat-archiver's.
+workers run, because the numbers live in Redis, not in worker memory
+(worker/stores/metrics.py). Flower exports Celery's own task metrics; these are chat-archiver's.
 
 Labels are the same everywhere: an account is ``provider`` plus ``account`` (its id, without the
 provider: ``provider="green-api", account="7105187566"``), so one PromQL join or filter works
@@ -35,10 +35,10 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from config import AccountRegistry
 from worker.dispatch.router import intake_lists
-from worker.metrics import LATENCY_BUCKETS
 from worker.services import Services
-from worker.state import safe_url
+from worker.stores.client import safe_url
 from worker.stores.keys import ready_queue
+from worker.stores.metrics import LATENCY_BUCKETS
 
 logger = logging.getLogger("chat_archiver.metrics")
 
@@ -139,17 +139,17 @@ class ArchiverCollector(Collector):
         limited = CounterMetricFamily(
             "chat_archiver_provider_rate_limited", "429 answers from the provider", labels=labels
         )
-        limiter = self.services.limiter
-        for account in self.accounts:
-            for method in account.rates:
-                state = limiter.state(account, method)
-                if not (state.granted or state.deferred or state.rate_limited):
-                    continue
-                values = [account.provider, account.id, method]
-                waited.add_metric(values, state.waited_seconds)
-                permits.add_metric([*values, "granted"], state.granted)
-                permits.add_metric([*values, "deferred"], state.deferred)
-                limited.add_metric(values, state.rate_limited)
+        limits = [(account, method) for account in self.accounts for method in account.rates]
+        for (account, method), state in zip(
+            limits, self.services.limiter.states(limits), strict=True
+        ):
+            if not (state.granted or state.deferred or state.rate_limited):
+                continue
+            values = [account.provider, account.id, method]
+            waited.add_metric(values, state.waited_seconds)
+            permits.add_metric([*values, "granted"], state.granted)
+            permits.add_metric([*values, "deferred"], state.deferred)
+            limited.add_metric(values, state.rate_limited)
         yield from (waited, permits, limited)
 
     def _latency(self) -> Iterator[HistogramMetricFamily]:
@@ -177,8 +177,8 @@ class ArchiverCollector(Collector):
             "Jobs waiting for a paused account",
             labels=ACCOUNT_LABELS,
         )
-        for account in self.accounts:
-            state = self.services.circuit.state(account)
+        accounts = list(self.accounts)
+        for account, state in zip(accounts, self.services.circuit.states(accounts), strict=True):
             labels = [account.provider, account.id]
             open_.add_metric([*labels, state.reason or ""], 1 if state.state == "open" else 0)
             parked.add_metric(labels, state.parked)

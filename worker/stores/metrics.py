@@ -6,7 +6,7 @@ numbers, and read by one exporter (``chat-archiver metrics``) and by ``chat-arch
                                       "provider|account|sum" (the count is the buckets' sum)
     {prefix}:recent:{provider}:{account}   list, the account's last outcomes (JSON), newest first
 
-Limiter figures (permits, waits, 429s) are the limiter's own stats (worker/limiter.py); dead
+Limiter figures (permits, waits, 429s) are the limiter's own stats (worker/stores/limiter.py); dead
 letters are counted by their store; queues are Redis lists.
 """
 

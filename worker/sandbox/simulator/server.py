@@ -31,13 +31,13 @@ from tornado import httputil
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from worker.simulator import green_api, wassenger
-from worker.simulator.admin import admin_routes
-from worker.simulator.answers import Answer, SimRequest, reason_phrase, text
-from worker.simulator.state import SimulatorState, load_scenario
+from worker.sandbox.simulator import green_api, wassenger
+from worker.sandbox.simulator.admin import admin_routes
+from worker.sandbox.simulator.answers import Answer, SimRequest, reason_phrase, text
+from worker.sandbox.simulator.state import SimulatorState, load_scenario
 
-ACCESS_LOG = logging.getLogger("worker.simulator.access")
-LOG = logging.getLogger("worker.simulator")
+ACCESS_LOG = logging.getLogger("worker.sandbox.simulator.access")
+LOG = logging.getLogger("worker.sandbox.simulator")
 
 _GREEN_TOKEN = re.compile(r"^(/waInstance[^/]*/[^/]*/)[^/?]+")
 _TOKEN_QUERY = re.compile(r"(?i)([?&](?:token|apitokeninstance)=)[^&]*")

@@ -24,11 +24,11 @@ from typing import Any
 from worker.celery_app import app
 from worker.contract import envelope
 from worker.contract.history import Delivery
+from worker.contract.jobs import job_summary
+from worker.contract.outcomes import DeadLettered, Outcome, Reason
 from worker.contract.tasks import ARCHIVE_TASK
-from worker.deadletters import DeadLetter
-from worker.jobs import job_summary
-from worker.outcomes import DeadLettered, Outcome, Reason
 from worker.services import Services
+from worker.stores.deadletters import DeadLetter
 from worker.stores.jobs import Ending
 from worker.stores.keys import ready_queue
 from worker.stores.writes import Writes
@@ -89,7 +89,7 @@ class Endings:
         if entry is not None:
             self.services.dead_letters.queue_add(writes, entry)
             if entry.reason == Reason.NO_MESSAGES and valid:
-                # Sweeps leave this chat alone for a while (worker/unarchivable.py).
+                # Sweeps leave this chat alone for a while (worker/stores/unarchivable.py).
                 self.services.unarchivable.queue_add(writes, provider, account, chat)
         chat_key = ""
         if ref.task == ARCHIVE_TASK and valid:

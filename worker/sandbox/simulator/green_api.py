@@ -40,7 +40,7 @@ JSON `{"code": <status>, "message": <text>}` (`application/json`) for what the A
 
 Order of checks for a known instance: outage (503, to every method) -> token (401) -> sliding
 rate limit (429) -> account status -> for archive/unarchive: `echo_next` (400 quoting the path,
-token included: worker/simulator/echo.py), `fail_next`, then `error_ratio` -> the method itself.
+token included: simulator/echo.py), `fail_next`, then `error_ratio` -> the method itself.
 getStateInstance reports not_authorized/starting as a state instead of an error; expired,
 plan_required and deleted answer their 400 there too.
 """
@@ -53,7 +53,7 @@ import zlib
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from worker.simulator.answers import (
+from worker.sandbox.simulator.answers import (
     Answer,
     SimRequest,
     empty,
@@ -62,8 +62,8 @@ from worker.simulator.answers import (
     reason_phrase,
     text,
 )
-from worker.simulator.echo import echo
-from worker.simulator.state import GREEN_API, Account, Chat, SimulatorState
+from worker.sandbox.simulator.echo import echo
+from worker.sandbox.simulator.state import GREEN_API, Account, Chat, SimulatorState
 
 ARCHIVE_METHODS = frozenset({"archiveChat", "unarchiveChat"})
 # HTTP verbs per method; getChats also takes POST because newer docs send `count` in a body.

@@ -1,13 +1,10 @@
-"""The Redis that holds our state (limiter, dead letters, locks, counters) and how keys are named.
+"""The Redis that holds our state (job store, limiter, dead letters, locks, counters).
 
-One client per process, rebuilt after a fork like the HTTP client: prefork children must not
-share the parent's sockets.
+One client per process (config/per_process.py): prefork children must not share the parent's
+sockets.
 """
 
 from __future__ import annotations
-
-import os
-import threading
 
 import redis
 from kombu.utils.url import maybe_sanitize_url
@@ -18,14 +15,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from config import get_settings
+from config.per_process import PerProcess
 
-_lock = threading.Lock()
-_client: redis.Redis | None = None
-_client_pid: int | None = None
 # How long a command keeps being retried while Redis is unreachable or loading its data after a
 # restart. Short for the CLI and producers (they report it); workers raise it to
-# ARCHIVER_REDIS_OUTAGE_GRACE (worker/app.py) so a run that has its provider's answer waits to
-# record it instead of losing it. Our scripts are safe to send twice (worker/stores/jobs.py).
+# ARCHIVER_REDIS_OUTAGE_GRACE (worker/celery_app.py) so a run that has its provider's answer
+# waits to record it instead of losing it. Our scripts are safe to send twice (stores/jobs.py).
 _outage_grace = 1.0
 
 
@@ -56,18 +51,13 @@ def safe_url(url: str) -> str:
     return str(maybe_sanitize_url(url))
 
 
+_state = PerProcess(lambda: connect(get_settings().state_url))
+
+
 def state_redis() -> redis.Redis:
-    global _client, _client_pid
-    pid = os.getpid()
-    if _client is None or _client_pid != pid:
-        with _lock:
-            if _client is None or _client_pid != pid:
-                _client, _client_pid = connect(get_settings().state_url), pid
-    return _client
+    return _state.get()
 
 
 def reset_state_redis() -> None:
     """Forget the client (tests that switch Redis, and settings reloads)."""
-    global _client, _client_pid
-    with _lock:
-        _client, _client_pid = None, None
+    _state.forget()

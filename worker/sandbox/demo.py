@@ -31,13 +31,13 @@ from rich.text import Text
 
 from config import GREEN_API, WASSENGER, Settings, get_settings
 from worker.celery_app import create_app
+from worker.contract.jobs import InvalidJob
 from worker.contract.results import outcome_of
-from worker.deadletters import DeadLetterStore
-from worker.jobs import InvalidJob
-from worker.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
 from worker.producer import ArchiveProducer
-from worker.simulator import SimulatorClient, SimulatorError, start_in_thread
-from worker.state import connect, safe_url
+from worker.sandbox.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
+from worker.sandbox.simulator import SimulatorClient, SimulatorError, start_in_thread
+from worker.stores.client import connect, safe_url
+from worker.stores.deadletters import DeadLetterStore
 from worker.stores.keys import ready_queue
 
 GREEN_ID = "1101000001"

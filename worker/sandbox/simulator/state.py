@@ -38,8 +38,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from worker.simulator.counters import Counters, MethodCounter, SlidingWindow
-from worker.simulator.echo import ECHO_FORMS
+from worker.sandbox.simulator.counters import Counters, MethodCounter, SlidingWindow
+from worker.sandbox.simulator.echo import ECHO_FORMS
 
 GREEN_API = "green-api"
 WASSENGER = "wassenger"
@@ -57,7 +57,7 @@ STATUSES = (
 )
 KINDS = ("user", "group", "channel")
 
-# Calls per sliding second, from providers.md. None or 0 disables the limit.
+# Calls per sliding second, from tasks/providers/FACTS.md. None or 0 disables the limit.
 DEFAULT_RATE_LIMITS: dict[str, dict[str, int | None]] = {
     GREEN_API: {
         "archiveChat": 10,
@@ -319,7 +319,7 @@ class Faults:
     error_ratio: float = 0.0
     error_statuses: list[int] = field(default_factory=lambda: list(DEFAULT_ERROR_STATUSES))
     fail_next: deque[int] = field(default_factory=deque)
-    # Forms of worker/simulator/echo.py: the next archive calls answer 400 quoting the request.
+    # Forms of simulator/echo.py: the next archive calls answer 400 quoting the request.
     echo_next: deque[str] = field(default_factory=deque)
     outage_until: float | None = None
     latency_ms: float = 0.0

@@ -31,7 +31,7 @@ Account-status errors apply to the chat endpoints; `/v1/devices` reports the sta
 
 Order of checks: device (404) -> outage (503) -> token (401) -> sliding rate limit (429) ->
 account status -> for archive/unarchive: `echo_next` (400 quoting the Token header:
-worker/simulator/echo.py), `fail_next`, then `error_ratio` -> the request itself.
+worker/sandbox/simulator/echo.py), `fail_next`, then `error_ratio` -> the request itself.
 """
 
 from __future__ import annotations
@@ -42,9 +42,9 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from worker.simulator.answers import Answer, SimRequest, json_answer, reason_phrase
-from worker.simulator.echo import echo
-from worker.simulator.state import (
+from worker.sandbox.simulator.answers import Answer, SimRequest, json_answer, reason_phrase
+from worker.sandbox.simulator.echo import echo
+from worker.sandbox.simulator.state import (
     WASSENGER,
     WASSENGER_TYPES,
     Account,

@@ -1,9 +1,9 @@
 """A local stand-in for GREEN-API and Wassenger: both APIs on one loopback port, with per-account
 state, every documented error, sliding-window rate limits, fault injection and call counters."""
 
-from worker.simulator.client import SimulatorClient, SimulatorError
-from worker.simulator.server import SimulatorHandle, mask_path, serve, start_in_thread
-from worker.simulator.state import (
+from worker.sandbox.simulator.client import SimulatorClient, SimulatorError
+from worker.sandbox.simulator.server import SimulatorHandle, mask_path, serve, start_in_thread
+from worker.sandbox.simulator.state import (
     DEFAULT_RATE_LIMITS,
     GREEN_API,
     WASSENGER,

@@ -1,0 +1,55 @@
+"""One object per process: built on first use, rebuilt after a fork.
+
+Redis and HTTP clients hold sockets, and Celery's prefork pool forks children from a parent that
+may already have built them: a child must never share its parent's sockets. So each cached object
+remembers the process that built it, and a different process builds its own. Building is lazy so
+that importing a module opens nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import ClassVar, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class PerProcess(Generic[T]):
+    """``get()`` returns this process's object, building it with ``build`` the first time."""
+
+    _every: ClassVar[list[PerProcess[object]]] = []
+
+    def __init__(self, build: Callable[[], T]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._pid: int | None = None
+        PerProcess._every.append(self)  # type: ignore[arg-type]
+
+    def get(self) -> T:
+        pid = os.getpid()
+        value = self._value
+        if value is None or self._pid != pid:
+            with self._lock:
+                if self._value is None or self._pid != pid:
+                    self._value, self._pid = self._build(), pid
+                value = self._value
+        return value
+
+    def install(self, value: T) -> None:
+        """Use ``value`` in this process until forgotten (tests that bring their own)."""
+        with self._lock:
+            self._value, self._pid = value, os.getpid()
+
+    def forget(self) -> None:
+        """Build afresh on the next ``get()`` (settings changed, tests switched Redis)."""
+        with self._lock:
+            self._value, self._pid = None, None
+
+
+def forget_all() -> None:
+    """Forget every per-process object (tests that change the environment)."""
+    for cached in PerProcess._every:
+        cached.forget()

@@ -1,0 +1,1 @@
+"""Operator views: what `status` and the Prometheus exporter read from Redis."""
