@@ -21,8 +21,12 @@ from config import AccountRegistry, Settings, get_settings
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, get_services, reset_services
+from worker.stores.keys import Keys
 
 # A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
+# The keys under the default ARCHIVER_KEY_PREFIX, for tests that look into Redis directly.
+KEYS = Keys("chat-archiver")
+
 CANARY = "CANARYc4n4ry7f3a9e1d5b2"
 WASSENGER_CANARY = "CANARYw4ss3ng3r9d8c7b6a"
 GREEN_ID = "7105187566"

@@ -47,6 +47,7 @@ from tasks.providers import (
 from worker.contract.history import Delivery
 from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
 from worker.contract.outcomes import DeadLettered, Kind, Outcome, Reason
+from worker.contract.results import JobResult
 from worker.services import Services
 from worker.stores.circuit import Decision
 from worker.stores.deadletters import DeadLetter
@@ -71,15 +72,23 @@ class RunContext:
     run: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
+def _shown(value: object) -> str:
+    """A job field as a result shows it: a malformed job's value may be anything (a megabyte, a
+    list, a pasted token), so it is redacted and capped like a dead letter's excerpt."""
+    if value is None:
+        return ""
+    return excerpt(value if isinstance(value, str) else repr(value))
+
+
 # How a run ends, for the Celery glue (tasks/archive/task.py).
 @dataclass(frozen=True)
 class Done:
-    result: dict[str, Any]  # SUCCESS
+    result: JobResult  # SUCCESS
 
 
 @dataclass(frozen=True)
 class Failed:
-    result: dict[str, Any]
+    result: JobResult
     error: DeadLettered  # FAILURE: the job is in the dead letters
 
 
@@ -278,22 +287,32 @@ class ArchiveRunner:
 
     # -- endings ---------------------------------------------------------------------------------
 
-    def _result(self, run: _Run, outcome: Outcome, **extra: Any) -> dict[str, Any]:
+    def _result(
+        self,
+        run: _Run,
+        outcome: Outcome,
+        *,
+        duplicate_of: str | None = None,
+        dead_letter: tuple[str, str, str] | None = None,  # reason, detail, dead letter id
+    ) -> JobResult:
         delivery, job = run.delivery, run.ref.job
-        result: dict[str, Any] = {
-            "outcome": str(outcome),
-            "provider": job.get("provider"),
-            "account": job.get("account"),
-            "chat_id": job.get("chat_id"),
-            "attempts": delivery.attempts,
-            **{key: value for key, value in extra.items() if value is not None},
-        }
+        result = JobResult(
+            outcome=str(outcome),
+            provider=_shown(job.get("provider")),
+            account=_shown(job.get("account")),
+            chat_id=_shown(job.get("chat_id")),
+            attempts=delivery.attempts,
+        )
         if job.get("request_id"):
-            result["request_id"] = job["request_id"]
+            result["request_id"] = _shown(job["request_id"])
+        if duplicate_of is not None:
+            result["duplicate_of"] = duplicate_of
+        if dead_letter is not None:
+            result["reason"], result["detail"], result["dead_letter_id"] = dead_letter
         return result
 
-    def _finish(self, run: _Run, outcome: Outcome, **extra: Any) -> Done:
-        result = self._result(run, outcome, **extra)
+    def _finish(self, run: _Run, outcome: Outcome, *, duplicate_of: str | None = None) -> Done:
+        result = self._result(run, outcome, duplicate_of=duplicate_of)
         self.endings.final(run.ref, outcome, latencies=run.latencies)
         self._log_outcome(result, run)
         return Done(result)
@@ -320,7 +339,7 @@ class ArchiveRunner:
             task_id=delivery.task_id,
         )
         result = self._result(
-            run, Outcome.DEAD_LETTERED, reason=str(reason), detail=detail, dead_letter_id=entry.id
+            run, Outcome.DEAD_LETTERED, dead_letter=(str(reason), detail, entry.id)
         )
         self.endings.final(
             run.ref, Outcome.DEAD_LETTERED, reason=str(reason), entry=entry, latencies=run.latencies

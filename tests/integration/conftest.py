@@ -17,7 +17,7 @@ from celery import Celery
 from celery.result import AsyncResult
 
 from config import Settings
-from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
+from tests.conftest import CANARY, GREEN_ID, KEYS, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
 from tests.support import eventually, run_cli
 from worker.celery_app import create_app
 from worker.contract.results import outcome_of
@@ -159,11 +159,11 @@ class Cluster:
 
     def services_parked(self) -> int:
         """Jobs parked behind an open account circuit (any account)."""
-        return sum(self.redis.llen(key) for key in self.redis.scan_iter("chat-archiver:parked:*"))
+        return sum(self.redis.llen(key) for key in self.redis.scan_iter(KEYS.parked("*")))
 
     def stored(self) -> int:
         """Jobs in the job store: accepted and not yet ended."""
-        return int(self.redis.hlen("chat-archiver:jobs"))
+        return int(self.redis.hlen(KEYS.jobs))
 
     def calls(self, provider: str, method: str, status: int | None = None) -> int:
         """Calls the simulator saw (all of them, or those it answered with `status`)."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.conftest import CANARY
+from tests.conftest import CANARY, KEYS
 from tests.integration.conftest import Cluster
 from tests.support import eventually
 
@@ -40,7 +40,7 @@ def test_an_account_added_to_the_file_takes_effect_without_a_restart(
 
     # Nobody knows the account yet: the job waits, safely, and status says why.
     key = f"green-api:{NEW_ID}"
-    eventually(lambda: cluster.redis.zscore("chat-archiver:unknown", key), 10, "the job waiting")
+    eventually(lambda: cluster.redis.zscore(KEYS.unknown, key), 10, "the job waiting")
     time.sleep(1.5)  # several reload checks pass: still nothing to do, and nothing dead-lettered
     assert cluster.app.AsyncResult(task_id).state == "PENDING"
     assert len(cluster.dead_letters) == 0
@@ -58,7 +58,7 @@ def test_an_account_added_to_the_file_takes_effect_without_a_restart(
     assert took < 10, took
     assert "accounts file reloaded: 3 accounts (1 added, 0 removed)" in worker.log()
     assert worker.process.poll() is None  # type: ignore[union-attr]  # the same process
-    assert cluster.redis.zscore("chat-archiver:unknown", key) is None
+    assert cluster.redis.zscore(KEYS.unknown, key) is None
 
 
 def test_an_account_removed_from_the_file_keeps_its_jobs_waiting(fresh_cluster: Cluster) -> None:
@@ -78,6 +78,6 @@ def test_an_account_removed_from_the_file_keeps_its_jobs_waiting(fresh_cluster: 
         {"provider": "green-api", "account": NEW_ID, "chat_id": "79150000003@c.us"}
     )
     key = f"green-api:{NEW_ID}"
-    eventually(lambda: cluster.redis.zscore("chat-archiver:unknown", key), 10, "the job waiting")
+    eventually(lambda: cluster.redis.zscore(KEYS.unknown, key), 10, "the job waiting")
     assert cluster.app.AsyncResult(later).state == "PENDING"
     assert len(cluster.dead_letters) == 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.conftest import CANARY, GREEN_ID, accounts_toml
+from tests.conftest import CANARY, GREEN_ID, KEYS, accounts_toml
 from tests.support import run_cli
 from worker.contract import envelope
 from worker.sandbox.local import CeleryProcess
@@ -249,8 +249,8 @@ def test_dlq_reads_awkward_and_corrupt_entries_without_a_traceback(
     # As the store wrote it before: redact() over the JSON text swallowed an escape.
     corrupt = "c0ffee" + "0" * 26
     broken = '{"excerpt": "/waInstance1/x/***" y", "reason": "chat_not_found"}'
-    client.hset("chat-archiver:dlq:entries", corrupt, broken)
-    client.zadd("chat-archiver:dlq:index", {corrupt: 1.0})
+    client.hset(KEYS.dlq_entries, corrupt, broken)
+    client.zadd(KEYS.dlq_index, {corrupt: 1.0})
 
     listed = run(env, "dlq", "list")
     assert listed.returncode == 0, listed.stderr

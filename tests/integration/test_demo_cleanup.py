@@ -12,6 +12,7 @@ import pytest
 import redis
 from rich.console import Console
 
+from tests.conftest import KEYS
 from worker.sandbox.demo import run_demo
 
 pytestmark = pytest.mark.integration
@@ -39,7 +40,7 @@ def seed_a_deployment(client: redis.Redis) -> None:
     client.hset("unacked", "tag-1", '[{"a job": 1}, "", "archive"]')
     client.zadd("unacked_index", {"tag-1": 4102444800})  # not due for restoring
     client.set("celery-task-meta-0000", '{"status": "SUCCESS"}')
-    client.hset("chat-archiver:dlq:entries", "e1", "{}")
+    client.hset(KEYS.dlq_entries, "e1", "{}")
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, tuple[bytes, object]]:

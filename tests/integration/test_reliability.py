@@ -19,7 +19,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import GREEN_ID
+from tests.conftest import GREEN_ID, KEYS
 from tests.integration.conftest import Cluster
 from tests.support import eventually
 from tests.unit.test_envelope import mangled_messages
@@ -43,7 +43,7 @@ def settled(cluster: Cluster, task_ids: list[str], timeout: float) -> dict[str, 
 def nothing_left_behind(cluster: Cluster) -> None:
     """Every job ended: none stored, no chat's pending mark left to block a new request."""
     eventually(lambda: cluster.stored() == 0, 20, "the job store empty")
-    assert list(cluster.redis.scan_iter("chat-archiver:pending:*")) == []
+    assert list(cluster.redis.scan_iter(KEYS.pending("*", "*"))) == []
 
 
 @pytest.fixture
@@ -115,9 +115,7 @@ def test_sigkilled_nodes_jobs_come_back_within_a_lease(
     for kill in range(4):
         doomed = cluster.start_worker(f"doomed{kill}", concurrency=3)
         # Wait until the doomed node holds running jobs, then kill it and everything it forked.
-        held = eventually(
-            lambda: list(cluster.redis.hgetall("chat-archiver:runs")), 30, "runs under way"
-        )
+        held = eventually(lambda: list(cluster.redis.hgetall(KEYS.runs)), 30, "runs under way")
         doomed.signal(signal.SIGKILL, group=True)
         doomed.process.wait(10)  # type: ignore[union-attr]
         killed_at = time.monotonic()

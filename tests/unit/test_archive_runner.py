@@ -4,6 +4,7 @@ respx, sleeps recorded instead of slept."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -416,6 +417,25 @@ def test_a_malformed_message_is_kept_whole_and_redacted(
     assert entry is not None
     assert "args=('green-api', '7105187566', '79001234567@c.us')" in entry.excerpt
     assert "'note'" in entry.excerpt and CANARY not in entry.to_json()
+
+
+def test_a_malformed_jobs_result_holds_short_redacted_strings(
+    runner: ArchiveRunner, desk: JobDesk
+) -> None:
+    """The result is a JobResult whatever arrived: strings, capped, with no token in them."""
+    kwargs = {
+        "provider": ["green-api"],
+        "account": None,
+        "chat_id": f"{CANARY}@c.us" + "x" * 1_000_000,
+        "request_id": 42,
+    }
+    task_id = desk.put_raw(kwargs, f"green-api:{GREEN_ID}")
+    end = runner.run((), kwargs, RunContext(task_id, "test@host"))
+    assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
+    shown = {key: end.result[key] for key in ("provider", "account", "chat_id", "request_id")}
+    assert shown["provider"] == "['green-api']" and shown["account"] == ""
+    assert shown["request_id"] == "42"
+    assert CANARY not in json.dumps(end.result) and len(json.dumps(end.result)) < 2_000
 
 
 def test_an_exception_that_escapes_a_run_is_dead_lettered_internal_error(

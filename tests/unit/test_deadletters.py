@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import CANARY, Env
+from tests.conftest import CANARY, KEYS, Env
 from worker.consumer import dead_letter_message
 from worker.stores import deadletters
 from worker.stores.deadletters import CorruptDeadLetter, CorruptEntry, DeadLetter, DeadLetterStore
@@ -145,7 +145,7 @@ AWKWARD_EXCERPTS = [
 
 
 def stored_text(archiver_env: Env, entry_id: str) -> str:
-    return archiver_env.redis.hget("chat-archiver:dlq:entries", entry_id)
+    return archiver_env.redis.hget(KEYS.dlq_entries, entry_id)
 
 
 @pytest.mark.parametrize("excerpt", AWKWARD_EXCERPTS)
@@ -256,9 +256,9 @@ def old_version_entry(entry: DeadLetter) -> str:
 def store_like_the_old_version(archiver_env: Env, entry: DeadLetter) -> str:
     text = old_version_entry(entry)
     pipe = archiver_env.redis.pipeline(transaction=True)
-    pipe.hset("chat-archiver:dlq:entries", entry.id, text)
-    pipe.zadd("chat-archiver:dlq:index", {entry.id: entry.created_at})
-    pipe.hincrby("chat-archiver:dlq:counts", f"{entry.reason}|{entry.account}", 1)
+    pipe.hset(KEYS.dlq_entries, entry.id, text)
+    pipe.zadd(KEYS.dlq_index, {entry.id: entry.created_at})
+    pipe.hincrby(KEYS.dlq_counts, f"{entry.reason}|{entry.account}", 1)
     pipe.execute()
     return entry.id
 
@@ -304,8 +304,8 @@ def test_entries_that_parse_but_are_not_entries_are_corrupt(
         "aaaaaa03": '{"reason": "x", "job": [], "detail": ""}',
         "aaaaaa04": "[" * 100_000,  # deeper than the JSON parser recurses
     }.items():
-        archiver_env.redis.hset("chat-archiver:dlq:entries", entry_id, text)
-        archiver_env.redis.zadd("chat-archiver:dlq:index", {entry_id: 1})
+        archiver_env.redis.hset(KEYS.dlq_entries, entry_id, text)
+        archiver_env.redis.zadd(KEYS.dlq_index, {entry_id: 1})
     seen: list[CorruptEntry] = []
     assert list(store.iter(on_corrupt=seen.append)) == []
     assert sorted(c.id for c in seen) == ["aaaaaa01", "aaaaaa02", "aaaaaa03", "aaaaaa04"]
@@ -333,10 +333,10 @@ def test_a_store_written_before_the_id_set_gets_it_rebuilt(
     archiver_env: Env, store: DeadLetterStore
 ) -> None:
     ids = [store.add(entry("chat_not_found", created=float(n))) for n in range(5)]
-    archiver_env.redis.delete("chat-archiver:dlq:ids")  # as an older version left the store
+    archiver_env.redis.delete(KEYS.dlq_ids)  # as an older version left the store
     assert store.find(ids[3][:12]) == (1, [ids[3]])
-    assert archiver_env.redis.zcard("chat-archiver:dlq:ids") == 5
-    assert set(archiver_env.redis.zrange("chat-archiver:dlq:ids", 0, -1, withscores=True)) == {
+    assert archiver_env.redis.zcard(KEYS.dlq_ids) == 5
+    assert set(archiver_env.redis.zrange(KEYS.dlq_ids, 0, -1, withscores=True)) == {
         (i, 0.0) for i in ids
     }
 

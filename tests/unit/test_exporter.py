@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GREEN_ID, WASSENGER_ID, Env, RoundTrips, use_environment
+from tests.conftest import GREEN_ID, KEYS, WASSENGER_ID, Env, RoundTrips, use_environment
 from worker.services import get_accounts
 from worker.stores.deadletters import DeadLetter
 from worker.stores.metrics import MetricsRecorder
@@ -28,7 +28,7 @@ def test_queue_depths_come_from_the_broker(
     env.services.broker.rpush("archive.ready", "c")
     env.services.broker.hset("unacked", "tag", "message")
     env.services.redis.rpush("archive", "not a queue of the broker's")
-    env.services.redis.rpush(f"chat-archiver:wait:green-api:{GREEN_ID}", "j1", "j2")
+    env.services.redis.rpush(KEYS.wait(f"green-api:{GREEN_ID}"), "j1", "j2")
 
     families = {f.name: f for f in ArchiverCollector(env.services, get_accounts()).collect()}
     depths = {s.labels["queue"]: s.value for s in families["chat_archiver_queue_depth"].samples}

@@ -51,6 +51,7 @@ from redis.client import Pipeline
 
 from config import ArchiverError, redact
 from config.secrets import EXCERPT_LENGTH
+from worker.stores.keys import Keys
 from worker.stores.writes import Writes
 
 logger = logging.getLogger("chat_archiver.deadletters")
@@ -271,10 +272,11 @@ def _log_corrupt(entry: CorruptEntry) -> None:
 class DeadLetterStore:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
-        self._entries = f"{prefix}:dlq:entries"
-        self._index = f"{prefix}:dlq:index"
-        self._ids = f"{prefix}:dlq:ids"
-        self._counts = f"{prefix}:dlq:counts"
+        keys = Keys(prefix)
+        self._entries = keys.dlq_entries
+        self._index = keys.dlq_index
+        self._ids = keys.dlq_ids
+        self._counts = keys.dlq_counts
 
     def queue_add(self, pipe: Pipeline | Writes, entry: DeadLetter) -> str:
         """Add the entry's writes to a pipeline (a MULTI one keeps the keys together)."""

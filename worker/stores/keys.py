@@ -22,6 +22,9 @@ State Redis (``ARCHIVER_REDIS_URL``, by default the broker's), the job store
     {p}:doorbell        list   wakes one idle dispatcher when work arrives
     {p}:janitor         string the janitor's turn (a short lock)
 
+The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dead letters,
+metrics) are named below too, each described in its store's module.
+
 Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what producers publish to), the ready queue
 ``{queue}.ready`` (the only queue a worker's Celery consumer reads), and
 ``{p}:routing:{node}``, the messages a node took from the intake and has not yet stored.
@@ -129,6 +132,45 @@ class Keys:
 
     def pending(self, account: str, chat_id: str) -> str:
         return f"{self.prefix}:pending:{account}:{chat_id}"
+
+    def unarchivable(self, account: str) -> str:
+        """zset chat id -> when the provider refused it for having no incoming message."""
+        return f"{self.prefix}:unarchivable:{account}"
+
+    # -- dead letters (worker/stores/deadletters.py) -------------------------------------------
+    @property
+    def dlq_entries(self) -> str:
+        return f"{self.prefix}:dlq:entries"
+
+    @property
+    def dlq_index(self) -> str:
+        return f"{self.prefix}:dlq:index"
+
+    @property
+    def dlq_ids(self) -> str:
+        return f"{self.prefix}:dlq:ids"
+
+    @property
+    def dlq_counts(self) -> str:
+        return f"{self.prefix}:dlq:counts"
+
+    # -- metrics (worker/stores/metrics.py) ----------------------------------------------------
+    @property
+    def metrics_outcomes(self) -> str:
+        return f"{self.prefix}:metrics:outcomes"
+
+    @property
+    def metrics_latency(self) -> str:
+        return f"{self.prefix}:metrics:latency"
+
+    def recent(self, account: str) -> str:
+        """list: the account's last outcomes (JSON), newest first."""
+        return f"{self.prefix}:recent:{account}"
+
+
+# kombu's Redis transport keeps messages delivered and not yet acknowledged in this hash (its
+# name is kombu's default, ``unacked_key``; we never write it, status and the exporter count it).
+KOMBU_UNACKED = "unacked"
 
 
 def ready_queue(intake: str) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 
 import redis
 
+from worker.stores.keys import Keys
+
 # Provider call latency buckets, seconds (upper bounds; +Inf is implied).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RECENT = 20  # outcomes kept per account for `status`
@@ -26,12 +28,12 @@ RECENT = 20  # outcomes kept per account for `status`
 class MetricsRecorder:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
-        self.prefix = prefix
-        self.outcomes_key = f"{prefix}:metrics:outcomes"
-        self.latency_key = f"{prefix}:metrics:latency"
+        self._keys = Keys(prefix)
+        self.outcomes_key = self._keys.metrics_outcomes
+        self.latency_key = self._keys.metrics_latency
 
     def recent_key(self, provider: str, account: str) -> str:
-        return f"{self.prefix}:recent:{provider}:{account}"
+        return self._keys.recent(f"{provider}:{account}")
 
     def outcome_keys(self, provider: str, account: str) -> list[str]:
         return [self.outcomes_key, self.recent_key(provider, account)]

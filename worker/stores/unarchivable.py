@@ -17,16 +17,17 @@ import time
 import redis
 from redis.client import Pipeline
 
+from worker.stores.keys import Keys
 from worker.stores.writes import Writes
 
 
 class UnarchivableChats:
     def __init__(self, client: redis.Redis, prefix: str) -> None:
         self._redis = client
-        self._prefix = prefix
+        self._keys = Keys(prefix)
 
     def key(self, provider: str, account: str) -> str:
-        return f"{self._prefix}:unarchivable:{provider}:{account}"
+        return self._keys.unarchivable(f"{provider}:{account}")
 
     def queue_add(self, pipe: Pipeline | Writes, provider: str, account: str, chat_id: str) -> None:
         pipe.zadd(self.key(provider, account), {chat_id: time.time()})

@@ -37,7 +37,7 @@ from config import AccountRegistry
 from worker.dispatch.router import intake_lists
 from worker.services import Services
 from worker.stores.client import safe_url
-from worker.stores.keys import ready_queue
+from worker.stores.keys import KOMBU_UNACKED, ready_queue
 from worker.stores.metrics import LATENCY_BUCKETS
 
 logger = logging.getLogger("chat_archiver.metrics")
@@ -91,7 +91,7 @@ class ArchiverCollector(Collector):
         for name in intake_lists(settings.queue):
             pipe.llen(name)
         pipe.llen(ready_queue(settings.queue))
-        pipe.hlen("unacked")  # kombu's: delivered, not yet acknowledged (running or held)
+        pipe.hlen(KOMBU_UNACKED)  # kombu's: delivered, not yet acknowledged (running or held)
         *intake, ready, unacked = pipe.execute()
         family = GaugeMetricFamily(
             "chat_archiver_queue_depth", "Messages in a queue", labels=["queue"]

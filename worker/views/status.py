@@ -17,7 +17,7 @@ from celery import Celery
 from config import Account, AccountRegistry
 from worker.dispatch.router import intake_lists
 from worker.services import Services
-from worker.stores.keys import ready_queue
+from worker.stores.keys import KOMBU_UNACKED, ready_queue
 
 # How many of the busiest accounts the summary lists.
 TOP = 10
@@ -38,7 +38,7 @@ def collect_status(
     for name in intake_lists(settings.queue):
         broker.llen(name)
     broker.llen(ready_queue(settings.queue))
-    broker.hlen("unacked")  # kombu's: delivered to a worker, not yet acknowledged
+    broker.hlen(KOMBU_UNACKED)  # kombu's: delivered to a worker, not yet acknowledged
     *intake, ready, unacked = broker.execute()
     queues = {
         "intake": sum(int(n) for n in intake),
