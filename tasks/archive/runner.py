@@ -420,10 +420,11 @@ class ArchiveRunner:
         )
 
     @staticmethod
-    def _log_outcome(result: Mapping[str, Any], run: _Run) -> None:
-        outcome = result["outcome"]
-        reason = result.get("reason")
-        job, delivery = run.ref.job, run.delivery
+    def _log_outcome(result: JobResult, run: _Run) -> None:
+        # The result's fields, not the job's: a malformed job's values are redacted and capped
+        # there, so no log line can carry a megabyte or a token.
+        outcome, reason = result["outcome"], result.get("reason")
+        delivery = run.delivery
         duration = time.monotonic() - run.started
         level = logging.WARNING if outcome == Outcome.DEAD_LETTERED else logging.INFO
         logger.log(
@@ -431,22 +432,22 @@ class ArchiveRunner:
             "%s%s %s:%s %s job=%s attempts=%d duration=%.3fs",
             outcome,
             f" ({reason})" if reason else "",
-            job.get("provider"),
-            job.get("account"),
-            job.get("chat_id"),
+            result["provider"],
+            result["account"],
+            result["chat_id"],
             delivery.task_id,
             delivery.attempts,
             duration,
             extra={
                 "job_id": delivery.task_id,
-                "provider": job.get("provider"),
-                "account": job.get("account"),
-                "chat_id": job.get("chat_id"),
+                "provider": result["provider"],
+                "account": result["account"],
+                "chat_id": result["chat_id"],
                 "outcome": outcome,
                 "reason": reason,
                 "attempts": delivery.attempts,
                 "duration": round(duration, 3),
-                "request_id": job.get("request_id"),
-                "source": job.get("source"),
+                "request_id": result.get("request_id"),
+                "source": _shown(run.ref.job.get("source")) or None,
             },
         )

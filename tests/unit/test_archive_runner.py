@@ -420,9 +420,10 @@ def test_a_malformed_message_is_kept_whole_and_redacted(
 
 
 def test_a_malformed_jobs_result_holds_short_redacted_strings(
-    runner: ArchiveRunner, desk: JobDesk
+    runner: ArchiveRunner, desk: JobDesk, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The result is a JobResult whatever arrived: strings, capped, with no token in them."""
+    """The result is a JobResult whatever arrived: strings, capped, with no token in them; and
+    so is the job's log line."""
     kwargs = {
         "provider": ["green-api"],
         "account": None,
@@ -436,6 +437,9 @@ def test_a_malformed_jobs_result_holds_short_redacted_strings(
     assert shown["provider"] == "['green-api']" and shown["account"] == ""
     assert shown["request_id"] == "42"
     assert CANARY not in json.dumps(end.result) and len(json.dumps(end.result)) < 2_000
+    [line] = [r for r in caplog.records if r.getMessage().startswith("dead_lettered")]
+    assert CANARY not in line.getMessage() and len(line.getMessage()) < 1_000
+    assert getattr(line, "chat_id") == shown["chat_id"]  # noqa: B009
 
 
 def test_an_exception_that_escapes_a_run_is_dead_lettered_internal_error(
