@@ -26,6 +26,7 @@ import signal
 import sys
 import tempfile
 import time
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +41,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from config import Settings
-from tests.conftest import GREEN_ID
+from tests.conftest import GREEN_ID, KEYS
 from tests.integration.conftest import FAST, Cluster
 from tests.unit.test_envelope import mangled_messages
 from worker.contract import envelope
-from worker.contract.results import outcome_of
 from worker.sandbox.local import PrivateRedis
 from worker.sandbox.simulator import start_in_thread
 
@@ -67,15 +67,12 @@ def generated(count: int) -> list[bytes]:
     return found[:count]
 
 
-def outcomes(cluster: Cluster, task_ids: list[str], timeout: float) -> dict[str, dict | None]:
-    found: dict[str, dict | None] = dict.fromkeys(task_ids)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(v is None for v in found.values()):
-        for task_id, value in found.items():
-            if value is None:
-                found[task_id] = outcome_of(cluster.app.AsyncResult(task_id))
-        time.sleep(0.5)
-    return found
+def done_at(cluster: Cluster, task_id: str) -> float | None:
+    """When the job reached its outcome (unix seconds), or None if it has none."""
+    done = cluster.app.AsyncResult(task_id).date_done
+    if done is None:
+        return None
+    return (done if done.tzinfo else done.replace(tzinfo=UTC)).timestamp()
 
 
 def rows(count: int, prefix: str) -> list[dict[str, str]]:
@@ -114,7 +111,7 @@ def bench_fuzz(workdir: Path, count: int, valid_count: int) -> dict[str, Any]:
             for start in range(0, len(garbage), 200):
                 raw_broker.lpush("archive", *garbage[start : start + 200])
             ids += [t for _, t in cluster.producer.enqueue_many(valid[half:]).enqueued]
-            ends = outcomes(cluster, ids + sorted(accepted), timeout=600)
+            ends = cluster.wait_outcomes(ids + sorted(accepted), timeout=600, step=0.5)
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 invalid = sum(1 for _ in cluster.dead_letters.iter(reason="invalid_request"))
@@ -174,28 +171,23 @@ def bench_faults(workdir: Path, jobs: int, kills: int, restarts: int) -> dict[st
                         down_for=0.3, signum=random.choice([signal.SIGKILL, signal.SIGTERM])
                     )
                     continue
-                held = list(cluster.redis.hgetall("chat-archiver:runs"))
+                held = list(cluster.redis.hgetall(KEYS.runs))
                 victim = random.choice([n for n in nodes if n.process.poll() is None])  # type: ignore[union-attr]
                 victim.signal(signal.SIGKILL, group=True)
                 # The jobs the killed node was running (its log names each job it received).
                 log = victim.log()
-                watched.append((time.monotonic(), [t for t in held if f"[{t}] received" in log]))
+                watched.append((time.time(), [t for t in held if f"[{t}] received" in log]))
                 print(f"{time.strftime('%H:%M:%S')} killed {victim.log_path.stem}", file=sys.stderr)
                 nodes.remove(victim)
                 spawned += 1
                 nodes.append(cluster.start_worker(f"node{spawned}", concurrency=4))
-            ends = outcomes(cluster, ids, timeout=900)
+            ends = cluster.wait_outcomes(ids, timeout=900, step=0.5)
             for killed_at, held in watched:
-                finished = []
-                for task_id in held:
-                    give_up = time.monotonic() + 300
-                    while outcome_of(cluster.app.AsyncResult(task_id)) is None:
-                        if time.monotonic() > give_up:
-                            break  # counted as lost above
-                        time.sleep(0.2)
-                    finished.append(time.monotonic())
-                # From the kill to when the last of the node's jobs had an outcome.
-                recoveries.append(max(finished, default=killed_at) - killed_at)
+                # From the kill to the moment the last of the node's jobs ended, as the result
+                # backend dates it (a job without an outcome is counted as lost below).
+                ended = [done_at(cluster, task_id) for task_id in held]
+                recoveries.append(max([t for t in ended if t is not None], default=killed_at))
+                recoveries[-1] -= killed_at
             lost = sum(1 for value in ends.values() if value is None)
             summary = cluster.sim.summary("green-api", GREEN_ID)
             return {
@@ -211,7 +203,7 @@ def bench_faults(workdir: Path, jobs: int, kills: int, restarts: int) -> dict[st
                 "chats_not_archived": summary["not_archived"],
                 "left_in_store": cluster.stored(),
                 "pending_marks_left": sum(
-                    1 for _ in cluster.redis.scan_iter("chat-archiver:pending:*")
+                    1 for _ in cluster.redis.scan_iter(KEYS.pending("*", "*"))
                 ),
                 "provider_429s": cluster.calls("green-api", "archiveChat", status=429),
                 "recovery_seconds_max": round(max(recoveries, default=0.0), 1),

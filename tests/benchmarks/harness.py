@@ -2,9 +2,9 @@
 worker nodes, and the instruments that read them.
 
 Importing this module points chat-archiver at a private ``redis-server`` on a free port (it sets
-ARCHIVER_BROKER_URL and ARCHIVER_REDIS_URL, and drops every other ARCHIVER_* variable, BEFORE the
-project is imported: importing ``worker`` builds the Celery app from the environment). Nothing here
-ever talks to the Redis on 6379. Import it before anything of the project:
+ARCHIVER_BROKER_URL and ARCHIVER_REDIS_URL, and drops every other ARCHIVER_* variable, before
+anything reads settings, and BENCH_BROKER_URL before ``stock_app`` reads it at import). Nothing
+here ever talks to the Redis on 6379. Import it before anything of the project:
 
     from tests.benchmarks import harness  # first
 
@@ -76,8 +76,10 @@ from config import Settings  # noqa: E402
 from tests.benchmarks import stock_app  # noqa: E402
 from worker.celery_app import create_app  # noqa: E402
 from worker.producer import ArchiveProducer  # noqa: E402
+from worker.sandbox.cluster import environment  # noqa: E402
 from worker.sandbox.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process  # noqa: E402
 from worker.sandbox.simulator import SimulatorClient  # noqa: E402
+from worker.stores.keys import Keys  # noqa: E402
 
 PROVIDER = "green-api"
 METHOD = "archiveChat"
@@ -602,13 +604,9 @@ class Bench:
     # -- worker nodes ------------------------------------------------------------------------
 
     def archiver_env(self, accounts_file: Path, **extra: str) -> dict[str, str]:
-        return {
-            "ARCHIVER_BROKER_URL": REDIS_URL,
-            "ARCHIVER_REDIS_URL": REDIS_URL,
-            "ARCHIVER_ACCOUNTS_FILE": str(accounts_file),
-            TOKEN_ENV: TOKEN,
-            **extra,
-        }
+        """What an archiver node of this run starts with: the shared LocalCluster's environment
+        (worker/sandbox/cluster.py) on our Redis, with the benchmark's token."""
+        return environment(REDIS_URL, accounts_file, {TOKEN_ENV: TOKEN, **extra})
 
     def stock_env(
         self, accounts: int = 5, rate: str = "10/s", events: bool = False
@@ -662,7 +660,7 @@ class Bench:
         if kind == "archiver" and settle is not None:
             assert self.redis is not None
             deadline = time.monotonic() + 120
-            while int(self.redis.hlen(f"{self.settings.key_prefix}:accounts")) < settle:
+            while int(self.redis.hlen(Keys(self.settings.key_prefix).accounts)) < settle:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"the nodes did not publish {settle} accounts")
                 time.sleep(0.1)

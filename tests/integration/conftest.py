@@ -1,5 +1,6 @@
-"""A real deployment in miniature: our own Redis, the simulator over loopback HTTP, and real
-``celery -A worker worker`` processes started the way the README says."""
+"""A real deployment in miniature (worker/sandbox/cluster.py's LocalCluster): our own Redis, the
+simulator over loopback HTTP, and real ``celery -A worker worker`` processes started the way the
+README says."""
 
 from __future__ import annotations
 
@@ -13,18 +14,13 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from celery import Celery
-from celery.result import AsyncResult
 
-from config import Settings
 from tests.conftest import CANARY, GREEN_ID, KEYS, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
 from tests.support import eventually, run_cli
-from worker.celery_app import create_app
-from worker.contract.results import outcome_of
-from worker.producer import ArchiveProducer
-from worker.sandbox.local import WORKER_READY, CeleryProcess, free_port, worker_process
+from worker.sandbox.cluster import LocalCluster
+from worker.sandbox.local import CeleryProcess, free_port
 from worker.sandbox.simulator import SimulatorClient, SimulatorHandle, start_in_thread
-from worker.stores.deadletters import DeadLetter, DeadLetterStore
+from worker.stores.deadletters import DeadLetter
 
 pytestmark = pytest.mark.integration
 
@@ -49,8 +45,9 @@ FAST = {
 }
 
 
-class Cluster:
-    """Redis + simulator + workers, and what a test needs to drive and observe them."""
+class Cluster(LocalCluster):
+    """The shared LocalCluster on the test Redis, with the integration tests' fast settings, the
+    canary tokens, the simulator (in this process) and what a test needs to drive and observe it."""
 
     def __init__(
         self,
@@ -61,53 +58,22 @@ class Cluster:
         wassenger_sweep: str | None = None,
         green_rate: str = "10/s",
     ) -> None:
-        self.redis_url = redis_url
         self.simulator = simulator
         self.sim = SimulatorClient(simulator.url)
-        self.workdir = workdir
         accounts = workdir / "accounts.toml"
         accounts.write_text(
             accounts_toml(simulator.url, wassenger_sweep=wassenger_sweep, green_rate=green_rate)
         )
-        self.env = {
-            "ARCHIVER_BROKER_URL": redis_url,
-            "ARCHIVER_REDIS_URL": redis_url,
-            "ARCHIVER_ACCOUNTS_FILE": str(accounts),
-            "TEST_GREEN_TOKEN": CANARY,
-            "TEST_WASSENGER_TOKEN": WASSENGER_CANARY,
-            **FAST,
-            **(env or {}),
-        }
-        settings_env = {
-            k.removeprefix("ARCHIVER_").lower(): v
-            for k, v in self.env.items()
-            if k.startswith("ARCHIVER_")
-        }
-        self.settings = Settings(**settings_env)
-        self.app: Celery = create_app(self.settings)
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith("TEST_")})
-        self.producer = ArchiveProducer(self.app, self.settings, self.redis)
-        self.dead_letters = DeadLetterStore(self.redis, self.settings.key_prefix)
-        self.workers: list[CeleryProcess] = []
+        tokens = {"TEST_GREEN_TOKEN": CANARY, "TEST_WASSENGER_TOKEN": WASSENGER_CANARY}
+        super().__init__(redis_url, accounts, workdir, {**tokens, **FAST, **(env or {})})
+        os.environ.update(tokens)  # this process's producer and CLI read the same accounts
         self.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=[])
         self.sim.put_account("wassenger", WASSENGER_ID, token=WASSENGER_CANARY, chats=[])
         self.sim.reset_counters()
 
-    def start_worker(self, name: str = "w1", concurrency: int = 2, **options: Any) -> CeleryProcess:
-        worker = worker_process(
-            self.env, self.workdir / f"{name}.log", name=name, concurrency=concurrency, **options
-        )
-        worker.start()
-        worker.wait_for_log(WORKER_READY, timeout=60)
-        self.workers.append(worker)
-        return worker
-
-    def start_beat(self, name: str = "beat") -> CeleryProcess:
-        beat = CeleryProcess(["beat", "-l", "INFO"], self.env, self.workdir / f"{name}.log")
-        beat.start()
-        self.workers.append(beat)
-        return beat
+    @property
+    def workers(self) -> list[CeleryProcess]:
+        return self.processes
 
     def start_flower(
         self,
@@ -118,12 +84,11 @@ class Cluster:
         """A real Flower on this cluster, with basic auth: its URL and an API client, once it
         answers and its event receiver has had a moment to connect."""
         port = free_port()
-        flower = CeleryProcess(
+        flower = self.start_process(
             ["flower", f"--port={port}", "--address=127.0.0.1", *options],
-            {**self.env, "FLOWER_BASIC_AUTH": f"{user}:{password}"},
-            self.workdir / "flower.log",
-        ).start()
-        self.workers.append(flower)  # stopped, and its log read, with the workers
+            "flower",
+            {"FLOWER_BASIC_AUTH": f"{user}:{password}"},
+        )
         url = f"http://127.0.0.1:{port}"
         api = httpx.Client(base_url=url, auth=(user, password), timeout=10)
         eventually(
@@ -144,7 +109,7 @@ class Cluster:
     def result(self, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
         """The job's outcome (worker/contract/results.py), once it has one."""
         found = eventually(
-            lambda: outcome_of(AsyncResult(task_id, app=self.app)),
+            lambda: self.outcome(task_id),
             timeout,
             f"an outcome for job {task_id}",
             step=0.05,
@@ -176,14 +141,9 @@ class Cluster:
     def cli(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, env=self.env, stdin=input, timeout=60)
 
-    def logs(self) -> str:
-        return "".join(worker.log() for worker in self.workers)
-
     def close(self) -> None:
-        for worker in self.workers:
-            worker.stop()
+        super().close()
         self.sim.close()
-        self.app.close()
 
 
 @pytest.fixture(scope="module")

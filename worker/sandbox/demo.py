@@ -24,17 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from celery.result import AsyncResult
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from config import GREEN_API, WASSENGER, Settings, get_settings
-from worker.celery_app import create_app
+from config import GREEN_API, WASSENGER, get_settings
 from worker.contract.jobs import InvalidJob
-from worker.contract.results import outcome_of
-from worker.producer import ArchiveProducer
-from worker.sandbox.local import WORKER_READY, PrivateRedis, redis_answers, worker_process
+from worker.sandbox.cluster import LocalCluster
+from worker.sandbox.local import PrivateRedis, redis_answers
 from worker.sandbox.simulator import SimulatorClient, SimulatorError, start_in_thread
 from worker.stores.client import connect, safe_url
 from worker.stores.deadletters import DeadLetterStore
@@ -230,49 +227,38 @@ def run_demo(console: Console, timeout: float = 90.0, redis_url: str | None = No
     broker_url, private = _demo_redis(console, redis_url)
     workdir = Path(tempfile.mkdtemp(prefix="chat-archiver-demo-"))
     simulator = None
-    app = None
+    cluster = None
     state = connect(broker_url)
     footprint = Footprint(
         queues=[DEMO_NAMESPACE, ready_queue(DEMO_NAMESPACE)],
         node=f"{DEMO_NAMESPACE}-{os.getpid()}@{socket.gethostname()}",
     )
-    worker = None
     try:
         footprint.note_shared_state(state)
         green_token, wassenger_token = secrets.token_hex(16), secrets.token_hex(16)
         simulator = start_in_thread(scenario=scenario(green_token, wassenger_token))
-        env = {
-            "ARCHIVER_BROKER_URL": broker_url,
-            "ARCHIVER_REDIS_URL": broker_url,
-            "ARCHIVER_ACCOUNTS_FILE": str(accounts_file(workdir / "accounts.toml", simulator.url)),
-            # Its own queue and keys: the demo never mixes with a real deployment on the same
-            # Redis.
-            "ARCHIVER_QUEUE": DEMO_NAMESPACE,
-            "ARCHIVER_KEY_PREFIX": DEMO_NAMESPACE,
-            "ARCHIVER_RESULT_EXPIRES": "3600",
-            "ARCHIVER_RETRY_COUNTDOWN": "1",
-            "ARCHIVER_UNKNOWN_ACCOUNT_GRACE": str(UNKNOWN_ACCOUNT_GRACE),
-            "ARCHIVER_JANITOR_INTERVAL": "1",
-            "DEMO_GREEN_API_TOKEN": green_token,
-            "DEMO_WASSENGER_API_KEY": wassenger_token,
-            # Whatever the worker's processes put in temporary files goes into the demo's
-            # folder, which goes at the end.
-            "TMPDIR": str(workdir),
-        }
-        settings = Settings(
-            broker_url=broker_url,
-            redis_url=broker_url,
-            queue=DEMO_NAMESPACE,
-            key_prefix=DEMO_NAMESPACE,
-            result_expires=3600,
+        cluster = LocalCluster(
+            broker_url,
+            accounts_file(workdir / "accounts.toml", simulator.url),
+            workdir,
+            {
+                # Its own queue and keys: the demo never mixes with a real deployment on the
+                # same Redis.
+                "ARCHIVER_QUEUE": DEMO_NAMESPACE,
+                "ARCHIVER_KEY_PREFIX": DEMO_NAMESPACE,
+                "ARCHIVER_RESULT_EXPIRES": "3600",
+                "ARCHIVER_RETRY_COUNTDOWN": "1",
+                "ARCHIVER_UNKNOWN_ACCOUNT_GRACE": str(UNKNOWN_ACCOUNT_GRACE),
+                "ARCHIVER_JANITOR_INTERVAL": "1",
+                "DEMO_GREEN_API_TOKEN": green_token,
+                "DEMO_WASSENGER_API_KEY": wassenger_token,
+                # Whatever the worker's processes put in temporary files goes into the demo's
+                # folder, which goes at the end.
+                "TMPDIR": str(workdir),
+            },
         )
-        worker = worker_process(
-            env, workdir / "worker.log", name=footprint.node.split("@")[0], concurrency=2
-        )
-        app = create_app(settings)
         console.out(f"Simulator serving GREEN-API and Wassenger at {simulator.url}")
-        worker.start()
-        worker.wait_for_log(WORKER_READY, timeout=60)
+        worker = cluster.start_worker(footprint.node.split("@")[0], concurrency=2)
         console.out("Worker started")
         rows: list[dict[str, Any] | InvalidJob] = [
             {
@@ -286,25 +272,24 @@ def run_demo(console: Console, timeout: float = 90.0, redis_url: str | None = No
         ]
         rows.append(INVALID_JOB)
         # No accounts file needed: jobs go to the intake, and the worker's router stores them.
-        result = ArchiveProducer(app, settings, state=state).enqueue_many(rows)
+        result = cluster.producer.enqueue_many(rows)
         task_ids = dict(result.enqueued)
         footprint.task_ids |= set(task_ids.values())
         for position, why in result.refused:
             console.out(f"Refused at enqueue (job {position}): {why}", highlight=False)
-        outcomes = _wait(app, task_ids, timeout)
+        ended = cluster.wait_outcomes(task_ids.values(), timeout)
+        outcomes = {p: ended[t] for p, t in task_ids.items()}
         with SimulatorClient(simulator.url) as client:
             ok = _report(console, outcomes, task_ids, client)
-        _report_dead_letters(console, DeadLetterStore(state, DEMO_NAMESPACE))
+        _report_dead_letters(console, cluster.dead_letters)
         if not ok:  # the log goes with the demo's folder: show its end first
             console.out("The worker's log ends with:\n" + worker.log()[-3000:], highlight=False)
         return ok
     finally:
-        if worker is not None:
-            worker.stop()
+        if cluster is not None:
+            cluster.close()
         if simulator is not None:
             simulator.stop()
-        if app is not None:
-            app.close()
         try:
             if private is None:
                 footprint.remove(state)
@@ -315,22 +300,9 @@ def run_demo(console: Console, timeout: float = 90.0, redis_url: str | None = No
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _wait(app: Any, task_ids: dict[int, str], timeout: float) -> dict[int, dict[str, Any]]:
-    outcomes: dict[int, dict[str, Any]] = {}
-    deadline = time.monotonic() + timeout
-    while len(outcomes) < len(task_ids) and time.monotonic() < deadline:
-        for position, task_id in task_ids.items():
-            if position not in outcomes:
-                outcome = outcome_of(AsyncResult(task_id, app=app))
-                if outcome is not None:
-                    outcomes[position] = outcome
-        time.sleep(0.2)
-    return outcomes
-
-
 def _report(
     console: Console,
-    outcomes: dict[int, dict[str, Any]],
+    outcomes: dict[int, dict[str, Any] | None],
     task_ids: dict[int, str],
     client: SimulatorClient,
 ) -> bool:
