@@ -15,8 +15,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.errors import ConfigError, location, show
@@ -106,6 +107,23 @@ class Settings(BaseSettings):
 
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("broker_url", "redis_url")
+    @classmethod
+    def _a_redis_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else redis_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("queue", "key_prefix")
+    @classmethod
+    def _a_name(cls, value: str) -> str:
+        # An empty or spaced name is accepted by Redis and kombu alike, and sends jobs where no
+        # worker with the default looks.
+        if not value or not value.isprintable() or any(char.isspace() for char in value):
+            raise ValueError("must be a non-empty name without spaces or control characters")
+        return value
+
     @property
     def state_url(self) -> str:
         return self.redis_url or self.broker_url
@@ -121,6 +139,32 @@ class Settings(BaseSettings):
 def variable(name: str) -> str:
     """The environment variable that sets the field ``name``."""
     return f"{ENV_PREFIX}{name.upper()}"
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is no Redis URL redis-py and kombu can use, or None. Checked here, once, so a
+    wrong URL is one line at start rather than a traceback from the first connection; the
+    message never repeats the URL, which may hold a password."""
+    if not url.isprintable() or any(char.isspace() for char in url):
+        return "holds spaces or control characters"
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss", "unix") or "://" not in url:
+        return "must start with redis://, rediss:// or unix://"
+    if parts.scheme == "unix":
+        return None if parts.path else "names no socket path (unix:///path/to/redis.sock)"
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port when it is read
+    except ValueError:
+        return (
+            "its port is not a number from 0 to 65535 (a password holding / ? # or @ must be "
+            "percent-encoded)"
+        )
+    if not parts.hostname:
+        return "names no host (redis://host:6379/0)"
+    database = parts.path.removeprefix("/")
+    if database and not (database.isascii() and database.isdigit()):
+        return "its database (the path after the host) is not a number"
+    return None
 
 
 def cross_variable_problems(settings: Settings) -> list[str]:

@@ -7,9 +7,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from config import ConfigError, Secret, load_accounts, load_settings, parse_duration, parse_rate
 from config.units import Rate
+from worker.cli import main
+from worker.services import reset_services
 
 GOOD = """
 [[accounts]]
@@ -260,6 +263,60 @@ def test_a_misspelt_url_variable_is_named_without_echoing_its_value(
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("notaurl", "must start with redis://, rediss:// or unix://"),
+        ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
+        ("redis://127.0.0.1:notaport/0", "its port is not a number"),
+        ("redis://127.0.0.1:99999/0", "its port is not a number"),
+        # A password holding "/" that was not percent-encoded: urlsplit reads its first part as
+        # the port. The message must not show it (redis-py's ValueError did).
+        ("redis://:CANARYpw/rest-of-it@127.0.0.1:6379/0", "must be percent-encoded"),
+        ("redis://127.0.0.1:6379/zero", "its database (the path after the host) is not a number"),
+        ("redis://", "names no host"),
+        ("redis://host:6379/0 ", "holds spaces or control characters"),
+    ],
+)
+@pytest.mark.parametrize("name", ["ARCHIVER_BROKER_URL", "ARCHIVER_REDIS_URL"])
+def test_a_wrong_redis_url_is_one_line_that_never_shows_it(
+    monkeypatch: pytest.MonkeyPatch, name: str, url: str, why: str
+) -> None:
+    monkeypatch.setenv(name, url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(f"{name}: ")
+    assert why in str(caught.value)
+    assert "CANARY" not in str(caught.value) and "(got" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "redis://:p%2Fw@redis:6379/0",
+        "rediss://user:pw@cache.example:6380/2",
+        "redis://h",
+        "unix:///run/redis.sock",
+    ],
+)
+def test_redis_urls_people_write_are_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("ARCHIVER_BROKER_URL", url)
+    assert load_settings().broker_url == url
+
+
+@pytest.mark.parametrize("name", ["ARCHIVER_QUEUE", "ARCHIVER_KEY_PREFIX"])
+@pytest.mark.parametrize("value", ["", " ", " a b", "tab\there"])
+def test_an_empty_or_spaced_queue_or_prefix_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    # Accepted, it would send jobs to a list no worker with the default reads.
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^{name}: must be a non-empty name without spaces"):
+        load_settings()
+
+
 def test_a_config_error_survives_pickling_with_its_lines() -> None:
     error = pickle.loads(pickle.dumps(ConfigError("first problem", "second\nproblem")))  # noqa: S301
     assert error.problems == ("first problem", "second\\nproblem")
@@ -323,3 +380,25 @@ def test_the_example_accounts_file_loads(monkeypatch: pytest.MonkeyPatch) -> Non
         "green-api:7105187566",
         "wassenger:61b37a069cba0c15d6c81c8e",
     }
+
+
+@pytest.mark.parametrize("command", [["status"], ["dlq", "list"], ["limits"]])
+def test_the_cli_prints_each_wrong_variable_on_its_own_error_line(
+    monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setenv("ARCHIVER_LEASE_TIMEOUT", "abc")
+    monkeypatch.setenv("ARCHIVER_LOG_FORMAT", "xml")
+    monkeypatch.setenv("ARCHIVER_BROKER_URL", "redis://:CANARYpw/x@127.0.0.1:6379/0")
+    reset_services()
+    try:
+        result = CliRunner().invoke(main, command)
+    finally:
+        reset_services()
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, lines
+    assert all(line.startswith("Error: ") for line in lines), lines
+    named = sorted(line.split("ARCHIVER_", 1)[1].split(":", 1)[0] for line in lines)
+    assert named == ["BROKER_URL", "LEASE_TIMEOUT", "LOG_FORMAT"]
+    assert "\\n" not in result.stderr and "CANARY" not in result.output
+    assert "Traceback" not in result.output

@@ -97,6 +97,21 @@ def test_show_replay_and_purge_take_a_unique_prefix(store: DeadLetterStore) -> N
     assert len(store) == 0
 
 
+@pytest.mark.parametrize("width", [80, 100, 160, 400])
+def test_a_long_detail_is_never_folded_onto_a_line_of_its_own(
+    store: DeadLetterStore, monkeypatch: pytest.MonkeyPatch, width: int
+) -> None:
+    detail = "HTTP 400: chat not found (the provider said so at length) " * 2
+    stored = store.add(replace(entry("chat_not_found"), detail=detail.strip()))
+    monkeypatch.setattr(console, "width", width)
+    for args in ([], ["--wide"]):
+        result = dlq("list", *args)
+        assert result.exit_code == 0, result.output
+        # grep for the id finds the whole entry: its detail is on the same line, whole.
+        (line,) = [line for line in result.stdout.splitlines() if stored[:8] in line]
+        assert detail.strip() in line
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
@@ -136,6 +151,29 @@ def test_filters_that_are_right_select(store: DeadLetterStore) -> None:
     listed = dlq("list", "--reason", "no_messages", "--account", "green-api:7105000000", "--json")
     assert [e["reason"] for e in json.loads(listed.stdout)] == ["no_messages"]
     assert dlq("list", "--account", "green-api:1234567").stdout.strip() == "0 dead letters"
+
+
+@pytest.mark.parametrize("command", ["list", "replay", "purge"])
+def test_an_account_filter_takes_any_spelling_of_the_id_the_producer_takes(
+    store: DeadLetterStore, command: str
+) -> None:
+    device = "64a1f0c2b3d4e5f601234599"
+    wassenger = replace(
+        entry("chat_not_found"),
+        job={"provider": "wassenger", "account": device, "chat_id": "447700900123@c.us"},
+    )
+    store.add(wassenger)
+    store.add(entry("chat_not_found"))
+    # A device id in capitals, or with a space pasted after the colon, is the same account.
+    for spelling in (f"wassenger:{device.upper()}", f"wassenger: {device}"):
+        listed = dlq("list", "--account", spelling, "--json")
+        assert listed.exit_code == 0, listed.output
+        assert [e["job"]["account"] for e in json.loads(listed.stdout)] == [device]
+    extra = ["--yes"] if command == "purge" else []
+    result = dlq(command, "--account", f"wassenger:{device.upper()}", *extra)
+    assert result.exit_code in (0, 1), result.output  # replay: the chat is still not found
+    if command == "purge":
+        assert [e.account for e in store.iter()] == ["green-api:7105187566"]
 
 
 def test_a_corrupt_entry_is_one_line_and_never_a_traceback(

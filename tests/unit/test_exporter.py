@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GREEN_ID, KEYS, WASSENGER_ID, Env, RoundTrips, use_environment
-from worker.services import get_accounts
+from worker.services import accounts_file, get_accounts
 from worker.stores.deadletters import DeadLetter
 from worker.stores.metrics import MetricsRecorder
 from worker.views.exporter import ArchiverCollector
@@ -159,3 +159,24 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
             "result": "granted",
         }
     ]
+
+
+def test_an_account_added_to_the_file_shows_at_the_next_scrape(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter runs for months: it rereads the accounts file when it changes, as workers
+    do, instead of reporting the accounts it started with forever."""
+    monkeypatch.setattr(accounts_file(), "check_every", 0.0)  # look at the file every scrape
+    collector = ArchiverCollector(archiver_env.services, get_accounts)
+
+    def paused_accounts() -> set[str]:
+        families = {f.name: f for f in collector.collect()}
+        return {s.labels["account"] for s in families["chat_archiver_account_paused"].samples}
+
+    assert paused_accounts() == {GREEN_ID, WASSENGER_ID}
+    with archiver_env.accounts_file.open("a") as file:
+        file.write(
+            '\n[[accounts]]\nprovider = "green-api"\nid = "7105000042"\n'
+            'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
+        )
+    assert paused_accounts() == {GREEN_ID, WASSENGER_ID, "7105000042"}

@@ -87,8 +87,10 @@ class UsageProblem(click.ClickException):
 
     exit_code = 2
 
-    def __init__(self, message: str) -> None:
-        super().__init__(printable(message, limit=1000))
+    def __init__(self, message: str, *more: str) -> None:
+        # Several problems at once (every wrong setting): one ``Error:`` line each.
+        lines = [printable(line, limit=1000) for line in (message, *more)]
+        super().__init__("\nError: ".join(lines))
 
 
 class OneLineCommand(click.Command):
@@ -142,7 +144,7 @@ def one_line_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ConfigError as error:
-            raise UsageProblem(str(error)) from None
+            raise UsageProblem(*error.problems) from None
         except UserError as error:  # an invalid job, an unknown account...: not a bug of ours
             raise fail(str(error)) from None
         except (redis.ConnectionError, redis.TimeoutError) as error:

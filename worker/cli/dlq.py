@@ -57,11 +57,12 @@ def _check_account(_ctx: click.Context, _param: click.Parameter, value: str | No
     spec = PROVIDERS.get(provider)
     if spec is None:
         raise UsageProblem(f"--account {value!r}: unknown provider {provider!r} ({providers})")
-    if account_id != account_id.strip() or not spec.account_id_pattern.match(account_id):
-        raise UsageProblem(
-            f"--account {value!r}: {account_id!r} is not a {provider} {spec.account_id_hint}"
-        )
-    return value
+    try:
+        # The spelling every stored entry uses (hex device ids in lower case, no whitespace),
+        # as the producer and `status --account` take it.
+        return f"{provider}:{spec.normalise_account_id(account_id)}"
+    except ValueError as error:
+        raise UsageProblem(f"--account {value!r}: {error}") from None
 
 
 _reason = click.option(
@@ -131,9 +132,9 @@ def list_(
 
 
 def _print_entries(entries: list[DeadLetter], length: int) -> None:
-    """A table when it fits the terminal, else one line per entry: either way an id, a reason,
-    an account or a chat is never cut, folded or ellipsized (people copy them); only the
-    detail folds."""
+    """A table when it fits the terminal (or the 80 columns of a pipe), else one line per
+    entry: either way no value is cut, folded or ellipsized (people copy ids, accounts and
+    chats, and grep a pipe line by line)."""
     rows = [
         (
             entry.id[: length or None],
@@ -147,26 +148,19 @@ def _print_entries(entries: list[DeadLetter], length: int) -> None:
         )
         for entry in entries
     ]
-    fixed = ("id", "reason", "account", "chat", "HTTP", "attempts", "last attempt")
+    names = ("id", "reason", "account", "chat", "HTTP", "attempts", "last attempt", "detail")
     cells = [
         [cell(value, limit=None if n == 0 else VALUE_LIMIT) for n, value in enumerate(row)]
         for row in rows
     ]
     widths = [
-        max(cell_len(name), *(line[n].cell_len for line in cells)) for n, name in enumerate(fixed)
+        max(cell_len(name), *(line[n].cell_len for line in cells)) for n, name in enumerate(names)
     ]
-    detail_width = 16
     # No box (a copied row holds no border characters) and no outer padding: the 8 columns are
     # separated by 2 spaces of padding.
-    if sum(widths) + detail_width + 2 * len(fixed) <= console.width:
-        columns = [Column(n, no_wrap=True, min_width=w) for n, w in zip(fixed, widths, strict=True)]
-        table = Table(
-            *columns,
-            Column("detail", overflow="fold", min_width=detail_width),
-            box=None,
-            pad_edge=False,
-            header_style="bold",
-        )
+    if sum(widths) + 2 * (len(names) - 1) <= console.width:
+        columns = [Column(n, no_wrap=True, min_width=w) for n, w in zip(names, widths, strict=True)]
+        table = Table(*columns, box=None, pad_edge=False, header_style="bold")
         for line in cells:
             table.add_row(*line)
         console.print(table)

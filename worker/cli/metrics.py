@@ -29,7 +29,8 @@ def metrics(host: str, port: int) -> None:
     """Serve /metrics: outcomes, dead letters, queue depths, limiter waits, provider latency and
     paused accounts, read from Redis at each scrape (one exporter for any number of workers).
     While Redis does not answer, scrapes get HTTP 503 and the log one line."""
-    services, accounts = get_services(), get_accounts()  # a wrong configuration: exit 2 now
+    services = get_services()
+    get_accounts()  # a wrong configuration: exit 2 now; later changes are reread at a scrape
     try:
         services.redis.ping()
         services.broker.ping()
@@ -41,7 +42,7 @@ def metrics(host: str, port: int) -> None:
             " ".join(str(error).split()),
         )
     try:
-        server, thread = serve(services, accounts, host, port)
+        server, thread = serve(services, get_accounts, host, port)
     except OSError as error:  # the port is taken, the host is not ours
         why = error.strerror or str(error)
         raise UsageProblem(f"--host {host} --port {port}: cannot listen ({why})") from None

@@ -45,7 +45,9 @@ def status(as_json: bool, max_dead_letters: int, account_key: str | None) -> Non
         report = collect_status(get_services(), accounts, app, max_dead_letters, account=account)
     except (ConfigError, redis.RedisError, kombu.exceptions.OperationalError, OSError) as error:
         # Not "needs attention" (1): a health check must tell "unwell" from "cannot tell".
-        say(f"Error: cannot read the status: {error}", err=True, limit=1000)
+        problems = error.problems if isinstance(error, ConfigError) else (str(error),)
+        for problem in problems:
+            say(f"Error: cannot read the status: {problem}", err=True, limit=1000)
         sys.exit(2)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -53,11 +53,22 @@ def _account_labels(key: str) -> list[str]:
 
 
 class ArchiverCollector(Collector):
-    def __init__(self, services: Services, accounts: AccountRegistry) -> None:
+    """``accounts``: the registry, or what returns the current one (``get_accounts``, which
+    rereads the accounts file when it changes): an exporter that runs for months sees accounts
+    added to the file without a restart, as the workers do."""
+
+    def __init__(
+        self, services: Services, accounts: AccountRegistry | Callable[[], AccountRegistry]
+    ) -> None:
         self.services = services
-        self.accounts = accounts
+        self._accounts = accounts
+        self.accounts = self._current()
+
+    def _current(self) -> AccountRegistry:
+        return self._accounts if isinstance(self._accounts, AccountRegistry) else self._accounts()
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        self.accounts = self._current()  # one registry for the whole scrape
         yield from self._outcomes()
         yield from self._dead_letters()
         yield from self._queues()
@@ -250,7 +261,10 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 def serve(
-    services: Services, accounts: AccountRegistry, host: str, port: int
+    services: Services,
+    accounts: AccountRegistry | Callable[[], AccountRegistry],
+    host: str,
+    port: int,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Serve /metrics on (host, port) from a thread; returns the server (``server_port`` is the
     port when 0 was asked for) and its thread."""
