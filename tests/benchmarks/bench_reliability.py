@@ -184,10 +184,11 @@ def bench_faults(workdir: Path, jobs: int, kills: int, restarts: int) -> dict[st
             ends = cluster.wait_outcomes(ids, timeout=900, step=0.5)
             for killed_at, held in watched:
                 # From the kill to the moment the last of the node's jobs ended, as the result
-                # backend dates it (a job without an outcome is counted as lost below).
-                ended = [done_at(cluster, task_id) for task_id in held]
-                recoveries.append(max([t for t in ended if t is not None], default=killed_at))
-                recoveries[-1] -= killed_at
+                # backend dates it (a job without an outcome is counted as lost below). A kill
+                # that caught the node between jobs has nothing to recover.
+                ended = [t for t in (done_at(cluster, task_id) for task_id in held) if t]
+                if ended:
+                    recoveries.append(max(ended) - killed_at)
             lost = sum(1 for value in ends.values() if value is None)
             summary = cluster.sim.summary("green-api", GREEN_ID)
             return {
@@ -207,6 +208,7 @@ def bench_faults(workdir: Path, jobs: int, kills: int, restarts: int) -> dict[st
                 ),
                 "provider_429s": cluster.calls("green-api", "archiveChat", status=429),
                 "recovery_seconds_max": round(max(recoveries, default=0.0), 1),
+                "kills_that_caught_running_jobs": len(recoveries),
                 "recovery_seconds": [round(r, 1) for r in recoveries],
                 "lease_timeout": float(DEFAULTS["ARCHIVER_LEASE_TIMEOUT"]),
             }
