@@ -1,7 +1,7 @@
 """Store behaviour the other unit tests left unasserted, found by the mutation run (see
 tests/MUTATION.md): what closing a circuit clears, whose chats are unarchivable, a dead-letter
-store's id lookups and corrupt entries, how a Lua script's header is read, and a job
-dead-lettered from its stored message."""
+store's id lookups and corrupt entries, how a Lua script's header is read, and how a job ends
+from the store (dead-lettered from its stored message, waiting at the front of its list)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import GREEN_ID, KEYS, Env
+from tests.support import JobDesk
 from worker.celery_app import app
 from worker.contract import envelope
-from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER
+from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery
 from worker.contract.outcomes import DeadLettered, Reason
 from worker.contract.tasks import ARCHIVE_TASK
 from worker.stores import scripts
@@ -23,8 +24,8 @@ from worker.stores.deadletters import (
     DeadLetterStore,
     _salvaged_count_field,
 )
-from worker.stores.endings import Endings
-from worker.stores.jobs import NewJob
+from worker.stores.endings import Endings, RunRef
+from worker.stores.jobs import Lease, NewJob
 
 # --- circuit ------------------------------------------------------------------------------------
 
@@ -221,3 +222,20 @@ def test_a_stored_job_is_dead_lettered_once_with_its_history(archiver_env: Env) 
     # The job has ended: a second try changes nothing.
     assert endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "again") is None
     assert len(services.dead_letters) == 1
+
+
+def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
+    archiver_env: Env,
+) -> None:
+    services = archiver_env.services
+    desk = JobDesk(services, archiver_env.accounts)
+    job = {"provider": "green-api", "account": GREEN_ID}
+    for n in (1, 2, 3):
+        desk.put({**job, "chat_id": f"7900000000{n}@c.us"}, task_id=f"t-{n}")
+    task_id, kwargs, headers = desk.take()
+    assert task_id == "t-1"
+    assert services.jobs.take_lease(task_id, "run-1", 100)[0] is Lease.OK
+    ref = RunRef(task_id, "run-1", f"green-api:{GREEN_ID}", kwargs)
+    delivery = Delivery.from_headers(task_id, "w@h", headers)
+    assert Endings(services).wait(ref, delivery, front=True)
+    assert services.jobs.wait_head(f"green-api:{GREEN_ID}", 10) == ["t-1", "t-2", "t-3"]
