@@ -12,11 +12,12 @@ import pytest
 
 from tests.conftest import GREEN_ID, KEYS, Env
 from tests.support import JobDesk
-from worker.celery_app import app
+from worker.celery_app import create_app
 from worker.contract import envelope
 from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery
 from worker.contract.outcomes import DeadLettered, Reason
 from worker.contract.tasks import ARCHIVE_TASK
+from worker.stores import endings as endings_module
 from worker.stores import scripts
 from worker.stores.deadletters import (
     CorruptDeadLetter,
@@ -195,8 +196,13 @@ def test_a_script_loaded_afresh_runs_with_its_libraries(archiver_env: Env) -> No
 # --- a job dead-lettered from its stored message (the janitor, the maximum pause) --------------
 
 
-def test_a_stored_job_is_dead_lettered_once_with_its_history(archiver_env: Env) -> None:
+def test_a_stored_job_is_dead_lettered_once_with_its_history(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     services = archiver_env.services
+    # The result backend on the test Redis (the process's app may be configured already).
+    app = create_app(archiver_env.settings)
+    monkeypatch.setattr(endings_module, "app", app)
     kwargs = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"}
     history = {ATTEMPTS_HEADER: 2, FIRST_ATTEMPT_HEADER: 100.0}
     message = envelope.build(ARCHIVE_TASK, "t-1", kwargs, "archive.ready", history=history)
@@ -222,6 +228,7 @@ def test_a_stored_job_is_dead_lettered_once_with_its_history(archiver_env: Env) 
     # The job has ended: a second try changes nothing.
     assert endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "again") is None
     assert len(services.dead_letters) == 1
+    app.close()
 
 
 def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
