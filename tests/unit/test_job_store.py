@@ -291,3 +291,86 @@ def test_a_script_refuses_keys_or_arguments_it_does_not_declare(client: redis.Re
     with pytest.raises(ScriptCallError, match="args"):
         script.run(client, keys={"chat": "k"}, args={"task": "1"})
     assert script.run(client, keys={"chat": "k"}, args={"id": "1"}) == 0
+
+
+def test_a_heartbeat_extends_only_live_leases_and_never_shortens_one(
+    store: JobStore, keys: Keys, clock: PinnedClock
+) -> None:
+    store.publish_accounts({A: conf(keys, A)})
+    store.accept([job("j1")])
+    store.dispatch(1)
+    store.take_lease("j1", "run-1", 100)
+    leased_until = store.redis.zscore(keys.active, "j1")
+    assert leased_until is not None
+    clock.advance(-10)  # a node whose clock lags the one that took the lease
+    store.renew(["j1", "ended"], "node-a")
+    assert store.redis.zscore(keys.active, "j1") == leased_until  # GT: never earlier
+    assert store.redis.zscore(keys.active, "ended") is None  # XX: a heartbeat leases nothing
+    clock.advance(20)
+    store.renew(["j1"], "node-a")
+    assert store.redis.zscore(keys.active, "j1") == leased_until + 10_000_000
+
+
+def test_a_heartbeat_on_the_redis_clock_is_stamped_with_redis_time(
+    client: redis.Redis, keys: Keys
+) -> None:
+    store = JobStore(client, keys, lease=30)  # no pinned clock: Redis's TIME
+    store.renew([], "node-a")
+    seconds, micros = client.time()
+    stamped = client.zscore(keys.nodes, "node-a")
+    assert stamped is not None
+    assert abs(stamped / 1_000_000 - (seconds + micros / 1_000_000)) < 60
+    assert store.dead_nodes(older_than=60) == []
+
+
+def test_heads_hold_exactly_as_many_as_asked(store: JobStore, keys: Keys) -> None:
+    store.publish_accounts({A: conf(keys, A), B: conf(keys, B)})
+    store.accept([job("a1", A), job("a2", A), job("a3", A), job("b1", B)])
+    assert store.wait_head(A, 1) == ["a1"]
+    assert store.wait_head(A, 2) == ["a1", "a2"]
+    assert len(store.due_accounts(1)) == 1
+    assert {account for account, _ in store.due_accounts(2)} == {A, B}
+
+
+def test_each_job_counts_its_own_deliveries(store: JobStore) -> None:
+    store.accept(
+        [
+            NewJob(name, UNPACED, envelope.build(SWEEP_TASK, name, {}, "archive.ready"))
+            for name in ("s1", "s2")
+        ]
+    )
+    store.dispatch(10)
+    assert store.take_lease("s1", "run-a", 100) == (Lease.OK, 1)
+    assert store.take_lease("s2", "run-b", 100) == (Lease.OK, 1)  # s1's run is not s2's
+
+
+def test_the_store_counts_each_of_its_sets(store: JobStore, keys: Keys, clock: PinnedClock) -> None:
+    store.publish_accounts({A: conf(keys, A, 1000)})
+    store.accept([job("j1"), job("j2"), job("j3", not_before=clock.seconds + 60), job("u1", B)])
+    store.dispatch(1)  # j1 is handed out: leased
+    counts = store.counts()
+    assert (counts.jobs, counts.delayed, counts.active) == (4, 1, 1)
+    assert (counts.due_accounts, counts.unknown_accounts) == (1, 1)
+
+
+def test_unknown_accounts_are_listed_with_when_they_were_first_seen(
+    store: JobStore, clock: PinnedClock
+) -> None:
+    seen_at = clock.seconds
+    store.accept([job("u1", B)])
+    assert store.unknown_accounts() == {B: seen_at}
+    clock.advance(10)
+    assert store.unknown_accounts(older_than=5) == {B: seen_at}
+    assert store.unknown_accounts(older_than=20) == {}
+
+
+def test_the_parked_head_holds_exactly_as_many_as_asked(
+    store: JobStore, keys: Keys, clock: PinnedClock
+) -> None:
+    store.publish_accounts({A: conf(keys, A, 1000)})
+    store.redis.hset(keys.circuit(A), mapping={"state": "open", "probe_at": clock.seconds + 60})
+    store.accept([job("a1"), job("a2"), job("a3")])
+    store.dispatch(10)
+    assert store.parked_count(A) == 3
+    assert [i for i, _ in store.parked_head(A, 1)] == ["a1"]
+    assert [i for i, _ in store.parked_head(A, 2)] == ["a1", "a2"]

@@ -9,7 +9,8 @@ import pytest
 
 from config import parse_rate
 from tests.conftest import GREEN_ID, Env
-from worker.stores.limiter import AccountLimiter
+from worker.stores.clock import PinnedClock
+from worker.stores.limiter import RECENT_WINDOW, AccountLimiter
 
 
 @pytest.fixture
@@ -91,3 +92,30 @@ def test_recent_rate_counts_slots_taken_not_slots_reserved_ahead(
     state = limiter.state(account, "archiveChat")
     assert state.granted == 10
     assert state.recent_per_second == pytest.approx(1 / 10)  # one call in the 10 s window
+
+
+def test_a_limits_state_reports_its_own_counts_and_times(archiver_env: Env) -> None:
+    clock = PinnedClock()
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.0, clock=clock)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)  # 10/s: 100 ms apart
+    fresh = limiter.state(account, "archiveChat")
+    assert (fresh.granted, fresh.deferred, fresh.rate_limited) == (0, 0, 0)
+    assert (fresh.waited_seconds, fresh.next_permit_in, fresh.recent_per_second) == (0, 0, 0)
+
+    waits = [limiter.acquire(account, "archiveChat", max_wait=5).wait for _ in range(3)]
+    assert waits == pytest.approx([0.0, 0.1, 0.2])
+    state = limiter.state(account, "archiveChat")
+    assert (state.account, state.method) == (account.key, "archiveChat")
+    assert state.granted == 3
+    assert state.waited_seconds == pytest.approx(0.3)  # 0 + 0.1 + 0.2
+    assert state.next_permit_in == pytest.approx(0.3)
+    # Recent permits are counted by their slot, up to now inclusive, over the last window.
+    assert state.recent_per_second == pytest.approx(1 / RECENT_WINDOW)
+    clock.advance(0.2)  # the last slot is now
+    assert limiter.state(account, "archiveChat").recent_per_second == pytest.approx(
+        3 / RECENT_WINDOW
+    )
+    clock.advance(RECENT_WINDOW - 0.2)  # the first slot is the window's start: out
+    assert limiter.state(account, "archiveChat").recent_per_second == pytest.approx(
+        2 / RECENT_WINDOW
+    )

@@ -1,0 +1,248 @@
+"""Store behaviour the other unit tests left unasserted, found by the mutation run (see
+tests/MUTATION.md): what closing a circuit clears, whose chats are unarchivable, a dead-letter
+store's id lookups and corrupt entries, how a Lua script's header is read, and how a job ends
+from the store (dead-lettered from its stored message, waiting at the front of its list)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GREEN_ID, KEYS, Env
+from tests.support import JobDesk
+from worker.celery_app import create_app
+from worker.contract import envelope
+from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery
+from worker.contract.outcomes import DeadLettered, Reason
+from worker.contract.tasks import ARCHIVE_TASK
+from worker.stores import endings as endings_module
+from worker.stores import scripts
+from worker.stores.deadletters import (
+    CorruptDeadLetter,
+    DeadLetter,
+    DeadLetterStore,
+    _salvaged_count_field,
+)
+from worker.stores.endings import Endings, RunRef
+from worker.stores.jobs import Lease, NewJob
+
+# --- circuit ------------------------------------------------------------------------------------
+
+
+def test_closing_a_circuit_clears_its_probe_claim_and_chain_and_says_if_it_was_open(
+    archiver_env: Env,
+) -> None:
+    circuit = archiver_env.services.circuit
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    assert circuit.trip(account, "unauthorized", "401", probing=False, chain="chain-1") is not None
+    archiver_env.redis.set(KEYS.circuit_probe(account.key), "probe-job")
+    assert archiver_env.redis.exists(KEYS.probe_chain(account.key))
+
+    assert circuit.close(account) is True
+    assert not circuit.is_open(account)
+    assert not archiver_env.redis.exists(KEYS.circuit_probe(account.key))
+    assert not archiver_env.redis.exists(KEYS.probe_chain(account.key))
+    assert circuit.paused_accounts() == []
+    assert circuit.close(account) is False  # closed already
+
+
+# --- unarchivable chats -------------------------------------------------------------------------
+
+
+def test_unarchivable_chats_are_kept_per_account(archiver_env: Env) -> None:
+    chats = archiver_env.services.unarchivable
+    pipe = archiver_env.redis.pipeline(transaction=False)
+    chats.queue_add(pipe, "green-api", GREEN_ID, "79000000001@c.us")
+    pipe.execute()
+    assert chats.since("green-api", GREEN_ID, 0) == {"79000000001@c.us"}
+    assert chats.since("green-api", "7105000000", 0) == set()
+    assert chats.since("wassenger", GREEN_ID, 0) == set()
+
+
+# --- dead letters -------------------------------------------------------------------------------
+
+
+def dead_letter(entry_id: str, job: dict[str, str] | None = None) -> DeadLetter:
+    return DeadLetter(
+        reason="chat_not_found",
+        job=job or {"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"},
+        detail="404",
+        id=entry_id,
+        created_at=1.0,
+    )
+
+
+@pytest.fixture
+def store(archiver_env: Env) -> DeadLetterStore:
+    return archiver_env.services.dead_letters
+
+
+def test_find_lists_ten_ids_by_default_and_counts_them_all(store: DeadLetterStore) -> None:
+    for n in range(12):
+        store.add(dead_letter(f"abc{n:02d}"))
+    store.add(dead_letter("xyz00"))
+    count, ids = store.find("abc")
+    assert count == 12
+    assert ids == [f"abc{n:02d}" for n in range(10)]
+
+
+def test_a_unique_prefix_is_eight_characters_unless_a_neighbour_needs_more(
+    store: DeadLetterStore,
+) -> None:
+    for entry_id in ("aaaaaaaaaa00", "aaaaaaaaaa01", "aaaab0000000", "fedcba9876543210"):
+        store.add(dead_letter(entry_id))
+    assert store.unique_prefix_length(["fedcba9876543210"]) == 8
+    # Each of the first two shares eleven characters with its nearest neighbour, one side only.
+    assert store.unique_prefix_length(["aaaaaaaaaa00"]) == 12
+    assert store.unique_prefix_length(["aaaaaaaaaa01"]) == 12
+    assert store.unique_prefix_length(["aaaab0000000"]) == 8
+
+
+def test_a_corrupt_entry_error_says_which_entry_and_why(store: DeadLetterStore) -> None:
+    store.add(dead_letter("good0001"))
+    store._redis.hset(KEYS.dlq_entries, "bad00001", '{"reason": "chat_not_found"')
+    store._redis.zadd(KEYS.dlq_index, {"bad00001": 2.0})
+    with pytest.raises(CorruptDeadLetter) as raised:
+        store.get("bad00001")
+    assert str(raised.value).startswith("bad00001: corrupt entry (JSONDecodeError")
+
+
+def test_a_corrupt_entry_without_a_provider_still_gives_its_count_back(
+    store: DeadLetterStore,
+) -> None:
+    # An entry whose job named no provider is counted under "?" (DeadLetter.account).
+    entry = dead_letter("noprov01", job={"account": GREEN_ID, "chat_id": "79000000001@c.us"})
+    store.add(entry)
+    assert store.counts() == {("chat_not_found", f"?:{GREEN_ID}"): 1}
+    text = store._redis.hget(KEYS.dlq_entries, "noprov01")
+    assert _salvaged_count_field(str(text)) == f"chat_not_found|?:{GREEN_ID}"
+    store._redis.hset(KEYS.dlq_entries, "noprov01", str(text)[:-1])  # cut: no longer JSON
+    assert store.remove(["noprov01"]) == 1
+    assert store.counts() == {}
+
+
+# --- Lua script headers -------------------------------------------------------------------------
+
+
+def lua(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "script.lua"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_script_header_declares_its_keys_args_rest_and_libraries(tmp_path: Path) -> None:
+    body = (
+        "--! keys: first second\n"
+        "--! args: now id\n"
+        "--!   args: extra\n"
+        "--! rest: items\n"
+        "--! uses: clock lease\n"
+        "return 1\n"
+    )
+    parsed = scripts._parse(lua(tmp_path, body))
+    assert parsed.keys == ("first", "second")
+    assert parsed.args == ("now", "id", "extra")
+    assert parsed.rest == "items"
+    assert parsed.uses == ("clock", "lease")
+    assert parsed.body == body
+    bare = scripts._parse(lua(tmp_path, "--! keys: *chats\nreturn 1\n"))
+    assert bare.keys == ("*chats",) and bare.args == () and bare.rest is None and bare.uses == ()
+
+
+@pytest.mark.parametrize(
+    ("header", "error"),
+    [
+        ("--! keys: Bad-Name", "'Bad-Name' is not a Lua-friendly name"),
+        ("--! rest: one two", "one rest argument at most"),
+        ("--! keys: *chats other", "a starred key list must be the only key"),
+    ],
+)
+def test_a_script_header_refuses_what_the_prologue_cannot_express(
+    tmp_path: Path, header: str, error: str
+) -> None:
+    with pytest.raises(ValueError, match=f"script.lua: {error}"):
+        scripts._parse(lua(tmp_path, f"{header}\nreturn 1\n"))
+
+
+def test_libraries_come_in_dependency_order_once_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "outer.lua").write_text("--! uses: inner\n", encoding="utf-8")
+    (tmp_path / "lib" / "inner.lua").write_text("-- no uses\n", encoding="utf-8")
+    (tmp_path / "lib" / "third.lua").write_text("-- no uses\n", encoding="utf-8")
+    monkeypatch.setattr(scripts, "LUA_DIR", tmp_path)
+    assert scripts._libraries(["outer", "inner", "third"], []) == ["inner", "outer", "third"]
+
+
+def test_a_script_loaded_afresh_runs_with_its_libraries(archiver_env: Env) -> None:
+    scripts.load.cache_clear()  # every other test reads the scripts parsed once per process
+    try:
+        script = scripts.load("take_lease")
+        assert script.keys == ("jobs", "active", "runs", "deliveries")
+        assert "clock_us" in script.source  # its library, before its body
+        status, deliveries = script.run(
+            archiver_env.redis,
+            keys={"jobs": "t:j", "active": "t:a", "runs": "t:r", "deliveries": "t:d"},
+            args={"now": "", "id": "x", "run": "r", "lease_us": 1, "deliveries_ttl": 1},
+        )
+        assert (status, int(deliveries)) == ("stale", 0)
+    finally:
+        scripts.load.cache_clear()
+
+
+# --- a job dead-lettered from its stored message (the janitor, the maximum pause) --------------
+
+
+def test_a_stored_job_is_dead_lettered_once_with_its_history(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = archiver_env.services
+    # The result backend on the test Redis (the process's app may be configured already).
+    app = create_app(archiver_env.settings)
+    monkeypatch.setattr(endings_module, "app", app)
+    kwargs = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"}
+    history = {ATTEMPTS_HEADER: 2, FIRST_ATTEMPT_HEADER: 100.0}
+    message = envelope.build(ARCHIVE_TASK, "t-1", kwargs, "archive.ready", history=history)
+    services.jobs.accept([NewJob("t-1", f"green-api:{GREEN_ID}", message)])
+    endings = Endings(services)
+
+    entry = endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "paused too long")
+    assert entry is not None
+    assert (entry.reason, entry.detail, entry.task_id) == ("unauthorized", "paused too long", "t-1")
+    assert entry.attempts == 2 and entry.first_attempt_at == 100.0
+    assert entry.last_attempt_at is not None and entry.last_attempt_at > 100.0  # none: now
+    assert entry.worker == socket.gethostname()
+    assert services.dead_letters.get(entry.id) == entry
+    assert services.jobs.record("t-1") is None
+    outcomes = services.metrics.outcomes()
+    assert outcomes[("green-api", GREEN_ID, "dead_lettered", "unauthorized")] == 1
+    # No run reports this ending: the result backend says it, as a run would.
+    result = app.AsyncResult("t-1")
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, DeadLettered)
+    assert (result.result.reason, result.result.detail) == ("unauthorized", "paused too long")
+    assert result.result.dead_letter_id == entry.id
+    # The job has ended: a second try changes nothing.
+    assert endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "again") is None
+    assert len(services.dead_letters) == 1
+    app.close()
+
+
+def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
+    archiver_env: Env,
+) -> None:
+    services = archiver_env.services
+    desk = JobDesk(services, archiver_env.accounts)
+    job = {"provider": "green-api", "account": GREEN_ID}
+    for n in (1, 2, 3):
+        desk.put({**job, "chat_id": f"7900000000{n}@c.us"}, task_id=f"t-{n}")
+    task_id, kwargs, headers = desk.take()
+    assert task_id == "t-1"
+    assert services.jobs.take_lease(task_id, "run-1", 100)[0] is Lease.OK
+    ref = RunRef(task_id, "run-1", f"green-api:{GREEN_ID}", kwargs)
+    delivery = Delivery.from_headers(task_id, "w@h", headers)
+    assert Endings(services).wait(ref, delivery, front=True)
+    assert services.jobs.wait_head(f"green-api:{GREEN_ID}", 10) == ["t-1", "t-2", "t-3"]
