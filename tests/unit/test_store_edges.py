@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GREEN_ID, KEYS, Env
+from tests.conftest import GREEN_ID, KEYS, Env, use_environment
 from tests.support import JobDesk
 from worker.celery_app import create_app
 from worker.contract import envelope
@@ -19,6 +19,7 @@ from worker.contract.outcomes import DeadLettered, Reason
 from worker.contract.tasks import ARCHIVE_TASK
 from worker.stores import endings as endings_module
 from worker.stores import scripts
+from worker.stores.clock import PinnedClock
 from worker.stores.deadletters import (
     CorruptDeadLetter,
     DeadLetter,
@@ -46,6 +47,37 @@ def test_closing_a_circuit_clears_its_probe_claim_and_chain_and_says_if_it_was_o
     assert not archiver_env.redis.exists(KEYS.probe_chain(account.key))
     assert circuit.paused_accounts() == []
     assert circuit.close(account) is False  # closed already
+
+
+def test_an_overdue_probe_with_no_chain_running_starts_one_now(archiver_env: Env) -> None:
+    """A chain lost while its probe was due: the next park must start a new chain at once (a
+    wait of 0), not take "0 seconds" for "no chain to start"."""
+    clock = PinnedClock(1_800_000_000.0)
+    archiver_env.services.use_clock(clock)
+    circuit = archiver_env.services.circuit
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    circuit.trip(account, "unauthorized", "401", probing=False, chain="chain-1")
+    archiver_env.redis.delete(KEYS.probe_chain(account.key))  # the chain's task was lost
+    clock.advance(archiver_env.settings.circuit_cooldown + 5)  # and its probe is overdue
+    assert circuit.chain_to_start(account, "chain-2") == 0.0
+    assert circuit.chain_to_start(account, "chain-3") is None  # chain-2 runs now
+
+
+def test_every_paused_account_is_listed(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    many = tmp_path / "three.toml"
+    many.write_text(
+        "".join(
+            f'[[accounts]]\nprovider = "green-api"\nid = "{7_105_000_001 + n}"\n'
+            f'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
+            for n in range(3)
+        )
+    )
+    env = use_environment(monkeypatch, archiver_env.settings.broker_url, many)
+    for n, account in enumerate(env.accounts):
+        env.services.circuit.trip(account, "unauthorized", "401", probing=False, chain=f"c{n}")
+    assert sorted(env.services.circuit.paused_accounts()) == sorted(a.key for a in env.accounts)
 
 
 # --- unarchivable chats -------------------------------------------------------------------------
