@@ -78,6 +78,15 @@ rate_limit = "{wassenger_rate}"
 {sweep}"""
 
 
+def green_accounts_toml(first_id: int, count: int, api_url: str = "http://provider.test") -> str:
+    """``count`` GREEN-API accounts with consecutive ids from ``first_id`` (token: the canary)."""
+    return "".join(
+        f'[[accounts]]\nprovider = "green-api"\nid = "{first_id + n}"\n'
+        f'api_url = "{api_url}"\ntoken_env = "TEST_GREEN_TOKEN"\n'
+        for n in range(count)
+    )
+
+
 @dataclass
 class Env:
     settings: Settings

@@ -18,7 +18,7 @@ import redis
 from tests.conftest import CANARY, GREEN_ID, KEYS, WASSENGER_CANARY, WASSENGER_ID, accounts_toml
 from tests.support import eventually, run_cli
 from worker.sandbox.cluster import LocalCluster
-from worker.sandbox.local import CeleryProcess, free_port
+from worker.sandbox.local import free_port
 from worker.sandbox.simulator import SimulatorClient, SimulatorHandle, start_in_thread
 from worker.stores.deadletters import DeadLetter
 
@@ -70,10 +70,6 @@ class Cluster(LocalCluster):
         self.sim.put_account("green-api", GREEN_ID, token=CANARY, chats=[])
         self.sim.put_account("wassenger", WASSENGER_ID, token=WASSENGER_CANARY, chats=[])
         self.sim.reset_counters()
-
-    @property
-    def workers(self) -> list[CeleryProcess]:
-        return self.processes
 
     def start_flower(
         self,

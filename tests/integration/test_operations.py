@@ -106,7 +106,7 @@ def test_sigterm_lets_jobs_in_flight_finish_and_loses_none(cluster: Cluster) -> 
 
 def test_flower_shows_every_outcome_and_no_secret(cluster: Cluster) -> None:
     _, api = cluster.start_flower()
-    flower = cluster.workers[-1]
+    flower = cluster.processes[-1]
 
     cluster.add_chats("green-api", ["79000000001@c.us"])
     cluster.add_chats("wassenger", ["447000000001@c.us"], archived=True)

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GREEN_ID, KEYS, WASSENGER_ID, Env, RoundTrips, use_environment
+from tests.conftest import (
+    GREEN_ID,
+    KEYS,
+    WASSENGER_ID,
+    Env,
+    RoundTrips,
+    green_accounts_toml,
+    use_environment,
+)
 from worker.services import accounts_file, get_accounts
 from worker.stores.deadletters import DeadLetter
 from worker.stores.metrics import MetricsRecorder
@@ -119,13 +127,7 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
     scrape at 1,200 accounts takes a few dozen round trips, not one or more per account, and
     each account still gets its own figures."""
     many = tmp_path / "many.toml"
-    many.write_text(
-        "".join(
-            f'[[accounts]]\nprovider = "green-api"\nid = "{7_100_000_000 + n}"\n'
-            f'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
-            for n in range(1_200)
-        )
-    )
+    many.write_text(green_accounts_toml(7_100_000_000, 1_200))
     env = use_environment(monkeypatch, archiver_env.settings.broker_url, many)
     services, accounts = env.services, get_accounts()
     paused = accounts.find("green-api", "7100001100")  # in the third batch
@@ -175,8 +177,5 @@ def test_an_account_added_to_the_file_shows_at_the_next_scrape(
 
     assert paused_accounts() == {GREEN_ID, WASSENGER_ID}
     with archiver_env.accounts_file.open("a") as file:
-        file.write(
-            '\n[[accounts]]\nprovider = "green-api"\nid = "7105000042"\n'
-            'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
-        )
+        file.write("\n" + green_accounts_toml(7_105_000_042, 1))
     assert paused_accounts() == {GREEN_ID, WASSENGER_ID, "7105000042"}

@@ -62,6 +62,14 @@ def job(task_id: str, account: str = A, not_before: float | None = None) -> NewJ
     return NewJob(task_id, account, message, not_before)
 
 
+def leased_j1(store: JobStore, keys: Keys) -> tuple[Lease, int]:
+    """Job j1 of account A accepted, dispatched and taken by run-1: what take_lease said."""
+    store.publish_accounts({A: conf(keys, A)})
+    store.accept([job("j1")])
+    store.dispatch(1)
+    return store.take_lease("j1", "run-1", 100)
+
+
 def ids(messages: list[str]) -> list[str]:
     return [json.loads(m)["headers"]["id"] for m in messages]
 
@@ -163,10 +171,7 @@ def test_each_dispatch_gives_a_fresh_delivery_tag(
 def test_a_live_lease_makes_a_second_delivery_end_quietly(
     store: JobStore, keys: Keys, clock: PinnedClock
 ) -> None:
-    store.publish_accounts({A: conf(keys, A)})
-    store.accept([job("j1")])
-    store.dispatch(1)
-    assert store.take_lease("j1", "run-1", 100) == (Lease.OK, 1)
+    assert leased_j1(store, keys) == (Lease.OK, 1)
     assert store.take_lease("j1", "run-2", 100)[0] is Lease.BUSY
     clock.advance(29)
     store.renew(["j1"], "node-a")  # its node is alive: the lease runs on
@@ -177,10 +182,7 @@ def test_a_live_lease_makes_a_second_delivery_end_quietly(
 
 
 def test_a_job_that_has_ended_finds_no_record(store: JobStore, keys: Keys) -> None:
-    store.publish_accounts({A: conf(keys, A)})
-    store.accept([job("j1")])
-    store.dispatch(1)
-    store.take_lease("j1", "run-1", 100)
+    leased_j1(store, keys)
     assert store.close("j1", "run-1", Ending.FINAL)
     assert store.take_lease("j1", "run-2", 100)[0] is Lease.STALE
     assert store.record("j1") is None
@@ -190,10 +192,7 @@ def test_a_job_that_has_ended_finds_no_record(store: JobStore, keys: Keys) -> No
 def test_an_ending_is_written_once_even_if_the_call_is_repeated(
     store: JobStore, keys: Keys
 ) -> None:
-    store.publish_accounts({A: conf(keys, A)})
-    store.accept([job("j1")])
-    store.dispatch(1)
-    store.take_lease("j1", "run-1", 100)
+    leased_j1(store, keys)
     writes = Writes().hincrby("t:outcomes", "archived", 1)
     assert store.close("j1", "run-1", Ending.FINAL, writes=writes)
     # The same call again (redis-py resends a script whose reply was lost): no second outcome.
@@ -204,10 +203,7 @@ def test_an_ending_is_written_once_even_if_the_call_is_repeated(
 def test_a_run_that_lost_its_lease_to_another_changes_nothing(
     store: JobStore, keys: Keys, clock: PinnedClock
 ) -> None:
-    store.publish_accounts({A: conf(keys, A)})
-    store.accept([job("j1")])
-    store.dispatch(1)
-    store.take_lease("j1", "run-1", 100)
+    leased_j1(store, keys)
     clock.advance(31)
     store.take_lease("j1", "run-2", 100)
     assert not store.close("j1", "run-1", Ending.FINAL)
@@ -296,10 +292,7 @@ def test_a_script_refuses_keys_or_arguments_it_does_not_declare(client: redis.Re
 def test_a_heartbeat_extends_only_live_leases_and_never_shortens_one(
     store: JobStore, keys: Keys, clock: PinnedClock
 ) -> None:
-    store.publish_accounts({A: conf(keys, A)})
-    store.accept([job("j1")])
-    store.dispatch(1)
-    store.take_lease("j1", "run-1", 100)
+    leased_j1(store, keys)
     leased_until = store.redis.zscore(keys.active, "j1")
     assert leased_until is not None
     clock.advance(-10)  # a node whose clock lags the one that took the lease

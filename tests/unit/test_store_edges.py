@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GREEN_ID, KEYS, Env, use_environment
+from tests.conftest import GREEN_ID, KEYS, Env, green_accounts_toml, use_environment
 from tests.support import JobDesk
 from worker.celery_app import create_app
 from worker.contract import envelope
@@ -67,13 +67,7 @@ def test_every_paused_account_is_listed(
     archiver_env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     many = tmp_path / "three.toml"
-    many.write_text(
-        "".join(
-            f'[[accounts]]\nprovider = "green-api"\nid = "{7_105_000_001 + n}"\n'
-            f'api_url = "http://provider.test"\ntoken_env = "TEST_GREEN_TOKEN"\n'
-            for n in range(3)
-        )
-    )
+    many.write_text(green_accounts_toml(7_105_000_001, 3))
     env = use_environment(monkeypatch, archiver_env.settings.broker_url, many)
     for n, account in enumerate(env.accounts):
         env.services.circuit.trip(account, "unauthorized", "401", probing=False, chain=f"c{n}")
