@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from config.errors import show
 
@@ -60,7 +61,16 @@ class Rate:
 def parse_rate(text: str) -> Rate:
     """'10/s', '600/m', '1/2s', '24/d' -> Rate, within the module's bounds. Raises ValueError
     (one line) with the accepted forms."""
-    match = _RATE.match(text) if isinstance(text, str) else None
+    if not isinstance(text, str):
+        raise ValueError(f"{show(text)} is not a rate; write e.g. '10/s', '600/m' or '1/2s'")
+    return _parse_rate_text(text)
+
+
+# Rates are frozen and every account parses its provider's table of method rates: a cache keeps
+# a file of thousands of accounts from parsing the same dozen texts thousands of times.
+@lru_cache(maxsize=1024)
+def _parse_rate_text(text: str) -> Rate:
+    match = _RATE.match(text)
     if not match:
         raise ValueError(f"{show(text)} is not a rate; write e.g. '10/s', '600/m' or '1/2s'")
     calls = float(match.group(1))

@@ -42,6 +42,7 @@ import re
 import socket
 import unicodedata
 from enum import Enum
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import idna
@@ -92,6 +93,16 @@ def check_api_url(value: str, *, allow_private: bool = False) -> str:
     """``value`` normalised (lower-case scheme and host, host in ASCII, default port and
     trailing slash dropped), or ValueError with one line that never repeats the URL (it may
     hold a password)."""
+    if not isinstance(value, str):
+        raise ValueError("must be a text (a URL)")
+    return _checked_url(value, bool(allow_private))
+
+
+# Pure (no DNS): an accounts file of thousands of accounts names a handful of URLs, and every
+# process loads it (the node, every reload), so each URL is checked once. Failures are not
+# cached (lru_cache keeps only returned values).
+@lru_cache(maxsize=1024)
+def _checked_url(value: str, allow_private: bool) -> str:
     if len(value) > MAX_URL_LENGTH:
         raise ValueError(f"longer than {MAX_URL_LENGTH} characters")
     for position, char in enumerate(value, start=1):

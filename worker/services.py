@@ -12,8 +12,10 @@ longer loads keeps the registry it replaces, with one error in the log.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,12 +75,14 @@ def _identity(path: Path) -> tuple[int, int, int] | None:
 
 
 class AccountsFile:
-    """The accounts registry of this process, reloaded when its file changes."""
+    """The accounts registry of this process, reloaded when its file changes. Pool children
+    inherit it from the node (see ``_accounts``); each has its own lock after the fork."""
 
     def __init__(self, path: Path, check_every: float = RELOAD_CHECK) -> None:
         self.path = path
         self.check_every = check_every
         self._lock = threading.Lock()
+        _accounts_files.add(self)
         self._registry: AccountRegistry | None = None
         self._identity: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -127,7 +131,20 @@ class AccountsFile:
         return True
 
 
-_accounts = PerProcess(lambda: AccountsFile(get_settings().accounts_file))
+_accounts_files: weakref.WeakSet[AccountsFile] = weakref.WeakSet()
+
+
+def _new_locks_in_child() -> None:
+    # A reload by one of the node's threads may hold the lock while the pool forks a child.
+    for accounts in list(_accounts_files):
+        accounts._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
+
+# Loaded by the node's main process before Celery forks its pool (worker_init): the children
+# inherit the registry instead of each parsing the file again at its first job.
+_accounts = PerProcess(lambda: AccountsFile(get_settings().accounts_file), survives_fork=True)
 
 
 def accounts_file() -> AccountsFile:
