@@ -5,7 +5,10 @@ from the store (dead-lettered from its stored message, waiting at the front of i
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ from tests.support import JobDesk
 from worker.celery_app import create_app
 from worker.contract import envelope
 from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery
-from worker.contract.outcomes import DeadLettered, Reason
+from worker.contract.outcomes import DeadLettered, Outcome, Reason
 from worker.contract.tasks import ARCHIVE_TASK
 from worker.stores import endings as endings_module
 from worker.stores import scripts
@@ -28,6 +31,8 @@ from worker.stores.deadletters import (
 )
 from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease, NewJob
+from worker.stores.keys import ready_queue
+from worker.stores.writes import Writes
 
 # --- circuit ------------------------------------------------------------------------------------
 
@@ -272,3 +277,115 @@ def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
     delivery = Delivery.from_headers(task_id, "w@h", headers)
     assert Endings(services).wait(ref, delivery, front=True)
     assert services.jobs.wait_head(f"green-api:{GREEN_ID}", 10) == ["t-1", "t-2", "t-3"]
+
+
+# --- what an ending writes beside itself (found by the mutation run's second pass) --------------
+
+
+def leased_run(env: Env, chat: str, task_id: str) -> tuple[RunRef, Delivery]:
+    """A job of GREEN_ID put into the store, dispatched and leased by a run, as a worker has it."""
+    desk = JobDesk(env.services, env.accounts)
+    desk.put({"provider": "green-api", "account": GREEN_ID, "chat_id": chat}, task_id=task_id)
+    taken, kwargs, headers = desk.take()
+    assert taken == task_id
+    assert env.services.jobs.take_lease(task_id, f"run-{task_id}", 100)[0] is Lease.OK
+    ref = RunRef(task_id, f"run-{task_id}", f"green-api:{GREEN_ID}", kwargs)
+    return ref, Delivery.from_headers(task_id, "w@h", headers)
+
+
+def test_an_ending_records_the_chat_among_its_accounts_recent_outcomes(archiver_env: Env) -> None:
+    services = archiver_env.services
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    assert Endings(services).final(ref, Outcome.ARCHIVED, latencies=[0.25])
+    [recent] = services.metrics.recent("green-api", GREEN_ID)
+    assert (recent["outcome"], recent["chat_id"]) == ("archived", "79000000001@c.us")
+    assert services.metrics.recent("wassenger", GREEN_ID) == []  # per provider and account
+    assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 0.25
+
+
+def test_only_no_messages_marks_a_chat_unarchivable_and_for_its_own_account(
+    archiver_env: Env,
+) -> None:
+    services = archiver_env.services
+    endings = Endings(services)
+    for n, reason in ((1, Reason.NO_MESSAGES), (2, Reason.CHAT_NOT_FOUND)):
+        chat = f"7900000000{n}@c.us"
+        ref, _ = leased_run(archiver_env, chat, f"t-{n}")
+        entry = DeadLetter(reason=str(reason), job=dict(ref.job), detail="", task_id=ref.task_id)
+        assert endings.final(ref, Outcome.DEAD_LETTERED, reason=str(reason), entry=entry)
+    assert services.unarchivable.since("green-api", GREEN_ID, 0) == {"79000000001@c.us"}
+    assert services.unarchivable.since("wassenger", GREEN_ID, 0) == set()
+
+
+@pytest.mark.parametrize("ending", ["wait", "park"])
+def test_a_run_that_waits_or_parks_keeps_its_call_latencies_and_its_message(
+    archiver_env: Env, ending: str
+) -> None:
+    services = archiver_env.services
+    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    endings = Endings(services)
+    if ending == "wait":
+        assert endings.wait(ref, delivery, at=time.time() + 60, latencies=[0.5, 1.5])
+    else:
+        assert endings.park(ref, delivery, latencies=[0.5, 1.5])
+    assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 2.0
+    stored = services.jobs.record("t-1")
+    assert stored is not None and stored.task_id == "t-1"
+    task, kwargs, _ = envelope.unpack(stored.message)
+    assert (task, kwargs) == (ARCHIVE_TASK, dict(ref.job))
+    routing = json.loads(stored.message)["properties"]["delivery_info"]["routing_key"]
+    assert routing == ready_queue(archiver_env.settings.queue)
+
+
+def test_a_stored_job_dead_lettered_by_the_janitor_releases_its_chat(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = archiver_env.services
+    app = create_app(archiver_env.settings)  # its result backend on the test Redis
+    monkeypatch.setattr(endings_module, "app", app)
+    chat = "79000000001@c.us"
+    JobDesk(services, archiver_env.accounts).put(
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": chat}, task_id="t-1"
+    )
+    pending = services.pending.key("green-api", GREEN_ID, chat)
+    assert services.pending.claim(pending, "t-1").won
+    assert Endings(services).dead_letter_stored("t-1", Reason.UNKNOWN_ACCOUNT, "gone")
+    assert not archiver_env.redis.exists(pending)
+    app.close()
+
+
+# --- dead-letter counts -------------------------------------------------------------------------
+
+
+def test_a_count_that_is_not_a_number_hides_no_other_count(store: DeadLetterStore) -> None:
+    store._redis.hset(KEYS.dlq_counts, "chat_not_found|green-api:1", "not a number")
+    store.add(dead_letter("good0001"))
+    assert store.counts() == {("chat_not_found", f"green-api:{GREEN_ID}"): 1}
+
+
+def test_removing_a_corrupt_entry_never_takes_a_count_below_zero(
+    store: DeadLetterStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add(dead_letter("bad00001"))
+    field = f"chat_not_found|green-api:{GREEN_ID}"
+    text = str(store._redis.hget(KEYS.dlq_entries, "bad00001"))
+    store._redis.hset(KEYS.dlq_entries, "bad00001", text[:-1])  # no longer JSON
+    store._redis.hset(KEYS.dlq_counts, field, 0)  # its count was already given back
+    caplog.set_level(logging.WARNING, logger="chat_archiver")
+    assert store.remove(["bad00001"]) == 1
+    assert int(store._redis.hget(KEYS.dlq_counts, field) or 0) == 0
+    assert "dead letter bad00001: removed; its count in" in caplog.text
+
+
+# --- recorded writes ----------------------------------------------------------------------------
+
+
+def test_recorded_writes_keep_every_field_and_member() -> None:
+    writes = Writes().hset("h", "a", 1, mapping={"b": 2, "c": 3}).hset("h", mapping={"d": 4})
+    writes.zadd("z", {"m1": 1, "m2": 2.5})
+    assert writes.commands == [
+        ("HSET", "h", "a", 1, "b", 2, "c", 3),
+        ("HSET", "h", "d", 4),
+        ("ZADD", "z", "1.0", "m1", "2.5", "m2"),
+    ]
+    assert writes.flat()[:2] == [3, 8]
