@@ -42,6 +42,7 @@ READ_BATCH = 500
 class Permit:
     granted: bool
     wait: float  # granted: seconds to sleep before calling; refused: seconds to the next slot
+    late: float = 0.0  # granted: how far its slot had already passed when it was given
 
 
 @dataclass(frozen=True)
