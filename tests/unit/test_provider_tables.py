@@ -21,7 +21,7 @@ from tasks.providers import (
     WassengerAdapter,
     WassengerListings,
 )
-from tasks.providers.base import classify, parse_retry_after
+from tasks.providers.base import ChatInfo, classify, parse_retry_after
 from tasks.providers.green_api import ARCHIVE_RULES as GREEN_RULES
 from tasks.providers.wassenger import ARCHIVE_RULES as WASSENGER_RULES
 from worker.contract.outcomes import (
@@ -316,3 +316,45 @@ def test_listings_map_unbuildable_requests_and_unreadable_answers_to_listing_err
     for error in (page_error.value, stream_error.value):
         assert error.answer.verdict == UNEXPECTED_RESPONSE
         assert TOKEN not in str(error) + repr(error.answer)
+
+
+def test_listings_read_every_documented_field_of_a_chat() -> None:
+    """What sweeps decide on: each provider's listing read field by field into one shape."""
+    chats_url = "https://api.wassenger.com/v1/chat/61b37a069cba0c15d6c81c8e/chats"
+    green_chats = f"https://7105.api.greenapi.com/waInstance7105187566/getChats/{TOKEN}"
+    page = [
+        {
+            "id": CHAT,
+            "lastMessageAt": "2026-11-01T10:00:00+00:00",
+            "status": "resolved",
+            "labels": [{"name": "vip"}, "lead"],
+            "meta": {"isArchived": True, "unreadCount": 3},
+        },
+        {"id": "120363000000000001@g.us", "waStatus": "archived", "meta": "not an object"},
+        {"id": "120363000000000002@newsletter", "status": 7, "labels": None},
+        {"no": "id"},
+        "not a chat",
+    ]
+    with respx.mock() as mock:
+        route = mock.get(chats_url).respond(200, json=page)
+        mock.get(green_chats).respond(
+            200, json=[{"id": CHAT, "archive": True}, {"id": "1@g.us"}, ["x"], {"id": 5}]
+        )
+        wassenger = WassengerListings(WassengerAdapter()).chats_page(
+            _client(), WASSENGER, 2, 50, frozenset({"resolved", "active"})
+        )
+        green = list(GreenApiListings(GreenApiAdapter()).chats(_client(), GREEN))
+    request = route.calls.last.request
+    assert dict(request.url.params) == {
+        "sort": "lastMessageAt:asc",
+        "page": "2",
+        "size": "50",
+        "status": "active,resolved",
+    }
+    assert request.method == "GET" and request.headers["Token"] == TOKEN
+    assert wassenger == [
+        ChatInfo(CHAT, "user", True, 1_793_527_200.0, 3, "resolved", ("vip", "lead")),
+        ChatInfo("120363000000000001@g.us", "group", True, None, 0, None, ()),
+        ChatInfo("120363000000000002@newsletter", "channel", False, None, 0, None, ()),
+    ]
+    assert green == [ChatInfo(CHAT, "user", True), ChatInfo("1@g.us", "group", False)]
