@@ -18,6 +18,8 @@ from pytest_redis import factories
 
 import worker.producer
 from config import AccountRegistry, Settings, get_settings
+from config.units import _parse_rate_text
+from config.urls import _checked_url
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, get_services, reset_services
@@ -42,6 +44,15 @@ def pytest_configure(config: pytest.Config) -> None:
     own app or set the variables themselves."""
     os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
     os.environ.pop("ARCHIVER_REDIS_URL", None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_loader_caches() -> None:
+    """The accounts loader's caches (config/urls.py, config/units.py) start empty in each test,
+    so each test runs the checks it names: a mutation run forks every mutant from a process
+    whose clean run filled them (tests/MUTATION.md)."""
+    _checked_url.cache_clear()
+    _parse_rate_text.cache_clear()
 
 
 @pytest.fixture
