@@ -120,6 +120,9 @@ def test_archived(run: Callable[..., Any], archiver_env: Env) -> None:
         }
     )
     assert archiver_env.services.jobs.counts().jobs == 0  # the job has left the store
+    metrics = archiver_env.services.metrics
+    assert metrics.outcomes() == {("green-api", GREEN_ID, "archived", ""): 1}
+    assert metrics.latency()[("green-api", GREEN_ID)]["sum"] > 0  # its call's duration
 
 
 def test_already_archived_is_success(run: Callable[..., Any], archiver_env: Env) -> None:
@@ -149,6 +152,11 @@ def test_chat_not_found_is_dead_lettered_at_once(
     assert entry.http_status == 400 and "not found" in entry.excerpt
     assert entry.attempts == 1 and entry.worker == "test@host"
     assert entry.first_attempt_at is not None and entry.last_attempt_at is not None
+    assert entry.task_id  # the run that dead-lettered it
+    assert entry.last_attempt_at >= entry.first_attempt_at
+    metrics = archiver_env.services.metrics
+    assert metrics.outcomes() == {("green-api", GREEN_ID, "dead_lettered", "chat_not_found"): 1}
+    assert metrics.latency()[("green-api", GREEN_ID)]["sum"] > 0
 
 
 def test_a_dispatched_job_calls_on_the_permit_its_dispatch_reserved(
@@ -327,6 +335,21 @@ def test_a_long_retry_after_is_waited_in_redis_not_in_a_worker(
     assert due[account.key] - time.time() < 1  # it is the dispatcher that finds it far ...
     archiver_env.services.jobs.dispatch(10)  # ... and puts the account at its next permit
     assert dict(archiver_env.services.jobs.due_accounts(10))[account.key] - time.time() > 7000
+
+
+def test_a_job_held_back_by_its_account_keeps_its_place_at_the_front(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    first = desk.put(JOB)
+    desk.put({**JOB, "chat_id": "79001234568@c.us"})
+    task_id, kwargs, headers = desk.take()
+    assert task_id == first
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    time.sleep(0.05)  # its reserved slot has passed ...
+    archiver_env.services.limiter.penalize(account, "archiveChat", 30)  # ... the next is 30 s away
+    end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+    assert isinstance(end, Waiting)
+    assert archiver_env.services.jobs.wait_head(account.key, 10)[0] == first
 
 
 def test_no_permit_soon_waits_without_calling(
