@@ -125,7 +125,7 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
     first_wait: float | None = None  # the permit taken at admission: seconds to its slot
-    first_deadline: float | None = None  # and the monotonic time its call must go by
+    first_deadline: float | None = None  # and when its call should go by (later: push back)
 
 
 class ArchiveRunner:
@@ -285,10 +285,10 @@ class ArchiveRunner:
             self.sleep(wait)
         late = time.monotonic() - deadline
         if late > 0:
-            # Descheduled past its slot (a loaded machine, a pause): sent now, this call could
-            # make a strict provider window hold one call too many. The slot is given up and the
-            # job takes its account's next turn.
-            raise _RateLimited(0.0, f"{account.key} permit missed by {late * 1000:.0f} ms")
+            # Held up past its slot (a loaded host, a pause): the call still goes, and the
+            # account's later slots move by as much, so that the call a period after this one
+            # cannot land in the same provider window.
+            limiter.push_back(account, method, late)
         run.delivery = run.delivery.attempted(time.time())
         answer = adapter.archive(client, account, job.chat_id)
         run.latencies.append(answer.elapsed)
@@ -300,9 +300,10 @@ class ArchiveRunner:
     def _deadline(
         self, account: Account, adapter: ProviderAdapter, asked: float, permit: Permit
     ) -> float:
-        """The monotonic time by which a call behind ``permit`` (asked for at ``asked``) must
-        go: its slot, plus the lateness the limiter's margin allows (late_tolerance), less what
-        the slot had already passed by when the permit was given."""
+        """The monotonic time by which a call behind ``permit`` (asked for at ``asked``) should
+        go: its slot, plus the lateness the limiter's margin absorbs (late_tolerance, half its
+        slack), less what the slot had already passed by when the permit was given. ``asked``
+        is no later than Redis's reading of the slot, so lateness is never underestimated."""
         margin = self.settings.limiter_margin
         tolerance = late_tolerance(account, adapter.archive_method, margin)
         return asked + permit.wait + tolerance - permit.late

@@ -113,6 +113,17 @@ class AccountLimiter:
         )
         return float(result) / MICROS
 
+    def push_back(self, account: Account, method: str, seconds: float) -> float:
+        """A call behind a permit went out ``seconds`` later than its slot allows: move the
+        account's later slots as far. Returns the seconds until the next slot."""
+        tat_key, stats_key, _ = self._keys(account, method)
+        result = load("push_back").run(
+            self._redis,
+            keys={"tat": tat_key, "stats": stats_key},
+            args={"now": self.clock.arg(), "shift_us": int(seconds * MICROS)},
+        )
+        return float(result) / MICROS
+
     def state(self, account: Account, method: str) -> LimiterState:
         return self.states([(account, method)])[0]
 
