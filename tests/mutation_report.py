@@ -298,7 +298,9 @@ def collect(mutants: Path) -> tuple[dict[str, Counter[str]], list[Survivor]]:
     return per_file, survivors
 
 
-def markdown(per_file: dict[str, Counter[str]], survivors: list[Survivor]) -> str:
+def markdown(
+    per_file: dict[str, Counter[str]], survivors: list[Survivor], summary: bool = False
+) -> str:
     lines = ["| file | mutants | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 2) + "|"]
     total: Counter[str] = Counter()
     for file, counts in per_file.items():
@@ -313,7 +315,15 @@ def markdown(per_file: dict[str, Counter[str]], survivors: list[Survivor]) -> st
         + ", ".join(f"{kind} {n}" for kind, n in Counter(s.kind for s in survivors).most_common()),
         "",
     ]
-    lines += ["| mutant | class | removed | added |", "|---|---|---|---|"]
+    groups: Counter[tuple[str, str, str]] = Counter(
+        (re.sub(r"__mutmut_\d+$", "", s.name), s.kind, s.why) for s in survivors
+    )
+    lines += ["| function | survivors | class | why |", "|---|---|---|---|"]
+    for (function, kind, why), n in sorted(groups.items()):
+        lines.append(f"| `{function}` | {n} | {kind} | {why or 'not reviewed yet'} |")
+    if summary:
+        return "\n".join(lines)
+    lines += ["", "| mutant | class | removed | added |", "|---|---|---|---|"]
     for s in survivors:
         cut = [text.replace("|", "\\|")[:110] for text in (s.removed, s.added)]
         lines.append(f"| `{s.name}` | {s.kind} | `{cut[0]}` | `{cut[1]}` |")
@@ -324,12 +334,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mutants", type=Path, default=Path("mutants"))
     parser.add_argument("--json", type=Path, help="also write every survivor here")
+    parser.add_argument(
+        "--summary", action="store_true", help="counts and survivors by function only"
+    )
     args = parser.parse_args()
     if not args.mutants.is_dir():
         print(f"no {args.mutants}/ here: run mutmut first (tests/MUTATION.md)", file=sys.stderr)
         return 2
     per_file, survivors = collect(args.mutants)
-    print(markdown(per_file, survivors))
+    print(markdown(per_file, survivors, args.summary))
     if args.json:
         args.json.write_text(json.dumps([asdict(s) for s in survivors], indent=1))
     return 0

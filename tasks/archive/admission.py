@@ -78,9 +78,5 @@ def admit(
         deliveries=int(deliveries),
         claim=Claim(chat_key, task_id, task_id if claimed == 1 else str(claimed)),
         decision=Decision(decision),
-        permit=Permit(
-            granted=bool(int(granted)),
-            wait=max(0.0, int(wait) / MICROS),
-            late=max(0.0, -int(wait) / MICROS),
-        ),
+        permit=Permit(granted=bool(int(granted)), wait=max(0.0, int(wait) / MICROS)),
     )

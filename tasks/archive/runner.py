@@ -35,7 +35,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from config import Account, AccountRegistry, excerpt
-from tasks.archive.admission import admit, late_tolerance
+from tasks.archive.admission import admit
 from tasks.archive.pauses import AccountPauses
 from tasks.providers import (
     ProviderAdapter,
@@ -53,7 +53,6 @@ from worker.stores.circuit import Decision
 from worker.stores.deadletters import DeadLetter
 from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
-from worker.stores.limiter import Permit
 
 logger = logging.getLogger("chat_archiver.jobs")
 
@@ -125,7 +124,6 @@ class _Run:
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
     first_wait: float | None = None  # the permit taken at admission: seconds to its slot
-    first_deadline: float | None = None  # and when its call should go by (later: push back)
 
 
 class ArchiveRunner:
@@ -167,7 +165,6 @@ class ArchiveRunner:
             return self._unknown_account(run)
 
         adapter = adapter_for(job.provider)
-        asked = time.monotonic()  # no later than the moment Redis measured the slot from
         admission = admit(
             self.services,
             account,
@@ -193,7 +190,6 @@ class ArchiveRunner:
             why = f"next {account.key} permit in {admission.permit.wait:.2f}s"
             return self._wait_turn(run, why)
         run.first_wait = admission.permit.wait
-        run.first_deadline = self._deadline(account, adapter, asked, admission.permit)
         try:
             answer = self._call_with_retries(job, account, adapter, run)
         except _RateLimited as limited:
@@ -273,22 +269,14 @@ class ArchiveRunner:
         client = self.client_factory()
         limiter = self.services.limiter
         method = adapter.archive_method
-        wait, deadline = run.first_wait, run.first_deadline
-        run.first_wait = run.first_deadline = None
-        if wait is None or deadline is None:  # a retry: its own permit
-            asked = time.monotonic()
+        wait, run.first_wait = run.first_wait, None
+        if wait is None:  # a retry: its own permit
             permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
             if not permit.granted:
                 raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.2f}s")
-            wait, deadline = permit.wait, self._deadline(account, adapter, asked, permit)
+            wait = permit.wait
         if wait > 0:
             self.sleep(wait)
-        late = time.monotonic() - deadline
-        if late > 0:
-            # Held up past its slot (a loaded host, a pause): the call still goes, and the
-            # account's later slots move by as much, so that the call a period after this one
-            # cannot land in the same provider window.
-            limiter.push_back(account, method, late)
         run.delivery = run.delivery.attempted(time.time())
         answer = adapter.archive(client, account, job.chat_id)
         run.latencies.append(answer.elapsed)
@@ -296,17 +284,6 @@ class ArchiveRunner:
             delay = limiter.penalize(account, method, answer.retry_after)
             raise _RateLimited(delay, f"{account.key} answered 429: next permit in {delay:.1f}s")
         return answer
-
-    def _deadline(
-        self, account: Account, adapter: ProviderAdapter, asked: float, permit: Permit
-    ) -> float:
-        """The monotonic time by which a call behind ``permit`` (asked for at ``asked``) should
-        go: its slot, plus the lateness the limiter's margin absorbs (late_tolerance, half its
-        slack), less what the slot had already passed by when the permit was given. ``asked``
-        is no later than Redis's reading of the slot, so lateness is never underestimated."""
-        margin = self.settings.limiter_margin
-        tolerance = late_tolerance(account, adapter.archive_method, margin)
-        return asked + permit.wait + tolerance - permit.late
 
     # -- endings ---------------------------------------------------------------------------------
 

@@ -29,7 +29,6 @@ from tests.conftest import (
 from tests.support import JobDesk
 from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER
 from worker.services import reset_services
-from worker.stores.clock import PinnedClock
 from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
 
@@ -180,71 +179,6 @@ def test_a_run_that_arrives_well_after_its_slot_takes_a_new_permit(
         runner.run((), kwargs, RunContext(task_id, "test@host", headers))
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     assert archiver_env.services.limiter.state(account, "archiveChat").granted == 2
-
-
-def slow_runner(archiver_env: Env, delay: float) -> ArchiveRunner:
-    """A runner whose worker is held up for ``delay`` seconds between its admission and its
-    call (descheduled on a loaded machine): here, building its HTTP client."""
-    client = httpx.Client(timeout=2)
-
-    def slow_client() -> httpx.Client:
-        time.sleep(delay)
-        return client
-
-    return ArchiveRunner(
-        archiver_env.services, archiver_env.accounts, client_factory=slow_client, sleep=[].append
-    )
-
-
-def test_a_run_held_up_past_its_slot_calls_and_moves_the_accounts_later_slots(
-    desk: JobDesk, archiver_env: Env
-) -> None:
-    """A call sent later than its slot plus the limiter's tolerance (15 ms at a one-second
-    period and a 3% margin) would let the call a period later land in the same provider
-    window: the account's later slots move by the excess."""
-    runner = slow_runner(archiver_env, 0.06)  # first: building an HTTP client takes a while
-    desk.put(JOB)
-    task_id, kwargs, headers = desk.take()
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    with respx.mock() as mock:
-        route = mock.post(GREEN_URL).respond(200)
-        end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
-    assert isinstance(end, Done) and route.call_count == 1
-    state = archiver_env.services.limiter.state(account, "archiveChat")
-    assert state.granted == 1  # its own permit, used
-    assert state.next_permit_in > 0.03  # 60 ms held up, less the 15 ms tolerance, less time since
-
-
-def test_a_run_on_time_leaves_the_accounts_slots_alone(desk: JobDesk, archiver_env: Env) -> None:
-    runner = slow_runner(archiver_env, 0)
-    desk.put(JOB)
-    task_id, kwargs, headers = desk.take()
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    with respx.mock() as mock:
-        mock.post(GREEN_URL).respond(200)
-        runner.run((), kwargs, RunContext(task_id, "test@host", headers))
-    state = archiver_env.services.limiter.state(account, "archiveChat")
-    assert state.granted == 1 and state.next_permit_in < 0.01
-
-
-def test_how_late_a_reserved_slot_already_was_counts_against_the_tolerance(
-    desk: JobDesk, archiver_env: Env
-) -> None:
-    """Admitted 10 ms after its reserved slot (within the 15 ms tolerance, so the slot is
-    kept), then held up 8 ms more: 18 ms late in all, so later slots move."""
-    clock = PinnedClock(1_800_000_000.0)
-    archiver_env.services.use_clock(clock)
-    desk.put(JOB)
-    task_id, kwargs, headers = desk.take()
-    clock.advance(0.010)
-    with respx.mock() as mock:
-        route = mock.post(GREEN_URL).respond(200)
-        slow_runner(archiver_env, 0.008).run((), kwargs, RunContext(task_id, "test@host", headers))
-    assert route.call_count == 1
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    state = archiver_env.services.limiter.state(account, "archiveChat")
-    assert state.granted == 1  # its own slot, kept
-    assert state.next_permit_in >= 0.003  # on the pinned clock: 18 ms less the 15 ms tolerance
 
 
 def test_transient_burst_is_retried_by_tenacity_then_archived(

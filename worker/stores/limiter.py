@@ -42,7 +42,6 @@ READ_BATCH = 500
 class Permit:
     granted: bool
     wait: float  # granted: seconds to sleep before calling; refused: seconds to the next slot
-    late: float = 0.0  # granted: how far its slot had already passed when it was given
 
 
 @dataclass(frozen=True)
@@ -110,17 +109,6 @@ class AccountLimiter:
             self._redis,
             keys={"tat": tat_key, "stats": stats_key},
             args={"now": self.clock.arg(), "delay_us": int(delay * MICROS)},
-        )
-        return float(result) / MICROS
-
-    def push_back(self, account: Account, method: str, seconds: float) -> float:
-        """A call behind a permit went out ``seconds`` later than its slot allows: move the
-        account's later slots as far. Returns the seconds until the next slot."""
-        tat_key, stats_key, _ = self._keys(account, method)
-        result = load("push_back").run(
-            self._redis,
-            keys={"tat": tat_key, "stats": stats_key},
-            args={"now": self.clock.arg(), "shift_us": int(seconds * MICROS)},
         )
         return float(result) / MICROS
 

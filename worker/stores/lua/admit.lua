@@ -10,7 +10,7 @@
 --   the account's circuit ('park', 'probe' or 'call'),
 --   a permit: the one its dispatch reserved if it is still on time, else a new one.
 -- Returns {lease, deliveries, claim, decision, granted (0/1), µs to wait (to the next slot if
--- not granted; negative: the reserved slot passed that long ago)}.
+-- not granted)}.
 local now = clock_us(ARG.now)
 local status = take_lease(KEY.jobs, KEY.active, KEY.runs, ARG.id, ARG.run, now, ARG.lease_us)
 if status ~= 'ok' then return {status, 0, 0, 'call', 0, '0'} end
@@ -29,8 +29,7 @@ redis.call('HDEL', KEY.permits, ARG.id)
 -- A reserved slot that has passed by more than `late_us` would land this call too close to the
 -- next ones: take a new permit instead.
 if reserved and tonumber(reserved) + tonumber(ARG.late_us) >= now then
-  -- Signed: a slot that has passed tells the run how late it already is.
-  return {status, deliveries, claimed, decision, 1, string.format('%d', tonumber(reserved) - now)}
+  return {status, deliveries, claimed, decision, 1, string.format('%d', math.max(0, tonumber(reserved) - now))}
 end
 local granted, slot = gcra_acquire(KEY.tat, KEY.stats, KEY.recent, ARG.interval_us,
                                    ARG.max_wait_us, ARG.window_us, now)
