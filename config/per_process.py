@@ -7,18 +7,52 @@ that importing a module opens nothing.
 
 Plain data without sockets (the accounts registry) may be marked ``survives_fork``: a child then
 keeps its parent's copy instead of building its own (at 5,000 accounts, parsing the file costs
-each pool child ~0.4 s of CPU at its first job). Every lock here is replaced in a forked child:
-a lock another thread of the parent held at the fork would otherwise stay locked forever.
+each pool child ~0.4 s of CPU at its first job). Their locks are ``ForkSafeLock``s: a forked
+child gets them fresh, where a lock another thread of the parent held at the fork would
+otherwise stay locked forever.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections.abc import Callable
+from types import TracebackType
 from typing import ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
+
+
+class ForkSafeLock:
+    """A ``threading.Lock`` that a forked child gets unlocked, whatever its parent's threads
+    held at the fork (Celery forks pool children while the node's threads run)."""
+
+    _every: ClassVar[weakref.WeakSet[ForkSafeLock]] = weakref.WeakSet()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        ForkSafeLock._every.add(self)
+
+    def __enter__(self) -> ForkSafeLock:
+        self._lock.acquire()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._lock.release()
+
+
+def _new_locks_in_child() -> None:
+    for lock in list(ForkSafeLock._every):
+        lock._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 class PerProcess(Generic[T]):
@@ -29,7 +63,7 @@ class PerProcess(Generic[T]):
     def __init__(self, build: Callable[[], T], *, survives_fork: bool = False) -> None:
         self._build = build
         self._survives_fork = survives_fork
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._value: T | None = None
         self._pid: int | None = None
         PerProcess._every.append(self)  # type: ignore[arg-type]
@@ -53,14 +87,6 @@ class PerProcess(Generic[T]):
         """Build afresh on the next ``get()`` (settings changed, tests switched Redis)."""
         with self._lock:
             self._value, self._pid = None, None
-
-
-def _new_locks_in_child() -> None:
-    for cached in PerProcess._every:
-        cached._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_locks_in_child)
 
 
 def forget_all() -> None:

@@ -50,12 +50,23 @@ class Survivor:
 
 
 def _functions(path: Path) -> dict[str, str]:
+    """Each mutmut function's source: its whole lines, cut from the file's lines once
+    (ast.get_source_segment splits the whole file again for every function it is asked for)."""
     source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
     found: dict[str, str] = {}
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and "__mutmut_" in node.name:
-            found[node.name] = ast.get_source_segment(source, node) or ""
+            found[node.name] = "\n".join(lines[node.lineno - 1 : node.end_lineno])
     return found
+
+
+MUTANT_SUFFIX = re.compile(r"__mutmut_\d+$")
+
+
+def function_of(name: str) -> str:
+    """The mutated function of a mutant's name (its number dropped)."""
+    return MUTANT_SUFFIX.sub("", name)
 
 
 def _diff(original: str, mutant: str) -> tuple[str, str]:
@@ -322,8 +333,7 @@ REVIEWED: dict[str, tuple[str, str]] = {
 
 
 def reviewed(name: str) -> tuple[str, str] | None:
-    function = re.sub(r"__mutmut_\d+$", "", name)
-    return REVIEWED.get(function)
+    return REVIEWED.get(function_of(name))
 
 
 def collect(mutants: Path) -> tuple[dict[str, Counter[str]], list[Survivor]]:
@@ -341,7 +351,7 @@ def collect(mutants: Path) -> tuple[dict[str, Counter[str]], list[Survivor]]:
             if status != "survived":
                 continue
             function = name.rsplit(".", 1)[-1]
-            original = functions.get(re.sub(r"__mutmut_\d+$", "__mutmut_orig", function), "")
+            original = functions.get(f"{function_of(function)}__mutmut_orig", "")
             removed, added = _diff(original, functions.get(function, ""))
             kind, why = classify(removed, added, function)
             if kind == "review" and (known := reviewed(name)) is not None:
@@ -369,7 +379,7 @@ def markdown(
         "",
     ]
     groups: Counter[tuple[str, str, str]] = Counter(
-        (re.sub(r"__mutmut_\d+$", "", s.name), s.kind, s.why) for s in survivors
+        (function_of(s.name), s.kind, s.why) for s in survivors
     )
     lines += ["| function | survivors | class | why |", "|---|---|---|---|"]
     for (function, kind, why), n in sorted(groups.items()):

@@ -12,17 +12,14 @@ longer loads keeps the registry it replaces, with one error in the log.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from redis import Redis
 
 from config import AccountRegistry, ConfigError, Settings, get_settings, load_accounts
-from config.per_process import PerProcess, forget_all
+from config.per_process import ForkSafeLock, PerProcess, forget_all
 from worker.stores.circuit import AccountCircuit
 from worker.stores.client import connect, state_redis
 from worker.stores.clock import Clock
@@ -81,8 +78,7 @@ class AccountsFile:
     def __init__(self, path: Path, check_every: float = RELOAD_CHECK) -> None:
         self.path = path
         self.check_every = check_every
-        self._lock = threading.Lock()
-        _accounts_files.add(self)
+        self._lock = ForkSafeLock()
         self._registry: AccountRegistry | None = None
         self._identity: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -130,17 +126,6 @@ class AccountsFile:
             )
         return True
 
-
-_accounts_files: weakref.WeakSet[AccountsFile] = weakref.WeakSet()
-
-
-def _new_locks_in_child() -> None:
-    # A reload by one of the node's threads may hold the lock while the pool forks a child.
-    for accounts in list(_accounts_files):
-        accounts._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_locks_in_child)
 
 # Loaded by the node's main process before Celery forks its pool (worker_init): the children
 # inherit the registry instead of each parsing the file again at its first job.

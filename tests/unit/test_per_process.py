@@ -13,7 +13,7 @@ import pytest
 
 import worker.services as services
 from config import AccountRegistry
-from config.per_process import PerProcess, forget_all
+from config.per_process import ForkSafeLock, PerProcess, forget_all
 from tests.conftest import CANARY, Env, green_accounts_toml
 from worker.services import AccountsFile
 
@@ -38,7 +38,7 @@ def in_child(check: Callable[[], bool]) -> bool:
 
 
 @contextmanager
-def held_by_another_thread(lock: threading.Lock) -> Iterator[None]:
+def held_by_another_thread(lock: ForkSafeLock) -> Iterator[None]:
     """``lock`` held by a parent's thread for the duration, as a reload holds it at a fork."""
     taken, done = threading.Event(), threading.Event()
 
@@ -68,17 +68,10 @@ def test_built_once_per_process_and_again_in_a_forked_child() -> None:
     first = cached.get()
     assert cached.get() is first and builds == [os.getpid()]
 
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: a new object, not the parent's
-        os.close(read)
-        ok = cached.get() is not first and builds[-1] == os.getpid() and len(builds) == 2
-        os.write(write, b"1" if ok else b"0")
-        os._exit(0)
-    os.close(write)
-    answer = os.read(read, 1)
-    os.waitpid(child, 0)
-    assert answer == b"1"
+    # The child: a new object, not the parent's.
+    assert in_child(
+        lambda: cached.get() is not first and builds[-1] == os.getpid() and len(builds) == 2
+    )
     assert cached.get() is first  # the parent keeps its own
 
 
