@@ -6,7 +6,9 @@ pending job is not enqueued again: the caller gets that job's id (worker/stores/
 job goes to the intake queue (``ARCHIVER_QUEUE``), where workers' routers take it into the job
 store (worker/stores/jobs.py).
 Bulk publishing goes through kombu's ``Producer.batch``, which pipelines the Redis commands:
-thousands of jobs cost a handful of round trips.
+thousands of jobs cost a handful of round trips. The first batches are small and grow to
+``BATCH_SIZE``, so workers start on the first jobs of a large burst while the rest are still
+being published (a first batch of 500 held every job back by a quarter of a second).
 
 Services in other languages publish the same message with ``send_task`` (see README). The
 producer needs the broker and the state Redis, never the accounts file.
@@ -32,6 +34,15 @@ from worker.stores.client import connect, state_redis
 from worker.stores.pending import Claim, PendingJobs
 
 BATCH_SIZE = 500
+FIRST_BATCH = 25  # batches double from here up to the batch size
+
+
+def batch_sizes(batch_size: int, first_batch: int) -> Iterator[int]:
+    """first_batch, twice that, ... then batch_size for ever."""
+    size = max(1, min(first_batch, batch_size))
+    while True:
+        yield size
+        size = min(size * 2, batch_size)
 
 
 @dataclass
@@ -72,9 +83,11 @@ class ArchiveProducer:
         rows: Iterable[Mapping[str, Any] | InvalidJob],
         *,
         batch_size: int = BATCH_SIZE,
+        first_batch: int = FIRST_BATCH,
         on_progress: Callable[[int], None] | None = None,
     ) -> BulkResult:
-        """Validate every row; claim and publish the valid ones batch by batch.
+        """Validate every row; claim and publish the valid ones batch by batch, the batches
+        growing from ``first_batch`` to ``batch_size``.
 
         A row may be an ``InvalidJob`` already (a reader that could not parse a line passes its
         error through, so the caller gets one report with every refusal at its position).
@@ -83,7 +96,8 @@ class ArchiveProducer:
         result = BulkResult()
         handled = 0
         numbered: Iterator[tuple[int, Mapping[str, Any] | InvalidJob]] = enumerate(rows, start=1)
-        while batch := list(islice(numbered, batch_size)):
+        sizes = batch_sizes(batch_size, first_batch)
+        while batch := list(islice(numbered, next(sizes))):
             jobs: list[tuple[int, ArchiveJob]] = []
             for position, row in batch:
                 try:
@@ -281,8 +295,9 @@ def enqueue_many(
     *,
     producer: ArchiveProducer | None = None,
     batch_size: int = BATCH_SIZE,
+    first_batch: int = FIRST_BATCH,
     on_progress: Callable[[int], None] | None = None,
 ) -> BulkResult:
     return (producer or default_producer()).enqueue_many(
-        rows, batch_size=batch_size, on_progress=on_progress
+        rows, batch_size=batch_size, first_batch=first_batch, on_progress=on_progress
     )

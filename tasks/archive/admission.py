@@ -28,14 +28,6 @@ class Admission:
     permit: Permit
 
 
-def late_tolerance(account: Account, method: str, margin: float) -> float:
-    """How late a dispatched run may use the slot its dispatch reserved. The limiter spaces calls
-    ``margin`` wider than the provider's limit, so within any window of the provider's period
-    ``margin * period`` of slack remains; a call late by half of it cannot make that window hold
-    one call too many."""
-    return account.rate(method).period * margin / 2
-
-
 def admit(
     services: Services, account: Account, method: str, chat_id: str, task_id: str, run: str
 ) -> Admission:
@@ -69,7 +61,6 @@ def admit(
             "interval_us": int(interval * MICROS),
             "max_wait_us": int(settings.limiter_max_wait * MICROS),
             "window_us": int(RECENT_WINDOW * MICROS),
-            "late_us": int(late_tolerance(account, method, settings.limiter_margin) * MICROS),
             "max_deliveries": settings.max_deliveries,
         },
     )
@@ -78,5 +69,10 @@ def admit(
         deliveries=int(deliveries),
         claim=Claim(chat_key, task_id, task_id if claimed == 1 else str(claimed)),
         decision=Decision(decision),
-        permit=Permit(granted=bool(int(granted)), wait=max(0.0, int(wait) / MICROS)),
+        # A negative wait: the reserved slot has passed by that much (the run is late).
+        permit=Permit(
+            granted=bool(int(granted)),
+            wait=max(0.0, int(wait) / MICROS),
+            late=max(0.0, -int(wait) / MICROS),
+        ),
     )

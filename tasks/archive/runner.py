@@ -53,6 +53,7 @@ from worker.stores.circuit import Decision
 from worker.stores.deadletters import DeadLetter
 from worker.stores.endings import Endings, RunRef
 from worker.stores.jobs import Lease
+from worker.stores.limiter import Permit
 
 logger = logging.getLogger("chat_archiver.jobs")
 
@@ -123,7 +124,8 @@ class _Run:
     ref: RunRef
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
-    first_wait: float | None = None  # the permit taken at admission: seconds to its slot
+    # The permit taken at admission, and the monotonic time just before it was asked for.
+    first_permit: tuple[float, Permit] | None = None
 
 
 class ArchiveRunner:
@@ -165,6 +167,7 @@ class ArchiveRunner:
             return self._unknown_account(run)
 
         adapter = adapter_for(job.provider)
+        asked = time.monotonic()
         admission = admit(
             self.services,
             account,
@@ -189,7 +192,7 @@ class ArchiveRunner:
                 self.services.circuit.release_probe(account)
             why = f"next {account.key} permit in {admission.permit.wait:.2f}s"
             return self._wait_turn(run, why)
-        run.first_wait = admission.permit.wait
+        run.first_permit = (asked, admission.permit)
         try:
             answer = self._call_with_retries(job, account, adapter, run)
         except _RateLimited as limited:
@@ -265,18 +268,21 @@ class ArchiveRunner:
         self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
     ) -> ProviderAnswer:
         # The client first: building it (its SSL context) takes tens of milliseconds, which
-        # would land the call that late after its permit, too close to the next window.
+        # would land the call that late after its permit.
         client = self.client_factory()
         limiter = self.services.limiter
         method = adapter.archive_method
-        wait, run.first_wait = run.first_wait, None
-        if wait is None:  # a retry: its own permit
+        first, run.first_permit = run.first_permit, None
+        if first is not None:
+            asked, permit = first
+        else:  # a retry: its own permit
+            asked = time.monotonic()
             permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
             if not permit.granted:
                 raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.2f}s")
-            wait = permit.wait
-        if wait > 0:
-            self.sleep(wait)
+        if permit.wait > 0:
+            self.sleep(permit.wait)
+        limiter.keep_distance(account, method, asked, permit)
         run.delivery = run.delivery.attempted(time.time())
         answer = adapter.archive(client, account, job.chat_id)
         run.latencies.append(answer.elapsed)

@@ -40,9 +40,11 @@ class ListingCalls:
     def _permit(self, method: str) -> None:
         limiter = self.services.limiter
         while True:
+            asked = time.monotonic()
             permit = limiter.acquire(self.account, method, LISTING_MAX_WAIT)
             if permit.granted:
                 self.sleep(permit.wait)
+                limiter.keep_distance(self.account, method, asked, permit)
                 self.summary.calls[method] += 1
                 return
             self.sleep(min(permit.wait, LISTING_MAX_WAIT))

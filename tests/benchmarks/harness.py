@@ -836,7 +836,7 @@ def print_report(out: Console, modules: Sequence[ModuleType], report: dict[str, 
         f"{config['started']}, {config['cpus']} CPUs, Python {config['python']}, celery "
         f"{config['celery']}, redis-server {config['redis_server']} (private, port "
         f"{REDIS_PORT}), simulator in its own process; limiter margin "
-        f"{config['limiter_margin']:.0%}, max wait {config['limiter_max_wait_s']:g} s; Redis hz "
+        f"{config['limiter_margin']:.1%}, max wait {config['limiter_max_wait_s']:g} s; Redis hz "
         f"{config['redis_hz']}",
         highlight=False,
     )

@@ -45,12 +45,20 @@ WASSENGER_JOB = {**JOB, "provider": "wassenger", "account": WASSENGER_ID}
 
 
 @pytest.fixture
-def archiver_env(monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path) -> Iterator[Env]:
+def green_rate() -> str:
+    return "1000/s"
+
+
+@pytest.fixture
+def archiver_env(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, tmp_path: Path, green_rate: str
+) -> Iterator[Env]:
     """Sleeps are recorded, not slept, so time does not pass between a run's attempts: limits
-    far above what these tests call keep tenacity's retries from waiting for permits."""
+    far above what these tests call keep tenacity's retries from waiting for permits (a test
+    may set the GREEN-API account's rate with ``parametrize("green_rate", ...)``)."""
     accounts_file = tmp_path / "accounts.toml"
     accounts_file.write_text(
-        accounts_toml("http://provider.test", green_rate="1000/s", wassenger_rate="1000/s")
+        accounts_toml("http://provider.test", green_rate=green_rate, wassenger_rate="1000/s")
     )
     yield use_environment(monkeypatch, redis_url, accounts_file)
     reset_services()
@@ -179,6 +187,29 @@ def test_a_run_that_arrives_well_after_its_slot_takes_a_new_permit(
         runner.run((), kwargs, RunContext(task_id, "test@host", headers))
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     assert archiver_env.services.limiter.state(account, "archiveChat").granted == 2
+
+
+@pytest.mark.parametrize("green_rate", ["10/s"])  # slots 102.5 ms apart
+def test_a_run_a_little_late_for_its_slot_calls_on_it_and_pushes_the_later_slots_back(
+    runner: ArchiveRunner, desk: JobDesk, archiver_env: Env
+) -> None:
+    """Less than an interval late, the run keeps its reserved slot (a new permit would leave
+    that slot unused) and moves the account's later slots by its lateness beyond 5 ms."""
+    desk.put(JOB)
+    task_id, kwargs, headers = desk.take()
+    services = archiver_env.services
+    reserved = int(services.redis.hget(services.keys.permits, task_id))
+    time.sleep(0.04)
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).respond(200)
+        end = runner.run((), kwargs, RunContext(task_id, "test@host", headers))
+    assert isinstance(end, Done)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    state = services.limiter.state(account, "archiveChat")
+    assert (state.granted, state.late) == (1, 1)
+    [tat_key, *_] = services.limiter.acquire_keys(account, "archiveChat")
+    # The next slot: one interval after the reserved one, and at least 40 - 5 ms more.
+    assert int(services.redis.get(tat_key)) - reserved >= 102_500 + 35_000
 
 
 def test_transient_burst_is_retried_by_tenacity_then_archived(

@@ -3,6 +3,7 @@ hosts is measured by tests/benchmarks/bench_rate_limit.py.)"""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from config import parse_rate
 from tests.conftest import GREEN_ID, Env
 from worker.stores.clock import PinnedClock
-from worker.stores.limiter import RECENT_WINDOW, AccountLimiter
+from worker.stores.limiter import RECENT_WINDOW, AccountLimiter, Permit
 
 
 @pytest.fixture
@@ -119,3 +120,59 @@ def test_a_limits_state_reports_its_own_counts_and_times(archiver_env: Env) -> N
     assert limiter.state(account, "archiveChat").recent_per_second == pytest.approx(
         2 / RECENT_WINDOW
     )
+
+
+def test_late_allowance_is_a_fifth_of_the_margins_slack(archiver_env: Env) -> None:
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025)
+    assert limiter.late_allowance(parse_rate("10/s")) == pytest.approx(0.005)  # 25 ms / 5
+    assert limiter.late_allowance(parse_rate("600/m")) == pytest.approx(0.3)  # 1.5 s / 5
+
+
+def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(archiver_env: Env) -> None:
+    """A call going out 50 ms after its slot at 10/s: the slots after it move by the lateness
+    beyond the 5 ms allowance, so the call a second later keeps a second away from it."""
+    clock = PinnedClock()
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    permit = limiter.acquire(account, "archiveChat", max_wait=5)
+    assert permit.wait == 0
+    pushed = limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.05, permit)
+    assert 0.045 <= pushed < 0.055
+    state = limiter.state(account, "archiveChat")
+    assert state.late == 1
+    assert state.next_permit_in == pytest.approx(0.1025 + pushed, abs=1e-6)
+    assert limiter.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(
+        0.1025 + pushed, abs=1e-6
+    )
+
+
+def test_a_slot_that_had_passed_counts_towards_the_lateness(archiver_env: Env) -> None:
+    clock = PinnedClock()
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    limiter.acquire(account, "archiveChat", max_wait=5)
+    # Handed a slot 30 ms gone (a dispatched run admitted late), sent at once.
+    passed = Permit(granted=True, wait=0.0, late=0.03)
+    pushed = limiter.keep_distance(account, "archiveChat", time.monotonic(), passed)
+    assert 0.025 <= pushed < 0.03
+    assert limiter.state(account, "archiveChat").next_permit_in == pytest.approx(
+        0.1025 + pushed, abs=1e-6
+    )
+
+
+def test_a_call_within_its_allowance_moves_nothing(archiver_env: Env) -> None:
+    clock = PinnedClock()
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    permit = limiter.acquire(account, "archiveChat", max_wait=5)
+    assert limiter.keep_distance(account, "archiveChat", time.monotonic(), permit) == 0
+    state = limiter.state(account, "archiveChat")
+    assert state.late == 0 and state.next_permit_in == pytest.approx(0.1025)
+
+
+def test_a_push_on_a_limit_with_no_slot_yet_starts_from_now(archiver_env: Env) -> None:
+    clock = PinnedClock()
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
+    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    limiter.push_back(account, "archiveChat", 0.2)
+    assert limiter.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.2)

@@ -6,12 +6,13 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from itertools import islice
 
 import pytest
 
 from tests.conftest import GREEN_ID, Env, RoundTrips
 from worker.contract.jobs import InvalidJob
-from worker.producer import ArchiveProducer, enqueue_archive, enqueue_many
+from worker.producer import ArchiveProducer, batch_sizes, enqueue_archive, enqueue_many
 
 INTAKE = "archive"
 
@@ -92,3 +93,19 @@ def test_every_job_goes_to_the_intake_whatever_its_account(
     enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", producer=producer)
     enqueue_archive("green-api", "7100000000", "79001234567@c.us", producer=producer)
     assert [m["kwargs"]["account"] for m in queued(archiver_env)] == [GREEN_ID, "7100000000"]
+
+
+def test_batches_start_small_and_grow_so_workers_start_early(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
+    """The first jobs of a large enqueue reach the intake before the rest are claimed."""
+    assert list(islice(batch_sizes(500, 25), 7)) == [25, 50, 100, 200, 400, 500, 500]
+    assert list(islice(batch_sizes(10, 25), 2)) == [10, 10]
+    progress: list[int] = []
+    rows = [
+        {"provider": "green-api", "account": GREEN_ID, "chat_id": f"7900{n:07d}@c.us"}
+        for n in range(200)
+    ]
+    result = enqueue_many(rows, producer=producer, on_progress=progress.append)
+    assert len(result.enqueued) == 200
+    assert progress == [25, 75, 175, 200]

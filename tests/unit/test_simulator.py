@@ -245,6 +245,12 @@ def test_sliding_window_429_and_counters(admin, http):
     assert method["rate_limited"] == 4
     assert method["peak_1s"] == 5
     assert method["by_status"] == {"400": 5, "429": 4}
+    # Each refused call keeps the ages (ms) of the 5 calls its window held, oldest first.
+    refusals = method["refusals_ms"]
+    assert len(refusals) == 4 and all(len(ages) == 5 for ages in refusals)
+    assert all(
+        ages == sorted(ages, reverse=True) and 0 <= ages[-1] < ages[0] < 1000 for ages in refusals
+    )
     assert counters["totals"] == {"calls": 9, "rate_limited": 4, "unmatched": 0}
     time.sleep(1.05)  # the window slides: the first calls left it
     assert archive(http, USER).status_code == 200

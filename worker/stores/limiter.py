@@ -15,12 +15,21 @@ jitter.
 
 A permit is a reservation: ``wait`` says how long to sleep before calling. A slot further away
 than ``max_wait`` is not reserved (the caller reschedules the job instead of holding a worker).
+
+A call can still go out late: its process descheduled on a busy host, its run handed the slot
+after it had passed. Sent anyway, a call late by more than the margin's slack would share a
+provider window with the call a whole period after it. So the caller measures how late it is
+just before sending, and beyond ``late_allowance`` (a fifth of the slack) pushes the limit's later
+slots back by the excess (``push_back``): the call a period later moves with it. The rest of the
+slack (four fifths) absorbs what happens after the send: the network, the provider's own clock.
+Pushing back costs the account only the excess; giving the slot up would cost a whole interval.
 The dispatcher reserves each archive job's first permit as it hands the job out
 (worker/stores/lua/dispatch.lua); the algorithm itself is written once, in lua/lib/gcra.lua.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +42,9 @@ from worker.stores.scripts import load
 
 RECENT_WINDOW = 10.0  # seconds over which "recent rate" is measured
 MICROS = 1_000_000
+# The share of the margin's slack (margin x period) a call may be late by before the limit's
+# later slots are pushed back; the rest is left for jitter after the send.
+LATE_SHARE = 0.2
 # Limits read per pipeline round trip: thousands of accounts in a few round trips, no one reply
 # too large for Redis's output buffer.
 READ_BATCH = 500
@@ -42,6 +54,7 @@ READ_BATCH = 500
 class Permit:
     granted: bool
     wait: float  # granted: seconds to sleep before calling; refused: seconds to the next slot
+    late: float = 0.0  # granted: how far the slot had already passed when the permit was given
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class LimiterState:
     granted: int
     deferred: int
     rate_limited: int  # 429s answered by the provider despite the limiter
+    late: int  # calls sent later than the allowance, which pushed the later slots back
     waited_seconds: float
     next_permit_in: float
 
@@ -78,6 +92,11 @@ class AccountLimiter:
     def interval(self, rate: Rate) -> float:
         return rate.interval * (1.0 + self._margin)
 
+    def late_allowance(self, rate: Rate) -> float:
+        """How late past its slot a call may go out without moving the limit's later slots:
+        a fifth of the slack the margin leaves in each window of the provider's period."""
+        return rate.period * self._margin * LATE_SHARE
+
     def acquire_keys(self, account: Account, method: str) -> list[str]:
         return list(self._keys(account, method))
 
@@ -95,6 +114,29 @@ class AccountLimiter:
             },
         )
         return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
+
+    def keep_distance(self, account: Account, method: str, asked: float, permit: Permit) -> float:
+        """Call just before sending on ``permit``, asked for at monotonic time ``asked``: if the
+        call is later past its slot than ``late_allowance`` (a busy host, a slot that had passed
+        when the permit came), push the later slots back by the excess. Returns the push.
+        Redis read its clock after ``asked``, so the slot is no earlier than ``asked + wait -
+        late``: the lateness is overestimated, never under."""
+        late = time.monotonic() - asked - permit.wait + permit.late
+        excess = late - self.late_allowance(account.rate(method))
+        if excess <= 0:
+            return 0.0
+        self.push_back(account, method, excess)
+        return excess
+
+    def push_back(self, account: Account, method: str, shift: float) -> None:
+        """A call is going out ``shift`` seconds later than its slot allows: move every slot
+        not yet reserved as far, so the call a period after this one keeps its distance."""
+        tat_key, stats_key, _ = self._keys(account, method)
+        load("push_back").run(
+            self._redis,
+            keys={"tat": tat_key, "stats": stats_key},
+            args={"now": self.clock.arg(), "shift_us": int(shift * MICROS)},
+        )
 
     def penalize(self, account: Account, method: str, delay: float | None) -> float:
         """The provider answered 429: hold every worker off this account's ``method`` for
@@ -146,6 +188,7 @@ class AccountLimiter:
                     granted=int(stats.get("granted", 0)),
                     deferred=int(stats.get("deferred", 0)),
                     rate_limited=int(stats.get("rate_limited", 0)),
+                    late=int(stats.get("late", 0)),
                     waited_seconds=int(stats.get("waited_us", 0)) / MICROS,
                     next_permit_in=max(0.0, (float(str(tat)) - now) / MICROS) if tat else 0.0,
                 )

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW_SECONDS = 1.0
+# Refused calls whose window is kept for diagnosis, per account and method (the first ones).
+REFUSALS_KEPT = 5
 
 
 class SlidingWindow:
@@ -47,6 +49,11 @@ class SlidingWindow:
         self._times.append(now)
         return len(self._times)
 
+    def ages(self, now: float) -> list[float]:
+        """How long ago, in seconds, each event in the window happened, oldest first."""
+        self._expire(now)
+        return [now - t for t in self._times]
+
     def clear(self) -> None:
         self._times.clear()
 
@@ -58,6 +65,14 @@ class MethodCounter:
     by_status: dict[int, int] = field(default_factory=dict)
     peak_1s: int = 0
     window: SlidingWindow = field(default_factory=SlidingWindow)
+    # For the first refused calls: the ages in ms of the calls the provider's window held then,
+    # oldest first. Their spacing shows which call came early or late against its neighbours.
+    refusals: list[list[float]] = field(default_factory=list)
+
+    def refused(self, window_ages: list[float]) -> None:
+        self.rate_limited += 1
+        if len(self.refusals) < REFUSALS_KEPT:
+            self.refusals.append([round(age * 1000.0, 1) for age in window_ages])
 
     def accepted(self, now: float) -> None:
         in_window = self.window.add(now)
@@ -70,6 +85,7 @@ class MethodCounter:
             "rate_limited": self.rate_limited,
             "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
             "peak_1s": self.peak_1s,
+            **({"refusals_ms": [list(ages) for ages in self.refusals]} if self.refusals else {}),
         }
 
 

@@ -772,7 +772,7 @@ class SimulatorState:
         if window is None:
             window = account.limiter[method] = SlidingWindow()
         if not window.fits(now, account.rate_limits.get(method)):
-            counter.rate_limited += 1
+            counter.refused(window.ages(now))
             return False
         window.add(now)
         counter.accepted(now)
