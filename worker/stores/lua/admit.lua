@@ -8,7 +8,8 @@
 --   how many runs of it began and never ended (past the cap: worker_lost),
 --   the chat's pending mark (held by another job: duplicate),
 --   the account's circuit ('park', 'probe' or 'call'),
---   a permit: the one its dispatch reserved if it is still on time, else a new one.
+--   a permit: the one its dispatch reserved unless it passed more than an interval ago, else a
+--   new one.
 -- Returns {lease, deliveries, claim, decision, granted (0/1), µs to the slot: to wait, to the
 -- next slot if not granted, negative if the reserved slot has passed (the call is that late)}.
 local now = clock_us(ARG.now)
