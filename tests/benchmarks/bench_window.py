@@ -20,9 +20,12 @@ each, started fresh on a flushed Redis (every account cold: no limiter state, an
   accepted in any one-second window.
 
 chat-archiver spaces calls ARCHIVER_LIMITER_MARGIN (2.5%) wider than the limit: its ceiling is
-97.56% of the allowed rate. Stock Celery: one task type per account with ``rate_limit='10/s'`` (per node, its
-most generous setup), no retry of a 429 (the job ends with it; chat-archiver runs it again); it is
-given K times the steady jobs, since it drains K times faster.
+97.56% of the allowed rate. Stock Celery: one task type per account with ``rate_limit='10/s'``
+(per node, its most generous setup), no retry of a 429 (the job ends with it; chat-archiver runs
+it again); it is given K times the steady jobs, since it drains K times faster.
+
+``--nodes 6 --archiver-only`` runs only chat-archiver on 6 nodes (a quick check of the limiter);
+every refused call prints the ages of the calls the simulator's window held when it came.
 """
 
 from __future__ import annotations
@@ -414,8 +417,11 @@ def print_sections(out: Console, sections: dict[str, dict[str, Any]]) -> None:
                 fmt(p["utilisation"], ".1%"),
             )
     out.print(detail)
-    # Each refused call: the ages (ms) of the calls the simulator's window held when it came.
+    # chat-archiver's refused calls: the ages (ms) of the calls the simulator's window held
+    # when each came (stock Celery's, by the hundred, are in --json only).
     for key, run in s["runs"].items():
+        if run["system"] != "archiver":
+            continue
         for phase in ("burst", "steady"):
             for account, p in run[phase]["accounts"].items():
                 for ages in p["refusals_ms"]:

@@ -13,10 +13,12 @@ from typing import Any
 import httpx
 import pytest
 import respx
+from tenacity import RetryCallState, Retrying
 
 from config import Account
 from tasks.archive import ArchiveRunner, Done, Failed, Quiet, RunContext, Waiting, archive_chat
 from tasks.archive.pauses import AccountPauses
+from tasks.providers import transient_backoff
 from tests.conftest import (
     CANARY,
     GREEN_ID,
@@ -236,8 +238,12 @@ def test_persistent_transient_waits_in_the_store_then_ends_retries_exhausted(
         route = mock.post(GREEN_URL).respond(502)
         started = time.time()
         first = run()
-        assert isinstance(first, Waiting) and "again in" in first.why
+        assert isinstance(first, Waiting) and first.why.startswith("HTTP 502: ")
+        assert "again in" in first.why
         assert route.call_count == settings.transient_attempts
+        # Each attempt's duration is recorded, though the job has not ended.
+        latency = archiver_env.services.metrics.latency()[("green-api", GREEN_ID)]
+        assert sum(v for k, v in latency.items() if k != "sum") == settings.transient_attempts
         # The job waits in the delayed set, not in anybody's memory, with its history.
         [(member, at)] = store.redis.zrange(store.keys.delayed, 0, -1, withscores=True)
         task_id = member.split("|")[1]
@@ -257,6 +263,35 @@ def test_persistent_transient_waits_in_the_store_then_ends_retries_exhausted(
     entry = archiver_env.services.dead_letters.get(last.result["dead_letter_id"])
     assert entry is not None and entry.attempts == 15 + settings.transient_attempts
     assert entry.first_attempt_at == 1.0 and entry.http_status == 502
+    assert entry.detail.startswith(f"still failing after {entry.attempts} attempts: HTTP 502: ")
+
+
+def test_a_call_that_got_no_answer_says_so(run: Callable[..., Any]) -> None:
+    with respx.mock() as mock:
+        mock.post(GREEN_URL).mock(side_effect=httpx.ConnectError("refused"))
+        end = run()
+    assert isinstance(end, Waiting) and end.why.startswith("no answer: ")
+
+
+def test_transient_backoff_doubles_from_half_a_second_capped(
+    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tenacity's waits: 0.5 s doubling, up to 0.5 s of jitter on each, at most the maximum."""
+    backoff = transient_backoff(archiver_env.settings)
+    assert archiver_env.settings.transient_wait_max == 4
+
+    def waits(jitter_at: Callable[[float, float], float]) -> list[float]:
+        monkeypatch.setattr("random.uniform", jitter_at)
+        return [backoff(_attempt(n)) for n in (1, 2, 3, 4, 5)]
+
+    assert waits(lambda low, high: low) == [0.5, 1.0, 2.0, 4.0, 4.0]
+    assert waits(lambda low, high: high) == [1.0, 1.5, 2.5, 4.0, 4.0]
+
+
+def _attempt(number: int) -> RetryCallState:
+    state = RetryCallState(Retrying(), fn=None, args=(), kwargs={})
+    state.attempt_number = number
+    return state
 
 
 def test_countdown_doubles_and_is_capped(run: Callable[..., Any], archiver_env: Env) -> None:
