@@ -166,6 +166,15 @@ def register(value: str) -> None:
         _stale = True  # compiled at the next redact: loading N accounts compiles once
 
 
+def recompile() -> None:
+    """Build the pattern again at the next ``redact``. For tests: a process forked after the
+    pattern was built (a mutation run forks each mutant from one) would otherwise never run the
+    code that builds it."""
+    global _stale
+    with _lock:
+        _stale = True
+
+
 def _compiled() -> re.Pattern[str] | None:
     global _pattern, _stale
     if _stale:

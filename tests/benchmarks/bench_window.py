@@ -202,7 +202,8 @@ def steady(
     for node in nodes:
         node.resume()
     time.sleep(WARMUP)
-    warm = counts(bench.sim.counters())
+    warm_counters = bench.sim.counters()
+    warm = counts(warm_counters)
     before = time.monotonic()
     bench.sim.reset_counters()
     began = (before + time.monotonic()) / 2
@@ -223,6 +224,7 @@ def steady(
             "peak_1s": int(c.get("peak_1s", 0)),
             "warmup_rate_limited": warm[n][1],
             "refusals_ms": c.get("refusals_ms", []),
+            "warmup_refusals_ms": method_counts(warm_counters, n).get("refusals_ms", []),
         }
     return {
         "window_s": round(elapsed, 2),
@@ -422,11 +424,13 @@ def print_sections(out: Console, sections: dict[str, dict[str, Any]]) -> None:
     for key, run in s["runs"].items():
         if run["system"] != "archiver":
             continue
-        for phase in ("burst", "steady"):
+        phases = (("burst", "burst", "refusals_ms"), ("steady", "warm-up", "warmup_refusals_ms"))
+        phases += (("steady", "steady", "refusals_ms"),)
+        for phase, label, field in phases:
             for account, p in run[phase]["accounts"].items():
-                for ages in p["refusals_ms"]:
+                for ages in p.get(field, []):
                     out.print(
-                        f"{key} {phase} {account}: 429 with the window holding calls "
+                        f"{key} {label} {account}: 429 with the window holding calls "
                         f"{', '.join(f'{a:g}' for a in ages)} ms old",
                         highlight=False,
                     )

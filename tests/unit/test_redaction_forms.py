@@ -9,8 +9,16 @@ import pickle
 
 import pytest
 
-from config.secrets import MASK, Secret, redact, register
+from config.secrets import MASK, Secret, recompile, redact, register
 from tests.unit.test_canary import leaks
+
+
+@pytest.fixture(autouse=True)
+def _build_the_pattern_here() -> None:
+    """Each test builds the redaction pattern from its forms itself (tests/MUTATION.md: a
+    mutation run forks each mutant from a process that built it already)."""
+    recompile()
+
 
 # Its base64 holds '+' and '/' (">>>" is "Pj4+", "???" is "Pz8/"), so base64url differs.
 TOKEN = "b64Canary>>>???Token7"
