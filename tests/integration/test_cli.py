@@ -219,6 +219,7 @@ def test_limits_shows_each_account_limiter(env: dict[str, str], redis_url: str) 
     states = {(s["account"], s["method"]): s for s in json.loads(done.stdout)}
     green = states[(f"green-api:{GREEN_ID}", "archiveChat")]
     assert green["allowed_per_second"] == 10 and green["rate_limited"] == 0
+    assert green["late"] == 0
     assert ("wassenger:61b37a069cba0c15d6c81c8e", "archive") in states
     assert all(method in ("archiveChat", "archive") for _, method in states)  # unused: hidden
     table = run(env, "limits")

@@ -4,6 +4,7 @@ the same way on every metric."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -161,6 +162,18 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
             "result": "granted",
         }
     ]
+    assert valued("chat_archiver_limiter_late_calls") == []  # nothing went out late
+
+
+def test_late_calls_are_counted_per_limit(archiver_env: Env) -> None:
+    services, accounts = archiver_env.services, archiver_env.accounts
+    account = accounts.get("green-api", GREEN_ID)
+    permit = services.limiter.acquire(account, "archiveChat", max_wait=1.0)
+    services.limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.5, permit)
+    families = {f.name: f for f in ArchiverCollector(services, accounts).collect()}
+    [sample] = families["chat_archiver_limiter_late_calls"].samples
+    assert sample.labels == {"provider": "green-api", "account": GREEN_ID, "method": "archiveChat"}
+    assert sample.value == 1
 
 
 def test_an_account_added_to_the_file_shows_at_the_next_scrape(

@@ -30,7 +30,8 @@ def limiter_states(all_methods: bool = False) -> list[LimiterState]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @one_line_errors
 def limits(all_methods: bool, as_json: bool) -> None:
-    """Allowed and recent rate, 429s and the next permit of every account's limiter."""
+    """Allowed and recent rate, 429s, late calls and the next permit of every account's
+    limiter."""
     states = limiter_states(all_methods)
     if as_json:
         click.echo(json.dumps([asdict(state) for state in states], indent=2))
@@ -44,6 +45,7 @@ def limits(all_methods: bool, as_json: bool) -> None:
         "granted",
         "deferred",
         "429s",
+        "late",
         "waited s",
         "next permit in",
     )
@@ -57,6 +59,7 @@ def limits(all_methods: bool, as_json: bool) -> None:
             str(state.granted),
             str(state.deferred),
             str(state.rate_limited),
+            str(state.late),
             f"{state.waited_seconds:.1f}",
             f"{state.next_permit_in:.2f}s",
         )

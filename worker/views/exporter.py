@@ -150,6 +150,12 @@ class ArchiverCollector(Collector):
         limited = CounterMetricFamily(
             "chat_archiver_provider_rate_limited", "429 answers from the provider", labels=labels
         )
+        late = CounterMetricFamily(
+            "chat_archiver_limiter_late_calls",
+            "Calls sent later past their slot than the limiter allows: each pushed the later "
+            "slots back",
+            labels=labels,
+        )
         limits = [(account, method) for account in self.accounts for method in account.rates]
         for (account, method), state in zip(
             limits, self.services.limiter.states(limits), strict=True
@@ -161,7 +167,8 @@ class ArchiverCollector(Collector):
             permits.add_metric([*values, "granted"], state.granted)
             permits.add_metric([*values, "deferred"], state.deferred)
             limited.add_metric(values, state.rate_limited)
-        yield from (waited, permits, limited)
+            late.add_metric(values, state.late)
+        yield from (waited, permits, limited, late)
 
     def _latency(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
