@@ -35,7 +35,7 @@ def admit(
     chat_key = keys.pending(account.key, chat_id)
     tat, stats, recent = limiter.acquire_keys(account, method)
     interval = limiter.interval(account.rate(method))
-    status, deliveries, claimed, decision, granted, wait = load("admit").run(
+    status, deliveries, claimed, decision, granted, wait, slot = load("admit").run(
         services.redis,
         keys={
             "jobs": keys.jobs,
@@ -74,5 +74,6 @@ def admit(
             granted=bool(int(granted)),
             wait=max(0.0, int(wait) / MICROS),
             late=max(0.0, -int(wait) / MICROS),
+            slot=int(slot),
         ),
     )

@@ -124,8 +124,9 @@ class _Run:
     ref: RunRef
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
-    # The permit taken at admission, and the monotonic time just before it was asked for.
-    first_permit: tuple[float, Permit] | None = None
+    # The permit taken at admission, and the monotonic times just before it was asked for and
+    # when it came back.
+    first_permit: tuple[float, float, Permit] | None = None
 
 
 class ArchiveRunner:
@@ -192,7 +193,7 @@ class ArchiveRunner:
                 self.services.circuit.release_probe(account)
             why = f"next {account.key} permit in {admission.permit.wait:.2f}s"
             return self._wait_turn(run, why)
-        run.first_permit = (asked, admission.permit)
+        run.first_permit = (asked, time.monotonic(), admission.permit)
         try:
             answer = self._call_with_retries(job, account, adapter, run)
         except _RateLimited as limited:
@@ -267,21 +268,24 @@ class ArchiveRunner:
     def _attempt(
         self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
     ) -> ProviderAnswer:
-        # The client first: building it (its SSL context) takes tens of milliseconds, which
-        # would land the call that late after its permit.
         client = self.client_factory()
         limiter = self.services.limiter
         method = adapter.archive_method
         first, run.first_permit = run.first_permit, None
         if first is not None:
-            asked, permit = first
+            asked, replied, permit = first
         else:  # a retry: its own permit
             asked = time.monotonic()
             permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
+            replied = time.monotonic()
             if not permit.granted:
                 raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.2f}s")
-        if permit.wait > 0:
-            self.sleep(permit.wait)
+        # To the slot from when the permit came back, not from now: what the run did since (the
+        # client, the admission's own steps) does not make the call late. Never early: Redis
+        # read its clock before it replied.
+        remaining = replied + permit.wait - time.monotonic()
+        if remaining > 0:
+            self.sleep(remaining)
         limiter.keep_distance(account, method, asked, permit)
         run.delivery = run.delivery.attempted(time.time())
         answer = adapter.archive(client, account, job.chat_id)

@@ -98,7 +98,8 @@ def test_every_job_goes_to_the_intake_whatever_its_account(
 def test_batches_start_small_and_grow_so_workers_start_early(
     producer: ArchiveProducer, archiver_env: Env
 ) -> None:
-    """The first jobs of a large enqueue reach the intake before the rest are claimed."""
+    """A large enqueue publishes 25 jobs first, then twice as many each time: the first jobs
+    reach the intake while the rest are still being claimed (the progress marks each batch)."""
     assert list(islice(batch_sizes(500, 25), 7)) == [25, 50, 100, 200, 400, 500, 500]
     assert list(islice(batch_sizes(10, 25), 2)) == [10, 10]
     progress: list[int] = []

@@ -18,11 +18,13 @@ than ``max_wait`` is not reserved (the caller reschedules the job instead of hol
 
 A call can still go out late: its process descheduled on a busy host, its run handed the slot
 after it had passed. Sent anyway, a call late by more than the margin's slack would share a
-provider window with the call a whole period after it. So the caller measures how late it is
-just before sending, and beyond ``late_allowance`` (a fifth of the slack) pushes the limit's later
-slots back by the excess (``push_back``): the call a period later moves with it. The rest of the
-slack (four fifths) absorbs what happens after the send: the network, the provider's own clock.
-Pushing back costs the account only the excess; giving the slot up would cost a whole interval.
+provider window with the call a whole period after it. So just before sending, a caller whose
+own clock says it may be later than ``late_allowance`` (a fifth of the slack) asks Redis, which
+reads the lateness on its clock and pushes the limit's later slots back by the excess, at most
+one interval (``keep_distance``, lua/push_back.lua): the call a period later moves with it. The
+rest of the slack (four fifths) absorbs what happens after the send: building the request, the
+network, the provider's own clock. Each late call pushes on its own: calls all late alike cost
+the account their excess each time, though they would have kept their spacing.
 The dispatcher reserves each archive job's first permit as it hands the job out
 (worker/stores/lua/dispatch.lua); the algorithm itself is written once, in lua/lib/gcra.lua.
 """
@@ -55,6 +57,7 @@ class Permit:
     granted: bool
     wait: float  # granted: seconds to sleep before calling; refused: seconds to the next slot
     late: float = 0.0  # granted: how far the slot had already passed when the permit was given
+    slot: int = 0  # granted: the slot itself, µs on Redis's clock
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,7 @@ class AccountLimiter:
         self,
         client: redis.Redis,
         prefix: str,
-        margin: float = 0.03,
+        margin: float = 0.025,
         clock: Clock | None = None,
     ) -> None:
         self._redis = client
@@ -103,7 +106,7 @@ class AccountLimiter:
     def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
         tat, stats, recent = self._keys(account, method)
         interval = self.interval(account.rate(method))
-        granted, wait = load("acquire").run(
+        granted, wait, slot = load("acquire").run(
             self._redis,
             keys={"tat": tat, "stats": stats, "recent": recent},
             args={
@@ -113,30 +116,31 @@ class AccountLimiter:
                 "window_us": int(RECENT_WINDOW * MICROS),
             },
         )
-        return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS)
+        return Permit(granted=bool(int(granted)), wait=float(wait) / MICROS, slot=int(slot))
 
     def keep_distance(self, account: Account, method: str, asked: float, permit: Permit) -> float:
-        """Call just before sending on ``permit``, asked for at monotonic time ``asked``: if the
-        call is later past its slot than ``late_allowance`` (a busy host, a slot that had passed
-        when the permit came), push the later slots back by the excess. Returns the push.
-        Redis read its clock after ``asked``, so the slot is no earlier than ``asked + wait -
-        late``: the lateness is overestimated, never under."""
+        """Call just before sending on ``permit``, asked for at monotonic time ``asked``. This
+        process's clock gives an upper bound of the lateness (Redis read its clock after
+        ``asked``); when that passes ``late_allowance`` (a busy host, a slot that had passed
+        when the permit came, or only a slow Redis), Redis reads the lateness on its own clock
+        and pushes the later slots back by the excess, at most one interval. Returns the
+        seconds pushed. Calls on time cost no round trip."""
         late = time.monotonic() - asked - permit.wait + permit.late
-        excess = late - self.late_allowance(account.rate(method))
-        if excess <= 0:
+        allowance = self.late_allowance(account.rate(method))
+        if late <= allowance:
             return 0.0
-        self.push_back(account, method, excess)
-        return excess
-
-    def push_back(self, account: Account, method: str, shift: float) -> None:
-        """A call is going out ``shift`` seconds later than its slot allows: move every slot
-        not yet reserved as far, so the call a period after this one keeps its distance."""
         tat_key, stats_key, _ = self._keys(account, method)
-        load("push_back").run(
+        pushed = load("push_back").run(
             self._redis,
             keys={"tat": tat_key, "stats": stats_key},
-            args={"now": self.clock.arg(), "shift_us": int(shift * MICROS)},
+            args={
+                "now": self.clock.arg(),
+                "slot_us": permit.slot,
+                "allowance_us": int(allowance * MICROS),
+                "interval_us": int(self.interval(account.rate(method)) * MICROS),
+            },
         )
+        return int(pushed) / MICROS
 
     def penalize(self, account: Account, method: str, delay: float | None) -> float:
         """The provider answered 429: hold every worker off this account's ``method`` for
