@@ -4,16 +4,16 @@ hosts is measured by tests/benchmarks/bench_rate_limit.py.)"""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import pytest
 
-from config import parse_rate
+from config import Account, parse_rate
 from tasks.sweep.calls import ListingCalls
 from tasks.sweep.policy import SweepSummary
 from tests.conftest import GREEN_ID, Env
 from worker.stores.clock import PinnedClock
-from worker.stores.limiter import RECENT_WINDOW, AccountLimiter, Permit
+from worker.stores.limiter import RECENT_WINDOW, AccountLimiter, LimiterState, Permit
 
 
 @pytest.fixture
@@ -130,75 +130,83 @@ def test_late_allowance_is_a_fifth_of_the_margins_slack(archiver_env: Env) -> No
     assert limiter.late_allowance(parse_rate("600/m")) == pytest.approx(0.3)  # 1.5 s / 5
 
 
-def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(archiver_env: Env) -> None:
-    """A call going out 50 ms after its slot at 10/s (Redis's clock): the slots after it move
-    by the lateness beyond the 5 ms allowance, so the call a second later keeps a second away."""
+@dataclass
+class LateCalls:
+    """A 10/s limit at the default margin on a pinned Redis clock, and calls sent late on it."""
+
+    clock: PinnedClock
+    limiter: AccountLimiter
+    account: Account
+
+    def permit(self) -> Permit:
+        return self.limiter.acquire(self.account, "archiveChat", max_wait=5)
+
+    def send(self, permit: Permit, late: float, asked_ago: float | None = None) -> float:
+        """Send on ``permit`` ``late`` seconds after its slot on Redis's clock, the permit
+        having been asked for ``asked_ago`` seconds ago by this process's (default: ``late``)."""
+        self.clock.advance(late)
+        asked = time.monotonic() - (late if asked_ago is None else asked_ago)
+        return self.limiter.keep_distance(self.account, "archiveChat", asked, permit)
+
+    def state(self) -> LimiterState:
+        return self.limiter.state(self.account, "archiveChat")
+
+
+@pytest.fixture
+def late_calls(archiver_env: Env) -> LateCalls:
     clock = PinnedClock()
     limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    permit = limiter.acquire(account, "archiveChat", max_wait=5)
+    return LateCalls(clock, limiter, archiver_env.accounts.get("green-api", GREEN_ID))
+
+
+def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(
+    late_calls: LateCalls,
+) -> None:
+    """A call going out 50 ms after its slot at 10/s (Redis's clock): the slots after it move
+    by the lateness beyond the 5 ms allowance, so the call a second later keeps a second away."""
+    permit = late_calls.permit()
     assert permit.wait == 0
-    clock.advance(0.05)
-    pushed = limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.05, permit)
+    pushed = late_calls.send(permit, 0.05)
     assert pushed == pytest.approx(0.045, abs=1e-6)
-    state = limiter.state(account, "archiveChat")
+    state = late_calls.state()
     assert state.late == 1
     assert state.next_permit_in == pytest.approx(0.1025 + 0.045 - 0.05, abs=1e-6)
 
 
-def test_a_slot_that_had_passed_counts_towards_the_lateness(archiver_env: Env) -> None:
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    slot = limiter.acquire(account, "archiveChat", max_wait=5).slot
-    clock.advance(0.03)
+def test_a_slot_that_had_passed_counts_towards_the_lateness(late_calls: LateCalls) -> None:
+    slot = late_calls.permit().slot
     # Handed a slot 30 ms gone (a dispatched run admitted late), sent at once.
     passed = Permit(granted=True, wait=0.0, late=0.03, slot=slot)
-    pushed = limiter.keep_distance(account, "archiveChat", time.monotonic(), passed)
+    pushed = late_calls.send(passed, 0.03, asked_ago=0.0)
     assert pushed == pytest.approx(0.025, abs=1e-6)
 
 
-def test_a_call_within_its_allowance_moves_nothing(archiver_env: Env) -> None:
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    permit = limiter.acquire(account, "archiveChat", max_wait=5)
-    clock.advance(0.004)
-    assert limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.004, permit) == 0
-    state = limiter.state(account, "archiveChat")
+def test_a_call_within_its_allowance_moves_nothing(late_calls: LateCalls) -> None:
+    assert late_calls.send(late_calls.permit(), 0.004) == 0
+    state = late_calls.state()
     assert state.late == 0 and state.next_permit_in == pytest.approx(0.1025 - 0.004)
 
 
-def test_a_slow_permit_alone_pushes_nothing(archiver_env: Env) -> None:
+def test_a_slow_permit_alone_pushes_nothing(late_calls: LateCalls) -> None:
     """The permit took 200 ms to come back (a busy Redis) but the call goes on its slot: this
     process's clock suspects lateness, Redis's clock clears it."""
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    permit = limiter.acquire(account, "archiveChat", max_wait=5)
-    assert limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.2, permit) == 0
-    assert limiter.state(account, "archiveChat").late == 0
+    assert late_calls.send(late_calls.permit(), 0.0, asked_ago=0.2) == 0
+    assert late_calls.state().late == 0
 
 
-def test_a_push_is_at_most_one_interval(archiver_env: Env) -> None:
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    permit = limiter.acquire(account, "archiveChat", max_wait=5)
-    clock.advance(0.5)  # a worker stalled half a second after its permit
-    pushed = limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.5, permit)
+def test_a_push_is_at_most_one_interval(late_calls: LateCalls) -> None:
+    # A worker stalled half a second after its permit.
+    pushed = late_calls.send(late_calls.permit(), 0.5)
     assert pushed == pytest.approx(0.1025, abs=1e-6)
 
 
-def test_a_push_on_a_limit_whose_slot_key_is_gone_starts_from_now(archiver_env: Env) -> None:
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    permit = limiter.acquire(account, "archiveChat", max_wait=5)
-    archiver_env.redis.delete(limiter.acquire_keys(account, "archiveChat")[0])
-    clock.advance(0.05)
-    limiter.keep_distance(account, "archiveChat", time.monotonic() - 0.05, permit)
-    assert limiter.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.045)
+def test_a_push_on_a_limit_whose_slot_key_is_gone_starts_from_now(
+    late_calls: LateCalls, archiver_env: Env
+) -> None:
+    permit = late_calls.permit()
+    archiver_env.redis.delete(late_calls.limiter.acquire_keys(late_calls.account, "archiveChat")[0])
+    late_calls.send(permit, 0.05)
+    assert late_calls.permit().wait == pytest.approx(0.045)
 
 
 def test_a_sweeps_listing_call_measures_its_lateness(archiver_env: Env) -> None:
