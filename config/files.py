@@ -24,6 +24,10 @@ class FileProblem(ValueError):
     """Why a file could not be read, in one line that names it."""
 
 
+class FileTooLarge(FileProblem):
+    """The file holds more bytes than the reader takes."""
+
+
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -61,17 +65,22 @@ def read_bounded(path: Path | str, limit: int) -> bytes:
         if not stat.S_ISREG(info.st_mode):  # replaced between the check and the open
             raise FileProblem(f"{name} is {_kind(info.st_mode)}, not a regular file")
         if info.st_size > limit:
-            raise FileProblem(f"{name} is larger than {limit} bytes")
+            raise FileTooLarge(
+                f"{name} is {info.st_size:,} bytes, larger than the {limit:,} bytes allowed"
+            )
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
-            chunk = os.read(descriptor, limit + 1 - size)
+            # As much as the file holds and a byte more (to see it grew), not the limit: a read
+            # allocates all it asks for, and a large limit is no reason to ask for that much.
+            wanted = max(info.st_size + 1 - size, size, 64 * 1024)
+            chunk = os.read(descriptor, min(wanted, limit + 1 - size))
             if not chunk:
                 break
             chunks.append(chunk)
             size += len(chunk)
         if size > limit:  # it grew after the fstat
-            raise FileProblem(f"{name} is larger than {limit} bytes")
+            raise FileTooLarge(f"{name} is larger than the {limit:,} bytes allowed")
         return b"".join(chunks)
     except OSError as error:
         raise FileProblem(f"{name} cannot be read ({error.strerror or 'error'})") from None

@@ -43,6 +43,8 @@ class ProviderSpec:
     method_rates: dict[str, str] = field(default_factory=dict)
     # The method that archives a chat: the one an account's `rate_limit` setting overrides.
     archive_method: str = "archive"
+    # The method that restores an archived chat (undo): limited on its own.
+    unarchive_method: str = "unarchive"
     # Ids written in hex (Wassenger's device ids) name the same account in either case.
     account_id_case_insensitive: bool = False
 
@@ -87,9 +89,12 @@ PROVIDERS: dict[str, ProviderSpec] = {
         chat_id_hint="79001234567@c.us, 120363043968066561@g.us or 123456789012345@lid",
         # apiUrl is per instance and must not be derived from the id: no default.
         default_api_url=None,
+        # GREEN-API's ratelimiter page (FACTS.md), per instance and method.
         method_rates={
             "archiveChat": "10/s",
             "unarchiveChat": "10/s",
+            # The read-back of `verify = true` (one chat's isArchive).
+            "getContactInfo": "1/s",
             # getChats is not in GREEN-API's table: assume it shares the listing methods' 1/s.
             "getChats": "1/s",
             "lastIncomingMessages": "1/s",
@@ -99,6 +104,7 @@ PROVIDERS: dict[str, ProviderSpec] = {
             "getSettings": "1/s",
         },
         archive_method="archiveChat",
+        unarchive_method="unarchiveChat",
     ),
     WASSENGER: ProviderSpec(
         name=WASSENGER,
@@ -112,6 +118,8 @@ PROVIDERS: dict[str, ProviderSpec] = {
         method_rates={
             "archive": "5/s",
             "unarchive": "5/s",
+            # One chat's record, the read-back of `verify = true`.
+            "getChat": "2/s",
             "listChats": "2/s",
             "listDevices": "1/s",
         },

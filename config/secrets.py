@@ -308,3 +308,17 @@ class Secret:
     def __reduce__(self) -> str | tuple[object, ...]:
         # Pickling would carry the secret into a message, a result or a file: refuse.
         raise TypeError("a Secret cannot be pickled")
+
+
+class UnreadSecret(Secret):
+    """A secret this process did not read because it calls no provider (``chat-archiver
+    status``, the exporter): they run where the tokens are not set. It cannot be revealed."""
+
+    __slots__ = ("source",)
+
+    def __init__(self, source: str) -> None:
+        self._value = ""
+        self.source = source  # e.g. "environment variable GREEN_API_TOKEN"
+
+    def reveal(self) -> str:
+        raise RuntimeError(f"the token from {self.source} was not read by this process")

@@ -14,16 +14,20 @@ from pathlib import Path
 import pytest
 import redis
 import redis.connection
+from kombu import pools
 from pytest_redis import factories
 
 import worker.producer
 from config import AccountRegistry, Settings, get_settings
+from config.accounts import _account_rates
 from config.units import _parse_rate_text
 from config.urls import _checked_url
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 from worker.services import Services, get_accounts, get_services, reset_services
 from worker.stores.keys import Keys
+from worker.stores.scripts import LUA_DIR
+from worker.stores.scripts import load as load_script
 
 # A fake token shaped like a real one. Tests assert it never shows anywhere it must not.
 # The keys under the default ARCHIVER_KEY_PREFIX, for tests that look into Redis directly.
@@ -46,21 +50,96 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.pop("ARCHIVER_REDIS_URL", None)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``last_in_module`` run after the other tests of their module: they check
+    what all the others left behind. A stable sort, so whatever order pytest-randomly chose for
+    the rest (it shuffles before this hook runs) is kept, and a seed still repeats a run."""
+    first_seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        first_seen.setdefault(item.nodeid.split("::")[0], index)
+    items.sort(
+        key=lambda item: (
+            first_seen[item.nodeid.split("::")[0]],
+            item.get_closest_marker("last_in_module") is not None,
+        )
+    )
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _module_leaves_no_trace() -> Iterator[None]:
+    """What a module's shared fixtures set in the environment (a cluster's token variables)
+    ends with the module."""
+    saved = dict(os.environ)
+    yield
+    _restore_environment(saved)
+
+
+@pytest.fixture(autouse=True)
+def _test_leaves_no_trace() -> Iterator[None]:
+    """Environment variables a test set without monkeypatch are restored after it, and the
+    settings and every per-process object built from them (Redis clients, the accounts registry,
+    the default producer) are built afresh for the next test, whichever test that is."""
+    saved = dict(os.environ)
+    yield
+    _restore_environment(saved)
+    reset_services()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_loader_caches() -> None:
-    """The accounts loader's caches (config/urls.py, config/units.py) start empty in each test,
-    so each test runs the checks it names: a mutation run forks every mutant from a process
-    whose clean run filled them (tests/MUTATION.md)."""
+    """The accounts loader's caches (config/urls.py, config/units.py, config/accounts.py) start
+    empty in each test, so each test runs the checks it names: a mutation run forks every mutant
+    from a process whose clean run filled them (docs/mutation.md)."""
     _checked_url.cache_clear()
     _parse_rate_text.cache_clear()
+    _account_rates.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def _lua_scripts_cached(redis_server: object) -> None:
+    """Every Lua script is in the session Redis's script cache before the first test, as on a
+    deployment that has run a while. Otherwise whichever test first runs a script pays redis-py's
+    NOSCRIPT fallback (EVALSHA refused, the script loaded, sent again): a test that counts round
+    trips, or that must reach a script within a permit's interval, would pass or fail by what ran
+    before it. FLUSHALL leaves the script cache as it is."""
+    client = redis.Redis(host=redis_server.host, port=redis_server.port)  # type: ignore[attr-defined]
+    for path in sorted(LUA_DIR.glob("*.lua")):
+        client.script_load(load_script(path.stem).source)
+    client.close()
 
 
 @pytest.fixture
-def redis_url(redis_server: object) -> Iterator[str]:
+def redis_url(redis_server: object, _lua_scripts_cached: None) -> Iterator[str]:
     url = f"redis://{redis_server.host}:{redis_server.port}/0"  # type: ignore[attr-defined]
     yield url
     # Our own server, started for this session: flushing it touches nobody else's data.
     redis.Redis.from_url(url).flushall()
+    _close_kombu_pools(redis_server.host, int(redis_server.port), "0")  # type: ignore[attr-defined]
+
+
+def _close_kombu_pools(host: str, port: int, db: str) -> None:
+    """kombu keeps its connection pools for the whole process, one per broker, and a Celery app
+    built in a test takes its connections from there: the next test's app on the same URL would
+    get them already connected, still remembering which queues they declared in a Redis flushed
+    since. Only pools on this database (a test's own) are closed: a module's shared cluster has
+    its own database and keeps its connections."""
+    for key, pool in list(pools.connections.items()):
+        broker = pool.connection
+        if (broker.hostname, broker.port, str(broker.virtual_host)) == (host, port, db):
+            for producers_key, producers in list(pools.producers.items()):
+                if producers.connections is pool:
+                    producers.force_close_all()
+                    dict.pop(pools.producers, producers_key)
+            pool.force_close_all()
+            dict.pop(pools.connections, key)
 
 
 def accounts_toml(
@@ -149,18 +228,30 @@ def producer(archiver_env: Env) -> Iterator[ArchiveProducer]:
 
 
 class RoundTrips:
-    """Counts what this process sends to Redis (a pipeline is one send)."""
+    """Counts what this process sends to Redis (a pipeline is one send), leaving out a new
+    connection's handshake (HELLO, CLIENT SETINFO, ...): whether a client connects anew or
+    reuses a connection depends on what ran before in the process, not on the code measured."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        original = redis.connection.AbstractConnection.send_packed_command
+        connection = redis.connection.AbstractConnection
+        send, connect = connection.send_packed_command, connection.connect_check_health
         counter = self
 
         def counting(self, command, check_health=True):  # type: ignore[no-untyped-def]
-            counter.count += 1
-            return original(self, command, check_health)
+            if not getattr(self, "_handshake", False):
+                counter.count += 1
+            return send(self, command, check_health)
 
-        monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+        def connecting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self._handshake = True
+            try:
+                return connect(self, *args, **kwargs)
+            finally:
+                self._handshake = False
+
+        monkeypatch.setattr(connection, "send_packed_command", counting)
+        monkeypatch.setattr(connection, "connect_check_health", connecting)
 
 
 @pytest.fixture

@@ -12,13 +12,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from config import AccountRegistry
-from worker.contract import envelope
 from worker.contract.jobs import ArchiveJob
 from worker.contract.tasks import ARCHIVE_TASK
+from worker.dispatch.dispatcher import run_headers, slot_deadline
 from worker.dispatch.registry import dispatch_entry
 from worker.services import Services
-from worker.stores.jobs import NewJob
-from worker.stores.keys import ready_queue
+from worker.stores.jobs import (
+    Dispatch,
+    DispatchedJob,
+    Held,
+    JobBody,
+    NewJob,
+    StoredJob,
+    Submitted,
+)
 
 T = TypeVar("T")
 
@@ -64,39 +71,60 @@ def run_cli(
     )
 
 
+def stored_jobs(services: Services) -> list[StoredJob]:
+    """Every job in the job store (waiting, delayed, parked or running), in no order."""
+    return [
+        StoredJob.parse(str(task_id), str(record))
+        for task_id, record in services.redis.hgetall(services.keys.jobs).items()
+    ]
+
+
 class JobDesk:
-    """Puts jobs into the job store as the router does, and takes them out as the dispatcher
-    does, returning what a worker would receive: (task id, kwargs, headers)."""
+    """Puts jobs into the job store as a producer or the router does, and takes them out as the
+    dispatcher does, returning what a worker would receive: (task id, kwargs, headers)."""
 
     def __init__(self, services: Services, accounts: AccountRegistry) -> None:
         self.services = services
         self.store = services.jobs
-        self.store.publish_accounts(
-            {a.key: dispatch_entry(a, services.keys, services.limiter) for a in accounts}
-        )
-        self.ready = ready_queue(services.settings.queue)
+        self.store.publish_accounts({a.key: dispatch_entry(a, services.limiter) for a in accounts})
 
-    def put(self, kwargs: Mapping[str, Any], task_id: str | None = None) -> str:
-        task_id = task_id or uuid.uuid4().hex
+    def put(
+        self, kwargs: Mapping[str, Any], task_id: str | None = None, task: str = ARCHIVE_TASK
+    ) -> str:
         job = ArchiveJob.parse(kwargs)
-        message = envelope.build(ARCHIVE_TASK, task_id, job.kwargs(), self.ready)
-        report = self.store.accept([NewJob(task_id, job.account_key, message)])
-        assert report.accepted == 1, report
-        return task_id
+        return self.put_raw(job.kwargs(), job.account_key, task_id, task=task)
 
-    def put_raw(self, kwargs: Mapping[str, Any], account: str, task_id: str | None = None) -> str:
-        """A job the router would have refused (as if pushed past it): for defensive paths."""
+    def put_raw(
+        self,
+        kwargs: Mapping[str, Any],
+        account: str,
+        task_id: str | None = None,
+        task: str = ARCHIVE_TASK,
+        mark: str | None = None,
+    ) -> str:
+        """Store a job as given (one the router would refuse, for defensive paths)."""
         task_id = task_id or uuid.uuid4().hex
-        message = envelope.build(ARCHIVE_TASK, task_id, kwargs, self.ready)
-        self.store.accept([NewJob(task_id, account, message)])
+        chat = kwargs.get("chat_id")
+        if mark is None:
+            mark = self.services.keys.pending(account, str(chat), task) if chat else ""
+        job = NewJob(task_id, account, task, mark, JobBody(dict(kwargs)))
+        [status] = self.store.submit([job], held=Held.KEEP)
+        assert status == Submitted.NEW, status
         return task_id
 
     def take(self, timeout: float = 3.0) -> tuple[str, dict[str, Any], dict[str, Any]]:
-        """The next job the dispatcher hands out (waiting for its account's permit)."""
+        """The next job the dispatcher hands out (waiting for its account's permit): what a
+        worker receives, its id, keyword arguments and headers."""
+        job, headers = self.take_job(timeout)
+        return job.task_id, dict(job.body.kwargs), headers
 
-        def dispatched() -> list[str]:
-            return self.store.dispatch(1).messages
+    def take_job(self, timeout: float = 3.0) -> tuple[DispatchedJob, dict[str, Any]]:
+        """The next job the dispatcher hands out, whole (its task too), and its headers."""
 
-        [message] = eventually(dispatched, timeout, "a dispatch", step=0.01)
-        _, kwargs, headers = envelope.unpack(message)
-        return str(headers["id"]), kwargs, headers
+        def dispatched() -> tuple[Dispatch, float] | None:
+            dispatch = self.store.dispatch(1)
+            return (dispatch, time.monotonic()) if dispatch.jobs else None
+
+        dispatch, local_now = eventually(dispatched, timeout, "a dispatch", step=0.01)
+        [job] = dispatch.jobs
+        return job, run_headers(job, slot_deadline(job, dispatch, local_now), dispatch.now_us)

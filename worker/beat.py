@@ -13,10 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 from redbeat import RedBeatScheduler
+from redbeat.schedulers import REDBEAT_REDIS_KEY
 
-from config import AccountRegistry
+from config import AccountRegistry, get_settings
 from config.sweep import parse_crontab
 from worker.services import get_accounts
+from worker.stores.client import set_outage_grace, state_redis
 
 # Named here, where beat needs it (worker never imports tasks); tasks/sweep.py registers it.
 SWEEP_TASK = "archive.sweep"
@@ -42,6 +44,16 @@ def sweep_schedule(accounts: AccountRegistry) -> dict[str, dict[str, Any]]:
 
 
 class SweepScheduler(RedBeatScheduler):
+    def __init__(self, app: Any, *args: Any, **kwargs: Any) -> None:
+        # Beat keeps its schedule and lock through our state client, as a worker keeps its state:
+        # it rides out a Redis restart for the outage grace and, under Sentinel, follows the
+        # master across a failover (worker/sentinel.py). RedBeat's own client gives up on both,
+        # and beat exits. RedBeat builds its client only when the app has none.
+        set_outage_grace(get_settings().redis_outage_grace)
+        setattr(app, REDBEAT_REDIS_KEY, state_redis())
+        super().__init__(app, *args, **kwargs)
+
     def setup_schedule(self) -> None:
-        self.app.conf.beat_schedule = sweep_schedule(get_accounts())
+        # Beat sends sweeps by name and calls no provider: it reads no token.
+        self.app.conf.beat_schedule = sweep_schedule(get_accounts(secrets=False))
         super().setup_schedule()

@@ -3,28 +3,32 @@
 Tasks are listed by module name (``include``), so nothing in ``worker`` imports ``tasks``.
 Every reliability setting below has a reason written next to it.
 
-Producers publish to the intake queue (``ARCHIVER_QUEUE``); a worker's Celery consumer reads only
-the ready queue, which the node's dispatcher fills with jobs that may run now
-(worker/dispatch/). Everything else waits in the job store (worker/stores/jobs.py).
+Producers write jobs into the job store (worker/stores/jobs.py), or publish them to the intake
+queue (``ARCHIVER_QUEUE``) from which each node's router stores them. A worker's Celery consumer
+reads only its node's ready queue, which the node's dispatcher fills with jobs that may run now
+(worker/dispatch/). Everything else waits in the job store.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import click
 from celery import Celery, bootsteps, signals
 
 from config import ConfigError, Settings, get_settings
+from config.sentinel import is_sentinel_url
+from worker import tracebacks  # noqa: F401 - its task_postrun handler frees a run's exception and frames when the run ends
 from worker.contract.tasks import SWEEP_TASK
 from worker.logs import install_redaction, use_json_format
+from worker.sentinel import celery_options, check_fencing
 from worker.services import get_accounts
 from worker.stores.client import set_outage_grace
-from worker.stores.keys import ready_queue
 
-TASK_MODULES = ["tasks.archive", "tasks.probe", "tasks.sweep"]
+TASK_MODULES = ["tasks.archive", "tasks.sweep"]
 
 
 def soft_time_limit(hard: int) -> int:
@@ -32,14 +36,10 @@ def soft_time_limit(hard: int) -> int:
     return max(1, hard - max(1, min(30, hard // 10)))
 
 
-def restore_interval(visibility_timeout: int) -> float:
-    return min(60.0, max(1.0, visibility_timeout / 10))
-
-
 def celery_config(settings: Settings) -> dict[str, Any]:
     # While Redis restarts, a result waits to be stored (about a retry a second) rather than lost.
     result_retries = 10 + int(settings.redis_outage_grace)
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "result_backend": settings.state_url,
         # JSON only: any service in any language can publish a job, and nothing is unpickled.
@@ -48,27 +48,23 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "result_accept_content": ["json"],
         "result_expires": settings.result_expires,
-        # Beat, sweeps and probes publish to the intake like every producer.
+        # Beat publishes sweeps to the intake like any producer.
         "task_default_queue": settings.queue,
         "timezone": "UTC",
-        # Acknowledge a job after it ends, one job per worker process at a time: a killed
-        # worker's job is delivered again (archiving is idempotent: "already archived").
+        # One job per worker process at a time. A node's ready queue is read without kombu's
+        # acknowledgements (worker/dispatch/service.py): the job store's lease brings back a job
+        # whose run is lost (a killed worker, a lost message), so the messages are not kept a
+        # second time in kombu's unacked hash. A worker process that dies mid-job is counted by
+        # its job's record; one that keeps killing its worker is dead-lettered (worker_lost).
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
-        # A worker process that dies mid-job gives the job back; the job store counts runs that
-        # never ended and dead-letters a job that keeps killing its worker (worker_lost).
+        # A backstop: a pool process past this peak RSS (KiB) is replaced after its job.
+        "worker_max_memory_per_child": settings.worker_max_memory_per_child or None,
         "task_reject_on_worker_lost": True,
-        # kombu gives back what is not acknowledged within the visibility timeout. No countdown
-        # waits in a worker's memory (the job store holds delayed work), so it only has to
-        # outlast one run; a killed node's jobs come back through their leases much sooner.
         "broker_transport_options": {
-            "visibility_timeout": settings.visibility_timeout,
-            # kombu looks for expired unacknowledged jobs every interval * throttle seconds
-            # (100 s by default): a tenth of the visibility timeout, at most a minute, instead.
-            "unacked_restore_interval": restore_interval(settings.visibility_timeout),
-            "unacked_restore_throttle": 1,
+            # An idle consumer asks Redis this often (it answers at once when work comes).
+            "polling_interval": 5,
         },
-        "result_backend_transport_options": {"visibility_timeout": settings.visibility_timeout},
         "task_time_limit": settings.task_time_limit,
         # The soft limit raises inside the task, which treats it as a transient failure; the hard
         # limit is the backstop that kills a job stuck where no exception reaches it.
@@ -81,11 +77,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             }
         },
         "broker_connection_retry_on_startup": True,
-        # Not True: on a Redis restart it kills running jobs and acknowledges them with no
-        # outcome. A job that runs on records its outcome once Redis is back (our clients
-        # retry through ARCHIVER_REDIS_OUTAGE_GRACE); a copy kombu gives back meanwhile finds
-        # the job's lease held and ends quietly.
+        # Not True: on a Redis restart it kills running jobs. A job that runs on records its
+        # outcome once Redis is back (our clients retry through ARCHIVER_REDIS_OUTAGE_GRACE).
         "worker_cancel_long_running_tasks_on_connection_loss": False,
+        # Our tasks write their results with their ending, in one step (worker/stores/endings.py);
+        # Celery's own writes are for anything else (a refused message's result).
+        "task_ignore_result": True,
         "result_backend_always_retry": True,
         "result_backend_max_retries": result_retries,
         "result_backend_max_sleep_between_retries_ms": 1000,
@@ -103,6 +100,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redbeat_redis_options": {},
         "redbeat_key_prefix": f"{settings.key_prefix}:redbeat",
     }
+    # Redis Sentinel (worker/sentinel.py): what a sentinel:// URL needs, over the options above.
+    for key, value in celery_options(settings).items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return config
 
 
 class SettingsRefused(ConfigError, click.ClickException):
@@ -150,6 +151,10 @@ def _check_accounts(**_: Any) -> None:
         get_accounts()
     except ConfigError as error:
         sys.exit(f"chat-archiver: {error}")
+    if is_sentinel_url(get_settings().state_url):
+        # Off the start's path: a Redis that is not there yet must not hold the worker up.
+        url = get_settings().state_url
+        threading.Thread(target=check_fencing, args=(url,), name="fencing", daemon=True).start()
 
 
 @signals.worker_process_init.connect
@@ -158,13 +163,16 @@ def _pool_process(**_: Any) -> None:
 
 
 @signals.celeryd_after_setup.connect
-def _consume_ready_queue(instance: Any = None, **_: Any) -> None:
-    """Consume the ready queue and nothing else: the dispatcher fills it with jobs that may run
-    now; the intake is read by the node's router (worker/dispatch/)."""
+def _consume_ready_queue(sender: str = "", instance: Any = None, **_: Any) -> None:
+    """Consume this node's ready queue and nothing else: the dispatcher fills it with jobs that
+    may run now; the intake is read by the node's router (worker/dispatch/)."""
+    from worker.dispatch.service import node_name, ready
+
+    queue = ready(get_settings().queue, node_name(instance.hostname or sender))
     queues = instance.app.amqp.queues
-    queues.select_add(ready_queue(get_settings().queue))
+    queues.select_add(queue)
     for name in list(queues.consume_from):
-        if name != ready_queue(get_settings().queue):
+        if name != queue.name:
             queues.deselect(name)
 
 

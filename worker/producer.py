@@ -1,37 +1,51 @@
-"""The producer side: validate archive jobs and publish them, one at a time or in bulk.
+"""The producer side: validate chat jobs and put them in the job store, one at a time or in bulk.
 
-A job is checked here exactly as the worker's router checks it (worker/contract/jobs.py), so an
-invalid job is refused at enqueue with one line naming the field. A chat that already has a
-pending job is not enqueued again: the caller gets that job's id (worker/stores/pending.py). Every
-job goes to the intake queue (``ARCHIVER_QUEUE``), where workers' routers take it into the job
-store (worker/stores/jobs.py).
-Bulk publishing goes through kombu's ``Producer.batch``, which pipelines the Redis commands:
-thousands of jobs cost a handful of round trips. The first batches are small and grow to
-``BATCH_SIZE``, so workers start on the first jobs of a large burst while the rest are still
-being published (a first batch of 500 held every job back by a quarter of a second).
+A job is checked here exactly as the worker's router checks an intake message
+(worker/contract/jobs.py), so an invalid job is refused at enqueue with one line naming the field.
+Valid jobs are written straight into the job store (worker/stores/jobs.py), a batch in one atomic
+Redis step that also claims each chat's pending mark: a batch is stored whole or not at all, and
+a chat that already has a pending job is not enqueued again (the caller gets that job's id). The
+batches start small and grow, so workers start on the first jobs of a large burst while the rest
+are still being written. Flower hears of each job through Celery's task-sent event.
 
-Services in other languages publish the same message with ``send_task`` (see README). The
-producer needs the broker and the state Redis, never the accounts file.
+When Redis refuses a batch (full at ``maxmemory``, a read-only replica, ``MISCONF``) or the
+connection drops, the call raises :class:`PublishFailed`, whose ``result`` places every row of
+the call: enqueued, already pending, refused (invalid), ``not_published`` (Redis refused the
+step: nothing of the batch was stored) or ``uncertain`` (the connection failed while the step was
+sent: stored or not). Each row not enqueued comes with the row to send again, carrying its
+``task_id``: sending it again is safe, as a job stored already under that id, or one that has
+ended (its result is kept), is not stored twice.
+
+Services in other languages publish a Celery message to the intake queue instead (README: "From
+any language"), which a worker's router stores the same way. The producer needs the state Redis
+and the broker (for the events), never the accounts file.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
 import redis
 from celery import Celery, uuid
-from celery.events.dispatcher import EventDispatcher
 from celery.utils.nodenames import anon_nodename
 
-from config import Settings, get_settings
+from config import ArchiverError, Settings, get_settings
+from config.errors import one_line
 from config.per_process import PerProcess
-from worker.contract.jobs import TASK_NAME, ArchiveJob, InvalidJob
+from worker.contract.jobs import ArchiveJob, InvalidJob, parse_task_id
+from worker.contract.tasks import ARCHIVE_TASK, CHAT_TASKS, UNPACED
 from worker.stores.client import connect, state_redis
-from worker.stores.pending import Claim, PendingJobs
+from worker.stores.jobs import Held, JobBody, JobStore, NewJob, Submitted
+from worker.stores.keys import Keys
+from worker.tracing import active as tracing_for
+from worker.write_refusals import REFUSALS, refusal_of
+
+logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 500
 FIRST_BATCH = 25  # batches double from here up to the batch size
@@ -45,12 +59,126 @@ def batch_sizes(batch_size: int, first_batch: int) -> Iterator[int]:
         size = min(size * 2, batch_size)
 
 
+# What a failed step can raise, and which of them leave its fate unknown.
+STORE_ERRORS = (redis.RedisError, OSError)
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+CONNECTION_LOST = "connection lost"
+ERROR_REPLY = "error reply"
+MESSAGE_LIMIT = 300
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """A row that is not known to be stored. ``row`` is what to send again: the job's fields
+    and its ``task_id``."""
+
+    position: int
+    row: dict[str, Any]
+    why: str  # one line
+
+    @property
+    def task_id(self) -> str | None:
+        value = self.row.get("task_id")
+        return value if isinstance(value, str) else None
+
+
 @dataclass
 class BulkResult:
     enqueued: list[tuple[int, str]] = field(default_factory=list)  # (position, task id)
     refused: list[tuple[int, str]] = field(default_factory=list)  # (position, why)
-    # A job for the chat was already pending: (position, that job's task id). Nothing published.
+    # A job for the chat was already pending: (position, that job's task id). Nothing stored.
     duplicates: list[tuple[int, str]] = field(default_factory=list)
+    # Only in PublishFailed's result: known not stored (Redis refused the step) ...
+    not_published: list[Unsent] = field(default_factory=list)
+    # ... and sent when the connection failed: stored or not.
+    uncertain: list[Unsent] = field(default_factory=list)
+
+
+class PublishFailed(ArchiverError, redis.RedisError):
+    """Redis refused a write (``reason``: maxmemory, read-only replica, MISCONF,
+    min-replicas-to-write), answered another error, or the connection was lost, while jobs were
+    being enqueued. ``result`` places every row of the call (see BulkResult); rows in its
+    ``not_published`` and ``uncertain`` lists are safe to send again as their ``row`` says, and
+    only those. ``detail`` is Redis's own words, one line. A ``redis.RedisError``, so code
+    that already handles Redis failing goes on handling it."""
+
+    def __init__(self, reason: str, detail: str, result: BulkResult) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.result = result
+        super().__init__(self.summary())
+
+    @property
+    def refused_writes(self) -> bool:
+        """Redis answers but refuses writes (as opposed to a lost connection or another error)."""
+        return self.reason in REFUSALS
+
+    def summary(self) -> str:
+        result = self.result
+        if self.refused_writes:
+            what = f"Redis refused writes ({self.reason})"
+        elif self.reason == CONNECTION_LOST:
+            what = f"lost the connection to Redis ({self.detail})"
+        else:
+            what = f"Redis answered an error ({self.detail})"
+        return (
+            f"{what}: {len(result.enqueued)} enqueued, {len(result.not_published)} not "
+            f"published, {len(result.uncertain)} uncertain"
+        )
+
+
+def reason_of(error: BaseException) -> str:
+    refusal = refusal_of(error)
+    if refusal is not None:
+        return refusal
+    return CONNECTION_LOST if isinstance(error, _CONNECTION_ERRORS) else ERROR_REPLY
+
+
+def _text(error: BaseException) -> str:
+    """The Redis error's own words, on one line."""
+    return one_line(str(error) or type(error).__name__)[:MESSAGE_LIMIT]
+
+
+def _why(error: BaseException) -> str:
+    text, reason = _text(error), reason_of(error)
+    if reason in REFUSALS:
+        return f"Redis refused the write ({reason}): {text}"
+    if reason == CONNECTION_LOST:
+        return f"connection to Redis lost: {text}"
+    return f"Redis answered an error: {text}"
+
+
+def parse_row(row: Mapping[str, Any] | InvalidJob) -> tuple[ArchiveJob, str | None]:
+    """A producer's row: the job's fields and an optional ``task_id`` (see enqueue_many).
+    Raises InvalidJob (the row itself, when it is one)."""
+    if isinstance(row, InvalidJob):
+        raise row
+    task_id = None
+    if isinstance(row, Mapping) and "task_id" in row:
+        task_id = parse_task_id(row["task_id"])
+        row = {key: value for key, value in row.items() if key != "task_id"}
+    return ArchiveJob.parse(row), task_id
+
+
+@dataclass(frozen=True)
+class _Row:
+    position: int
+    job: ArchiveJob
+    task_id: str | None  # the caller's (a resend), else one is made when it is stored
+
+    def resend(self, task_id: str | None) -> dict[str, Any]:
+        row = self.job.kwargs()
+        if task_id is not None:
+            row["task_id"] = task_id
+        return row
+
+
+class _Stopped(Exception):
+    """Storing stopped at a batch that Redis refused or lost; the batch's rows are placed."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class ArchiveProducer:
@@ -62,17 +190,21 @@ class ArchiveProducer:
     ) -> None:
         self.app = app
         self.settings = settings
-        self.pending = PendingJobs(
-            state or connect(settings.state_url), settings.key_prefix, settings.pending_ttl
+        self.keys = Keys(settings.key_prefix)
+        self.store = JobStore(
+            state or connect(settings.state_url, settings=settings),
+            self.keys,
+            lease=settings.lease_timeout,
+            claim_ttl=settings.pending_ttl,
+            probe_ttl=settings.task_time_limit + 10,
         )
-        self._declared: set[str] = set()  # the queues this producer has declared
-        self._origin = anon_nodename()  # what Celery would work out again for every message
-        self._routes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._origin = anon_nodename()  # what Celery would work out for every message
+        self._tracer = tracing_for(settings)  # None while tracing is off
 
-    def enqueue(self, data: Mapping[str, Any]) -> str:
+    def enqueue(self, data: Mapping[str, Any], task: str = ARCHIVE_TASK) -> str:
         """Validate and enqueue one job; return its task id, or the id of the job already
-        pending for the chat. Raises InvalidJob (a ValueError)."""
-        result = self.enqueue_many([data])
+        pending for the chat. Raises InvalidJob (a ValueError) or PublishFailed."""
+        result = self.enqueue_many([data], task=task)
         if result.refused:
             raise InvalidJob(result.refused[0][1])
         [(_, task_id)] = result.enqueued or result.duplicates
@@ -82,175 +214,178 @@ class ArchiveProducer:
         self,
         rows: Iterable[Mapping[str, Any] | InvalidJob],
         *,
+        task: str = ARCHIVE_TASK,
         batch_size: int = BATCH_SIZE,
         first_batch: int = FIRST_BATCH,
         on_progress: Callable[[int], None] | None = None,
     ) -> BulkResult:
-        """Validate every row; claim and publish the valid ones batch by batch, the batches
-        growing from ``first_batch`` to ``batch_size``.
+        """Validate every row; store the valid ones batch by batch, the batches growing from
+        ``first_batch`` to ``batch_size``.
 
         A row may be an ``InvalidJob`` already (a reader that could not parse a line passes its
-        error through, so the caller gets one report with every refusal at its position).
+        error through, so the caller gets one report with every refusal at its position), and
+        may carry a ``task_id``: the id an earlier call gave it, to send it again under that id.
         Positions count from 1. Memory stays flat: rows are consumed one batch at a time.
+
+        Raises PublishFailed at the first batch Redis refuses or loses; the rows after it are
+        read and placed too (refused, or not published), and none of them is stored.
         """
+        if task not in CHAT_TASKS:
+            raise ValueError(f"task: {task!r} is not a chat task")
         result = BulkResult()
         handled = 0
+        given: dict[str, int] = {}  # task ids rows came with -> their position
         numbered: Iterator[tuple[int, Mapping[str, Any] | InvalidJob]] = enumerate(rows, start=1)
         sizes = batch_sizes(batch_size, first_batch)
         while batch := list(islice(numbered, next(sizes))):
-            jobs: list[tuple[int, ArchiveJob]] = []
-            for position, row in batch:
-                try:
-                    if isinstance(row, InvalidJob):
-                        raise row
-                    jobs.append((position, ArchiveJob.parse(row)))
-                except InvalidJob as error:
-                    result.refused.append((position, str(error)))
-            self._publish_batch(jobs, result)
+            parsed = [
+                row
+                for position, raw in batch
+                if (row := self._parse(position, raw, result, given)) is not None
+            ]
+            try:
+                self._submit(task, parsed, result)
+            except _Stopped as stopped:
+                reason = reason_of(stopped.error)
+                why = f"not sent: storing stopped earlier in this call ({reason})"
+                for position, raw in numbered:
+                    row = self._parse(position, raw, result, given)
+                    if row is not None:
+                        result.not_published.append(Unsent(position, row.resend(row.task_id), why))
+                result.not_published.sort(key=lambda unsent: unsent.position)
+                error = stopped.error
+                raise PublishFailed(reason, _text(error), result) from error
             handled += len(batch)
             if on_progress is not None:
                 on_progress(handled)
         return result
 
-    def _publish_batch(self, jobs: list[tuple[int, ArchiveJob]], result: BulkResult) -> None:
-        if not jobs:
-            return
-        claims = self.pending.claim_many(
-            [(self.pending.key(job.provider, job.account, job.chat_id), uuid()) for _, job in jobs]
-        )
-        won: list[Claim] = []
+    @staticmethod
+    def _parse(
+        position: int,
+        row: Mapping[str, Any] | InvalidJob,
+        result: BulkResult,
+        given: dict[str, int],
+    ) -> _Row | None:
+        """The row as a job (and its task id, if it came with one), or None once refused."""
         try:
-            with (
-                self.app.producer_or_acquire() as producer,
-                producer.batch(max_size=len(jobs)),
-                self._sent_events(producer) as events,
-            ):
-                for (position, job), claim in zip(jobs, claims, strict=True):
-                    if not claim.won:
-                        result.duplicates.append((position, claim.owner))
-                        continue
-                    won.append(claim)
-                    self._send(
-                        producer,
-                        TASK_NAME,
-                        claim.task_id,
-                        job.kwargs(),
-                        self.settings.queue,
-                        events=events,
+            job, task_id = parse_row(row)
+            if task_id is not None:
+                if task_id in given:
+                    raise InvalidJob(
+                        f"task_id: also given to row {given[task_id]} of this call "
+                        "(a task id names one job)"
                     )
-                    result.enqueued.append((position, claim.task_id))
-        except BaseException:
-            # Publishing failed part-way: free the chats, or they would look pending until the
-            # TTL. A job that did reach the queue runs anyway; archiving twice is harmless.
-            self.pending.release_many(won)
-            raise
+                given[task_id] = position
+        except InvalidJob as error:
+            result.refused.append((position, str(error)))
+            return None
+        return _Row(position, job, task_id)
 
-    def send(
-        self,
-        task_name: str,
-        kwargs: dict[str, Any],
-        *,
-        queue: str | None = None,
-        countdown: float | None = None,
-    ) -> str:
-        """Send one of our own tasks (a probe, a sweep) by name."""
-        task_id = uuid()
-        with self.app.producer_or_acquire() as producer:
-            self._send(
-                producer,
-                task_name,
-                task_id,
-                kwargs,
-                queue or self.settings.queue,
-                countdown=countdown,
-            )
-        return task_id
-
-    def _send(
-        self,
-        producer: Any,
-        task_name: str,
-        task_id: str,
-        kwargs: dict[str, Any],
-        queue: str,
-        *,
-        countdown: float | None = None,
-        headers: dict[str, Any] | None = None,
-        events: EventDispatcher | None = None,
-    ) -> None:
-        """Publish one task message the way ``send_task`` does, minus what costs without
-        serving us:
-
-        - ``send_task`` SUBSCRIBEs to each new task's result channel with the Redis result
-          backend (so ``.get()`` can wait): two round trips per job that cannot be pipelined,
-          and one live subscription per job in a producer that never waits for results.
-        - Celery renders argsrepr/kwargsrepr with its careful ``saferepr``; our keyword
-          arguments are a few short strings, and ``repr`` shows them as well (Flower reads it).
-        - kombu binds and checks the declaration of a fresh Queue object on every publish; on
-          Redis a direct queue's message is a plain push onto its list, so each queue is
-          declared once per producer and not again.
-        - Inside a batch (``events`` given) nothing is sent until the batch flushes, so a retry
-          around each buffered publish cannot help: the flush raises, and the caller frees its
-          claims. And the batch's task-sent events go out as one list message (see
-          ``_sent_events``) instead of one message per job.
-        """
-        amqp = self.app.amqp
-        declared = queue in self._declared
-        route = (task_name, queue)
-        if route not in self._routes:
-            # The route depends on the task and the queue only: worked out once.
-            self._routes[route] = amqp.router.route({"queue": queue}, task_name, (), kwargs)
-        options = self._routes[route]
-        message = amqp.create_task_message(
-            task_id,
-            task_name,
-            (),
-            kwargs,
-            countdown=countdown,
-            create_sent_event=self.app.conf.task_send_sent_event,
-            argsrepr="()",
-            kwargsrepr=repr(kwargs),
-            origin=self._origin,
-        )
-        sent = message.sent_event
-        if events is not None:
-            message = message._replace(sent_event=None)  # buffered below instead
-        amqp.send_task_message(
-            producer,
-            task_name,
-            message,
-            headers=headers,
-            declare=[] if declared else None,
-            retry=False if events is not None else None,
-            **options,
-        )
-        self._declared.add(queue)
-        if events is not None and sent is not None:
-            # What Celery adds for a direct queue, which it publishes to the anonymous exchange.
-            events.send("task-sent", queue=queue, exchange="", routing_key=queue, **sent)
-
-    @contextmanager
-    def _sent_events(self, producer: Any) -> Iterator[EventDispatcher | None]:
-        """A dispatcher that buffers a batch's task-sent events and publishes them as one list
-        message when the batch ends: Celery's own event batching (its workers send task events
-        this way), which Flower's receiver unpacks. None when sent events are off."""
-        if not self.app.conf.task_send_sent_event:
-            yield None
+    def _submit(self, task: str, rows: list[_Row], result: BulkResult) -> None:
+        """Store the batch in one atomic step (its chats claimed in the same step) and place
+        every row in ``result``. Raises _Stopped when Redis refused the step (nothing of it was
+        stored) or the connection failed (its rows are uncertain: stored or not, they are safe
+        to send again under the same ids)."""
+        if not rows:
             return
-        dispatcher = self.app.events.Dispatcher(
-            channel=producer.channel, buffer_group={"task"}, buffer_limit=1_000_000
-        )
+        new = [
+            NewJob(
+                task_id=row.task_id or uuid(),
+                account=row.job.account_key,
+                task=task,
+                mark=self.keys.pending(row.job.account_key, row.job.chat_id, task),
+                body=JobBody(row.job.kwargs(), origin=self._origin),
+            )
+            for row in rows
+        ]
+        resent = any(row.task_id is not None for row in rows)
+        tracer = self._tracer
+        spans: list[Any] = []
+        if tracer is not None:
+            new, spans = tracer.enqueue(new)
         try:
-            yield dispatcher
-            dispatcher.flush(errors=False, groups=True)
-        finally:
-            dispatcher.close()
+            statuses = self.store.submit(new, held=Held.SKIP, check_results=resent)
+        except STORE_ERRORS as error:
+            if tracer is not None:
+                tracer.not_stored(spans, error)
+            why = _why(error)
+            if reason_of(error) == CONNECTION_LOST:
+                result.uncertain += [
+                    Unsent(row.position, row.resend(job.task_id), f"uncertain: {why}")
+                    for row, job in zip(rows, new, strict=True)
+                ]
+            else:
+                result.not_published += [
+                    Unsent(row.position, row.resend(row.task_id), why) for row in rows
+                ]
+            raise _Stopped(error) from error
+        if tracer is not None:
+            tracer.stored(spans, statuses)
+        stored: list[NewJob] = []
+        for row, job, status in zip(rows, new, statuses, strict=True):
+            if status == Submitted.NEW:
+                stored.append(job)
+                result.enqueued.append((row.position, job.task_id))
+            elif status in (Submitted.STORED, Submitted.DONE):
+                # A resend whose first copy was stored (or has ended): that job is this row's.
+                result.enqueued.append((row.position, job.task_id))
+            else:  # the id of the job that holds the chat
+                result.duplicates.append((row.position, status))
+        self._sent(stored)
+
+    def send(self, task_name: str, kwargs: dict[str, Any]) -> str:
+        """Enqueue one of our own service tasks (a sweep) by name: it waits for a worker slot,
+        not for an account's rate limit."""
+        job = NewJob(uuid(), UNPACED, task_name, "", JobBody(dict(kwargs), origin=self._origin))
+        self.store.submit([job], held=Held.KEEP)
+        self._sent([job])
+        return job.task_id
+
+    def _sent(self, jobs: list[NewJob]) -> None:
+        """Celery's task-sent event for each stored job, batched into one message as Celery's
+        workers batch theirs (Flower's receiver unpacks it): Flower shows a job from the moment
+        it is enqueued."""
+        if not jobs or not self.app.conf.task_send_sent_event:
+            return
+        try:
+            self._publish_sent(jobs)
+        except Exception as error:  # the jobs are stored: Flower learns of them when they run
+            logger.warning("could not send %d task-sent events: %s", len(jobs), _text(error))
+
+    def _publish_sent(self, jobs: list[NewJob]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            dispatcher = self.app.events.Dispatcher(
+                channel=producer.channel, buffer_group={"task"}, buffer_limit=1_000_000
+            )
+            try:
+                now = time.time()
+                for job in jobs:
+                    dispatcher.send(
+                        "task-sent",
+                        uuid=job.task_id,
+                        root_id=job.task_id,
+                        parent_id=None,
+                        name=job.task,
+                        args="()",
+                        kwargs=repr(job.body.kwargs),
+                        retries=0,
+                        eta=None,
+                        expires=None,
+                        queue=self.settings.queue,
+                        exchange="",
+                        routing_key=self.settings.queue,
+                        timestamp=now,
+                    )
+                dispatcher.flush(errors=False, groups=True)
+            finally:
+                dispatcher.close()
 
 
 def _build_default() -> ArchiveProducer:
     # The app is imported here, not at the top: importing the producer API (``import tasks``)
-    # makes no Celery app. The process's state client: a worker that sends probes and sweeps
-    # opens no second pool.
+    # makes no Celery app. The process's state client: a worker that sends sweeps opens no
+    # second pool.
     from worker.celery_app import app
 
     return ArchiveProducer(app, get_settings(), state_redis())
@@ -275,29 +410,55 @@ def enqueue_archive(
 ) -> str:
     """Validate one job and enqueue it; return its task id (or the pending job's)."""
     return (producer or default_producer()).enqueue(
-        {
-            "provider": provider,
-            "account": account,
-            "chat_id": chat_id,
-            "request_id": request_id,
-            "source": source,
-        }
+        _row(provider, account, chat_id, request_id, source)
     )
 
 
-def enqueue_job(data: Mapping[str, Any], producer: ArchiveProducer | None = None) -> str:
+def enqueue_unarchive(
+    provider: str,
+    account: str,
+    chat_id: str,
+    *,
+    request_id: str | None = None,
+    source: str = "api",
+    producer: ArchiveProducer | None = None,
+) -> str:
+    """Validate one undo job (restore an archived chat) and enqueue it; return its task id."""
+    from worker.contract.tasks import UNARCHIVE_TASK
+
+    return (producer or default_producer()).enqueue(
+        _row(provider, account, chat_id, request_id, source), task=UNARCHIVE_TASK
+    )
+
+
+def _row(
+    provider: str, account: str, chat_id: str, request_id: str | None, source: str
+) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "account": account,
+        "chat_id": chat_id,
+        "request_id": request_id,
+        "source": source,
+    }
+
+
+def enqueue_job(
+    data: Mapping[str, Any], producer: ArchiveProducer | None = None, task: str = ARCHIVE_TASK
+) -> str:
     """Enqueue a job given as keyword arguments (a dead letter's job, a JSON line)."""
-    return (producer or default_producer()).enqueue(data)
+    return (producer or default_producer()).enqueue(data, task=task)
 
 
 def enqueue_many(
     rows: Iterable[Mapping[str, Any] | InvalidJob],
     *,
+    task: str = ARCHIVE_TASK,
     producer: ArchiveProducer | None = None,
     batch_size: int = BATCH_SIZE,
     first_batch: int = FIRST_BATCH,
     on_progress: Callable[[int], None] | None = None,
 ) -> BulkResult:
     return (producer or default_producer()).enqueue_many(
-        rows, batch_size=batch_size, first_batch=first_batch, on_progress=on_progress
+        rows, task=task, batch_size=batch_size, first_batch=first_batch, on_progress=on_progress
     )

@@ -75,8 +75,11 @@ class AccountsFile:
     """The accounts registry of this process, reloaded when its file changes. Pool children
     inherit it from the node (see ``_accounts``); each has its own lock after the fork."""
 
-    def __init__(self, path: Path, check_every: float = RELOAD_CHECK) -> None:
+    def __init__(
+        self, path: Path, check_every: float = RELOAD_CHECK, *, secrets: bool = True
+    ) -> None:
         self.path = path
+        self.secrets = secrets
         self.check_every = check_every
         self._lock = ForkSafeLock()
         self._registry: AccountRegistry | None = None
@@ -90,7 +93,7 @@ class AccountsFile:
             with self._lock:
                 if self._registry is None:
                     self._identity = _identity(self.path)
-                    self._registry = load_accounts(self.path)
+                    self._registry = load_accounts(self.path, secrets=self.secrets)
                     self._checked = time.monotonic()
             return self._registry
         if time.monotonic() - self._checked >= self.check_every:
@@ -106,7 +109,7 @@ class AccountsFile:
                 return False
             self._identity = identity
             try:
-                registry = load_accounts(self.path)
+                registry = load_accounts(self.path, secrets=self.secrets)
             except ConfigError as error:
                 if str(error) != self.error:
                     logger.error("accounts file not reloaded, keeping the previous one: %s", error)
@@ -130,14 +133,19 @@ class AccountsFile:
 # Loaded by the node's main process before Celery forks its pool (worker_init): the children
 # inherit the registry instead of each parsing the file again at its first job.
 _accounts = PerProcess(lambda: AccountsFile(get_settings().accounts_file), survives_fork=True)
+# The same file with its tokens left unread, for what calls no provider (status, limits, the
+# exporter): those run where the tokens are not set.
+_accounts_unread = PerProcess(
+    lambda: AccountsFile(get_settings().accounts_file, secrets=False), survives_fork=True
+)
 
 
 def accounts_file() -> AccountsFile:
     return _accounts.get()
 
 
-def get_accounts() -> AccountRegistry:
-    return accounts_file().get()
+def get_accounts(*, secrets: bool = True) -> AccountRegistry:
+    return (_accounts if secrets else _accounts_unread).get().get()
 
 
 def build_services() -> Services:
@@ -150,18 +158,23 @@ def build_services() -> Services:
         redis=client,
         broker=client if shared else connect(settings.broker_url),
         keys=keys,
-        jobs=JobStore(client, keys, lease=settings.lease_timeout),
+        jobs=JobStore(
+            client,
+            keys,
+            lease=settings.lease_timeout,
+            claim_ttl=settings.pending_ttl,
+            # A probe job's run ends by the hard time limit at the latest.
+            probe_ttl=settings.task_time_limit + 10,
+        ),
         limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
         dead_letters=DeadLetterStore(client, settings.key_prefix),
-        pending=PendingJobs(client, settings.key_prefix, settings.pending_ttl),
+        pending=PendingJobs(client, settings.key_prefix),
         circuit=AccountCircuit(
             client,
             settings.key_prefix,
             settings.circuit_cooldown,
             settings.circuit_cooldown_max,
             settings.circuit_max_pause,
-            # A probe job's run ends by the hard time limit at the latest.
-            probe_claim_ttl=settings.task_time_limit + 10,
         ),
         metrics=MetricsRecorder(client, settings.key_prefix),
         unarchivable=UnarchivableChats(client, settings.key_prefix),

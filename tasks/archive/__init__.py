@@ -1,17 +1,16 @@
-"""Task ``archive.chat``: archive one chat and end in exactly one outcome.
+"""Tasks ``archive.chat`` and ``archive.unarchive``: one chat, one action, exactly one outcome.
 
-runner.py     one run of a job, from admission to its ending (plain Python)
-admission.py  what a run learns before it may call, in one Redis step
-pauses.py     what runs and probes do around an account's circuit breaker
-task.py       the Celery task, and how endings read in the result backend and Flower
+runner.py     one run of a job, from its dispatch ticket to its ending (plain Python)
+pauses.py     what runs do around an account's circuit breaker
+task.py       the Celery tasks, and how endings read in Flower
 """
 
 from tasks.archive.runner import ArchiveRunner, Done, Failed, Quiet, RunContext, RunEnd, Waiting
-from tasks.archive.task import ArchiveTask, JobTask, archive_chat, settle
+from tasks.archive.task import ChatTask, JobTask, archive_chat, settle, unarchive_chat
 
 __all__ = [
     "ArchiveRunner",
-    "ArchiveTask",
+    "ChatTask",
     "Done",
     "Failed",
     "JobTask",
@@ -21,4 +20,5 @@ __all__ = [
     "Waiting",
     "archive_chat",
     "settle",
+    "unarchive_chat",
 ]

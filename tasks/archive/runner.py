@@ -1,23 +1,23 @@
-"""One run of an archive job, from admission to its ending; plain Python, tested without Celery.
+"""One run of a chat job (archive or unarchive), from its ticket to its ending; plain Python, tested
+without Celery.
 
-    validate the job ─ invalid ──────────────────────────────► dead letter invalid_request
-    find the account ─ unknown to this process ──────────────► wait (a reload may bring it)
-    admission (one script, tasks/archive/admission.py):
-        the job has ended, or a live run holds it ───────────► end quietly
-        runs that began and never ended past the cap ────────► dead letter worker_lost
-        another job holds the chat ──────────────────────────► duplicate
-        the account's circuit is open ───────────────────────► park
-        no permit within the max wait ───────────────────────► wait for the account's turn
-    call the provider, every attempt behind a permit of the shared limiter:
-        success ─────────────────────────────────────────────► archived / already_archived
-        permanent answer ────────────────────────────────────► dead letter with its reason
-        account-level answer (bad token, quota...) ──────────► trip the circuit, park
-        429, or no permit soon ──────────────────────────────► slow the account, wait its turn
+    no ticket (not handed out by a dispatcher of ours) ──────────► dead letter invalid_request
+    runs of it that began and never ended past the cap ──────────► dead letter worker_lost
+    another job holds the chat ──────────────────────────────────► duplicate
+    the account is unknown to this process ──────────────────────► wait (a reload may bring it)
+    call the provider on the slot its dispatch reserved; retries each take a permit:
+        success ─────────────────────────────────────────────────► archived / already_archived
+                                                                     (unarchived / already_...)
+        permanent answer ────────────────────────────────────────► dead letter with its reason
+        account-level answer (bad token, instance asleep...) ────► trip the circuit, park
+        429, or no permit soon for a retry ──────────────────────► slow the account, wait its turn
         transient ─ tenacity retries inside the run (a few seconds)
-                  ─ then a countdown in the job store ──────► dead letter retries_exhausted
+                  ─ then a countdown in the job store ──────────► dead letter retries_exhausted
 
-Every ending is written by worker/stores/endings.py in one atomic step. Nothing waits in a worker's
-memory: a job that must run later goes back to the job store.
+The dispatcher checked the lease, the permit, the chat's pending mark and the account's circuit
+in the step that handed the job out (lua/dispatch.lua): a run needs no Redis round trip before
+its call. Every ending is written by worker/stores/endings.py in one atomic step, with the job's
+result. Nothing waits in a worker's memory: a job that must run later goes back to the job store.
 """
 
 from __future__ import annotations
@@ -25,17 +25,16 @@ from __future__ import annotations
 import logging
 import random
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from config import Account, AccountRegistry, excerpt
-from tasks.archive.admission import admit
 from tasks.archive.pauses import AccountPauses
 from tasks.providers import (
     ProviderAdapter,
@@ -44,33 +43,46 @@ from tasks.providers import (
     shared_client,
     transient_backoff,
 )
-from worker.contract.history import Delivery
+from worker import tracing
+from worker.contract.history import Delivery, Ticket
 from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
-from worker.contract.outcomes import DeadLettered, Kind, Outcome, Reason
+from worker.contract.outcomes import (
+    ARCHIVED,
+    TRANSIENT,
+    DeadLettered,
+    Kind,
+    Outcome,
+    Reason,
+)
 from worker.contract.results import JobResult
+from worker.contract.tasks import ARCHIVE_TASK, UNARCHIVE_TASK
+from worker.dispatch.registry import task_method
 from worker.services import Services
-from worker.stores.circuit import Decision
+from worker.stores.client import refuses_writes
 from worker.stores.deadletters import DeadLetter
 from worker.stores.endings import Endings, RunRef
-from worker.stores.jobs import Lease
-from worker.stores.limiter import Permit
+from worker.stores.jobs import JobBody, StoredJob, lease_member
 
 logger = logging.getLogger("chat_archiver.jobs")
 
 # A job for an account this process does not know yet (its accounts file is being changed) comes
 # back after this long instead of being dead-lettered.
 UNKNOWN_ACCOUNT_RETRY = 10.0
+# The longest a run waits for a permit for a further call (a state read, a read-back): such
+# methods are limited to about 1/s.
+STATE_READ_WAIT = 1.5
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """Who runs: the job's id, the worker, the message's headers (the job's history), and a
-    token unique to this run (the job store's lease is held in its name)."""
+    """Who runs: the job's id and task, the worker, the message's headers (the job's history and
+    its dispatch ticket)."""
 
     task_id: str
     worker: str
     headers: Mapping[str, Any] = field(default_factory=dict)
-    run: str = field(default_factory=lambda: uuid.uuid4().hex)
+    task: str = ARCHIVE_TASK
+    origin: str = ""
 
 
 def _shown(value: object) -> str:
@@ -100,7 +112,7 @@ class Waiting:
 
 @dataclass(frozen=True)
 class Quiet:
-    lease: Lease  # the job has ended (STALE) or a live run holds it (BUSY): nothing to do
+    why: str  # this run no longer holds its job (its lease was given to another run)
 
 
 RunEnd = Done | Failed | Waiting | Quiet
@@ -122,11 +134,10 @@ class _Run:
     context: RunContext
     delivery: Delivery
     ref: RunRef
+    ticket: Ticket
     started: float = field(default_factory=time.monotonic)
     latencies: list[float] = field(default_factory=list)  # provider calls, written at the end
-    # The permit taken at admission, and the monotonic times just before it was asked for and
-    # when it came back.
-    first_permit: tuple[float, float, Permit] | None = None
+    on_ticket: bool = True  # the first attempt calls on the slot its dispatch reserved
 
 
 class ArchiveRunner:
@@ -134,98 +145,109 @@ class ArchiveRunner:
         self,
         services: Services,
         accounts: AccountRegistry,
+        endings: Endings,
         client_factory: Callable[[], httpx.Client] = shared_client,
         sleep: Callable[[float], None] = time.sleep,
-        endings: Endings | None = None,
         pauses: AccountPauses | None = None,
         reload_accounts: Callable[[], AccountRegistry] | None = None,
     ) -> None:
         self.services = services
         self.settings = services.settings
         self.accounts = accounts
+        self.endings = endings
         self.client_factory = client_factory
         self.sleep = sleep
-        self.endings = endings or Endings(services)
-        self.pauses = pauses or AccountPauses(services, self.endings)
+        self.pauses = pauses or AccountPauses(services)
         self.reload_accounts = reload_accounts
 
     # -- the job ------------------------------------------------------------------------------
 
     def run(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], context: RunContext) -> RunEnd:
         delivery = Delivery.from_headers(context.task_id, context.worker, context.headers)
+        ticket = Ticket.from_headers(context.headers)
+        if ticket is None:
+            return self._not_dispatched(context, delivery, args, kwargs)
+        body = JobBody(dict(kwargs), delivery.headers(), context.origin)
+        stored = StoredJob(
+            context.task_id, ticket.account, context.task, ticket.mark, ticket.lost, body
+        )
+        ref = RunRef(stored, lease_member(context.task_id, ticket.token), parked=ticket.probe)
+        run = _Run(context, delivery, ref, ticket)
+        try:
+            return self._run(run, args, kwargs)
+        except redis.ResponseError as error:
+            if not refuses_writes(error):
+                raise
+            # A write of the run's own (a permit, a late call's push, a pause) was refused: the
+            # fleet takes no new work while Redis is full, and this job waits its turn, its
+            # ending held until Redis takes it (Endings). Archiving twice is harmless.
+            why = f"Redis refuses writes ({str(error)[:40]}): the job waits its turn"
+            return self._wait_turn(run, why)
+
+    def _run(self, run: _Run, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> RunEnd:
+        context, ticket = run.context, run.ticket
+        account = self._account(kwargs)
+        if ticket.probe and (account is None or ticket.holder or ticket.lost >= self.max_lost):
+            # This run cannot tell whether the account answers again: the next job probes.
+            self.services.circuit.release_probe(ticket.account)
         try:
             if args:
-                raise InvalidJob(
-                    "archive.chat takes keyword arguments only (provider, account, chat_id)"
-                )
+                raise InvalidJob(f"{context.task} takes keyword arguments only")
             job = ArchiveJob.parse(kwargs)
-        except InvalidJob as error:
-            return self._malformed(context, delivery, args, kwargs, error)
-        ref = RunRef(context.task_id, context.run, job.account_key, job.kwargs())
-        run = _Run(context, delivery, ref)
-        account = self._account(job)
-        if account is None:
-            return self._unknown_account(run)
-
-        adapter = adapter_for(job.provider)
-        asked = time.monotonic()
-        admission = admit(
-            self.services,
-            account,
-            adapter.archive_method,
-            job.chat_id,
-            context.task_id,
-            context.run,
-        )
-        if admission.lease is not Lease.OK:
-            return Quiet(admission.lease)
-        if admission.deliveries > self.settings.max_deliveries:
-            detail = f"began {admission.deliveries} runs that never ended (it stops its worker)"
+        except InvalidJob as error:  # stored by hand, past the router's checks
+            given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
+            return self._dead_letter(run, Reason.INVALID_REQUEST, str(error), given=given)
+        if ticket.lost >= self.max_lost:
+            detail = f"began {ticket.lost + 1} runs that never ended (it stops its worker)"
             return self._dead_letter(run, Reason.WORKER_LOST, detail)
-        if not admission.claim.won:
+        if ticket.holder:
             # Another job for this chat is pending or running: it makes the one provider call.
-            return self._finish(run, Outcome.DUPLICATE, duplicate_of=admission.claim.owner)
-        if admission.decision is Decision.PARK:
-            return self._park(run, account, probing=False)
-        probing = admission.decision is Decision.PROBE
-        if not admission.permit.granted or admission.permit.wait > self.settings.limiter_max_wait:
-            if probing:
-                self.services.circuit.release_probe(account)
-            why = f"next {account.key} permit in {admission.permit.wait:.2f}s"
-            return self._wait_turn(run, why)
-        run.first_permit = (asked, time.monotonic(), admission.permit)
+            return self._finish(run, Outcome.DUPLICATE, duplicate_of=ticket.holder)
+        if account is None:
+            why = f"{job.account_key} is not in this worker's accounts file (yet)"
+            self.endings.wait(run.ref, run.delivery, why, delay=UNKNOWN_ACCOUNT_RETRY)
+            return Waiting(why)
+        adapter = adapter_for(job.provider)
         try:
             answer = self._call_with_retries(job, account, adapter, run)
         except _RateLimited as limited:
-            if probing:
-                self.services.circuit.release_probe(account)
+            if ticket.probe:
+                self.services.circuit.release_probe(account.key)
             return self._wait_turn(run, limited.why)
         except SoftTimeLimitExceeded:
             answer = None
-        return self._conclude(run, account, answer, probing)
+        return self._conclude(run, account, answer)
 
-    def _account(self, job: ArchiveJob) -> Account | None:
-        account = self.accounts.find(job.provider, job.account)
+    @property
+    def max_lost(self) -> int:
+        """Runs of a job that may die before it is dead-lettered worker_lost."""
+        return self.settings.max_deliveries
+
+    def _account(self, kwargs: Mapping[str, Any]) -> Account | None:
+        """The job's account in this process's registry, or None (unknown, or a job too
+        malformed to name one)."""
+        provider, account_id = kwargs.get("provider"), kwargs.get("account")
+        if not (isinstance(provider, str) and isinstance(account_id, str)):
+            return None
+        account = self.accounts.find(provider, account_id)
         if account is None and self.reload_accounts is not None:
             # Added to the file since this process last looked?
             self.accounts = self.reload_accounts()
-            account = self.accounts.find(job.provider, job.account)
+            account = self.accounts.find(provider, account_id)
         return account
 
-    def _conclude(
-        self, run: _Run, account: Account, answer: ProviderAnswer | None, probing: bool
-    ) -> RunEnd:
+    def _conclude(self, run: _Run, account: Account, answer: ProviderAnswer | None) -> RunEnd:
         kind = answer.verdict.kind if answer is not None else Kind.TRANSIENT
-        circuit = self.services.circuit
+        probing = run.ticket.probe
         if kind is Kind.ACCOUNT:
             assert answer is not None and answer.verdict.reason is not None
             self.pauses.trip(account, str(answer.verdict.reason), self._describe(answer), probing)
-            return self._park(run, account, probing=probing)
-        if probing and kind is not Kind.TRANSIENT:
-            # The account answered something other than an account problem: it works again.
-            self.pauses.resume_or_leave_it_to_the_probe(account)
+            return self._park(run, account)
         if probing and kind is Kind.TRANSIENT:
-            circuit.release_probe(account)  # could not tell: the next job probes
+            self.services.circuit.release_probe(account.key)  # could not tell: the next probes
+        elif probing:
+            # The account answered something other than an account problem: it works again.
+            self.pauses.resume_or_leave_it(account)
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
             assert answer.verdict.outcome is not None
             return self._finish(run, answer.verdict.outcome)
@@ -244,10 +266,10 @@ class ArchiveRunner:
         )
         run.delivery = replace(delivery, transient_rounds=delivery.transient_rounds + 1)
         countdown = self._jittered(countdown)
-        self.endings.wait(
-            run.ref, run.delivery, at=time.time() + countdown, latencies=run.latencies
-        )
-        return Waiting(f"{why}: again in {countdown:.0f}s")
+        waiting = f"{why}: again in {countdown:.0f}s"
+        # The countdown runs on Redis's clock, which every host agrees on.
+        self.endings.wait(run.ref, run.delivery, waiting, delay=countdown, latencies=run.latencies)
+        return Waiting(waiting)
 
     # -- provider calls -------------------------------------------------------------------------
 
@@ -268,32 +290,103 @@ class ArchiveRunner:
     def _attempt(
         self, job: ArchiveJob, account: Account, adapter: ProviderAdapter, run: _Run
     ) -> ProviderAnswer:
-        client = self.client_factory()
         limiter = self.services.limiter
-        method = adapter.archive_method
-        first, run.first_permit = run.first_permit, None
-        if first is not None:
-            asked, replied, permit = first
+        method = task_method(account, run.context.task)
+        if run.on_ticket:  # the permit its dispatch reserved
+            run.on_ticket = False
+            deadline, slot, idle = run.ticket.deadline, run.ticket.slot, run.ticket.idle
         else:  # a retry: its own permit
-            asked = time.monotonic()
             permit = limiter.acquire(account, method, self.settings.limiter_max_wait)
-            replied = time.monotonic()
             if not permit.granted:
                 raise _RateLimited(permit.wait, f"next {account.key} permit in {permit.wait:.2f}s")
-        # To the slot from when the permit came back, not from now: what the run did since (the
-        # client, the admission's own steps) does not make the call late. Never early: Redis
-        # read its clock before it replied.
-        remaining = replied + permit.wait - time.monotonic()
-        if remaining > 0:
-            self.sleep(remaining)
-        limiter.keep_distance(account, method, asked, permit)
+            # From when Redis's answer came: it read its clock before, so never early.
+            deadline, slot, idle = time.monotonic() + permit.wait, permit.slot, permit.wait == 0
+        client = self.client_factory()
+        if slot:
+            remaining = deadline - time.monotonic()
+            if remaining > 0:
+                self.sleep(remaining)
+            limiter.keep_distance(account, method, time.monotonic() - deadline, slot, idle)
         run.delivery = run.delivery.attempted(time.time())
-        answer = adapter.archive(client, account, job.chat_id)
+        tracer = tracing.active(self.settings)
+        if tracer is None:
+            answer = self._call(client, job, account, adapter, run)
+        else:
+            unarchive = run.context.task == UNARCHIVE_TASK
+            route = adapter.unarchive_route if unarchive else adapter.archive_route
+            attempt = run.delivery.attempts
+            with tracer.provider_call(adapter.provider, account.id, method, route, attempt) as call:
+                answer = self._call(client, job, account, adapter, run)
+                call.answered(answer.status, answer.verdict)
         run.latencies.append(answer.elapsed)
         if answer.verdict.kind is Kind.RATE_LIMITED:
             delay = limiter.penalize(account, method, answer.retry_after)
             raise _RateLimited(delay, f"{account.key} answered 429: next permit in {delay:.1f}s")
         return answer
+
+    def _call(
+        self,
+        client: httpx.Client,
+        job: ArchiveJob,
+        account: Account,
+        adapter: ProviderAdapter,
+        run: _Run,
+    ) -> ProviderAnswer:
+        further = self._permits(account)
+        if run.context.task == UNARCHIVE_TASK:
+            return adapter.unarchive(client, account, job.chat_id, further)
+        answer = adapter.archive(client, account, job.chat_id, further)
+        if account.verify and answer.verdict.kind is Kind.SUCCESS:
+            answer = self._verified(client, account, adapter, job.chat_id, answer, further)
+        return answer
+
+    def _permits(self, account: Account) -> Callable[[str], bool]:
+        """A permit of the account's limit for another call a run makes (a state read, a
+        read-back): waited for, at most a second."""
+        limiter = self.services.limiter
+
+        def permit(method: str) -> bool:
+            granted = limiter.acquire(account, method, STATE_READ_WAIT)
+            if granted.granted and granted.wait > 0:
+                self.sleep(granted.wait)
+            return granted.granted
+
+        return permit
+
+    def _verified(
+        self,
+        client: httpx.Client,
+        account: Account,
+        adapter: ProviderAdapter,
+        chat_id: str,
+        answer: ProviderAnswer,
+        permit: Callable[[str], bool],
+    ) -> ProviderAnswer:
+        """``verify = true``: read the chat's archive flag back. Shown not archived after the
+        provider said it was (GREEN-API has answered "already archived" for chats that were
+        not), the chat is unarchived and archived again, once, and the second answer counts;
+        still not archived, the job is transient (retried later). A read-back that cannot tell
+        keeps the answer."""
+        method = adapter.archived_state_method
+        if not permit(method) or adapter.archived_state(client, account, chat_id) is not False:
+            return answer
+        logger.warning(
+            "%s %s: answered %s but not archived when read back: archiving it again",
+            account.key,
+            chat_id,
+            answer.verdict.outcome,
+        )
+        spec = account.spec
+        if permit(spec.unarchive_method):
+            adapter.unarchive(client, account, chat_id, permit)
+        if not permit(spec.archive_method):
+            return replace(answer, verdict=TRANSIENT, meaning="archived again: no permit soon")
+        again = adapter.archive(client, account, chat_id, permit)
+        if again.verdict.kind is not Kind.SUCCESS:
+            return again
+        if permit(method) and adapter.archived_state(client, account, chat_id) is False:
+            return replace(again, verdict=TRANSIENT, meaning="still not archived when read back")
+        return replace(again, verdict=ARCHIVED, meaning="archived again after a false answer")
 
     # -- endings ---------------------------------------------------------------------------------
 
@@ -305,7 +398,7 @@ class ArchiveRunner:
         duplicate_of: str | None = None,
         dead_letter: tuple[str, str, str] | None = None,  # reason, detail, dead letter id
     ) -> JobResult:
-        delivery, job = run.delivery, run.ref.job
+        delivery, job = run.delivery, run.ref.kwargs
         result = JobResult(
             outcome=str(outcome),
             provider=_shown(job.get("provider")),
@@ -321,9 +414,12 @@ class ArchiveRunner:
             result["reason"], result["detail"], result["dead_letter_id"] = dead_letter
         return result
 
-    def _finish(self, run: _Run, outcome: Outcome, *, duplicate_of: str | None = None) -> Done:
+    def _finish(
+        self, run: _Run, outcome: Outcome, *, duplicate_of: str | None = None
+    ) -> Done | Quiet:
         result = self._result(run, outcome, duplicate_of=duplicate_of)
-        self.endings.final(run.ref, outcome, latencies=run.latencies)
+        if not self.endings.final(run.ref, outcome, result=result, latencies=run.latencies):
+            return self._lost_hold(run)
         self._log_outcome(result, run)
         return Done(result)
 
@@ -334,11 +430,11 @@ class ArchiveRunner:
         detail: str,
         answer: ProviderAnswer | None = None,
         given: str = "",
-    ) -> Failed:
+    ) -> Failed | Quiet:
         now, delivery = time.time(), run.delivery
         entry = DeadLetter(
             reason=str(reason),
-            job=dict(run.ref.job),
+            job=job_summary(run.ref.kwargs),
             detail=detail,
             http_status=answer.status if answer else None,
             excerpt=answer.excerpt if answer else given,
@@ -347,26 +443,43 @@ class ArchiveRunner:
             last_attempt_at=delivery.last_attempt_at or now,
             worker=delivery.worker,
             task_id=delivery.task_id,
+            trace_id=tracing.current_trace_id(self.settings),
         )
+        error = DeadLettered(str(reason), detail, entry.id)
         result = self._result(
             run, Outcome.DEAD_LETTERED, dead_letter=(str(reason), detail, entry.id)
         )
-        self.endings.final(
-            run.ref, Outcome.DEAD_LETTERED, reason=str(reason), entry=entry, latencies=run.latencies
+        done = self.endings.final(
+            run.ref,
+            Outcome.DEAD_LETTERED,
+            error=error,
+            reason=str(reason),
+            entry=entry,
+            latencies=run.latencies,
         )
+        if not done:
+            return self._lost_hold(run)
         self._log_outcome(result, run)
-        return Failed(result, DeadLettered(str(reason), detail, entry.id))
+        return Failed(result, error)
 
-    def _park(self, run: _Run, account: Account, *, probing: bool) -> Waiting:
+    def _lost_hold(self, run: _Run) -> Quiet:
+        """The run's lease was given to another run (this node looked dead: Redis away for a
+        lease, the process stopped): that run ends the job; this one's answer is not recorded."""
+        why = f"job {run.ref.task_id} is no longer this run's (its lease ran out): not recorded"
+        logger.warning(why)
+        return Quiet(why)
+
+    def _park(self, run: _Run, account: Account) -> Waiting:
         """Wait behind the account's open circuit; a probe that failed goes back to the head of
         the parked list and keeps its parked time (its maximum pause runs on)."""
-        self.endings.park(run.ref, run.delivery, again=probing, latencies=run.latencies)
-        self.pauses.after_parking(account)
         reason, why = self.pauses.describe(account)
+        self.endings.park(
+            run.ref, run.delivery, why, again=run.ticket.probe, latencies=run.latencies
+        )
         logger.info(
             "parked %s %s job=%s (%s)",
             account.key,
-            run.ref.job.get("chat_id"),
+            run.ref.kwargs.get("chat_id"),
             run.ref.task_id,
             reason,
         )
@@ -375,37 +488,40 @@ class ArchiveRunner:
     def _wait_turn(self, run: _Run, why: str) -> Waiting:
         """The account's rate limit holds the job back: to the front of its wait list, for the
         dispatcher to hand out again when the account's next permit is near."""
-        self.endings.wait(run.ref, run.delivery, front=True, latencies=run.latencies)
+        self.endings.wait(run.ref, run.delivery, why, front=True, latencies=run.latencies)
         return Waiting(why)
 
-    def _malformed(
+    def _not_dispatched(
         self,
         context: RunContext,
         delivery: Delivery,
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
-        error: InvalidJob,
-    ) -> RunEnd:
-        """A message that is not a job reached the task anyway (the router checks every message,
-        so only one pushed past it onto the ready queue): dead-letter it as it came."""
-        stored = self.services.jobs.record(context.task_id)
-        account = stored.account if stored is not None else ""
-        ref = RunRef(context.task_id, context.run, account, job_summary(kwargs))
-        lease, _ = self.services.jobs.take_lease(context.task_id, context.run, 86400)
-        if lease is not Lease.OK:
-            return Quiet(lease)
-        # The message as it came (redacted), fields job_summary leaves out included.
+    ) -> Failed:
+        """A message that no dispatcher of ours handed out reached a ready queue (pushed there
+        by hand): it is not in the job store, so it is dead-lettered as it came, once."""
         given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
-        return self._dead_letter(
-            _Run(context, delivery, ref), Reason.INVALID_REQUEST, str(error), given=given
+        detail = "not handed out by a chat-archiver dispatcher (publish to the intake queue)"
+        now = time.time()
+        entry = DeadLetter(
+            reason=str(Reason.INVALID_REQUEST),
+            job=job_summary(kwargs),
+            detail=detail,
+            excerpt=given,
+            first_attempt_at=now,
+            last_attempt_at=now,
+            worker=context.worker,
+            task_id=context.task_id,
+            trace_id=tracing.current_trace_id(self.settings),
         )
-
-    def _unknown_account(self, run: _Run) -> RunEnd:
-        lease, _ = self.services.jobs.take_lease(run.ref.task_id, run.ref.run, 86400)
-        if lease is not Lease.OK:
-            return Quiet(lease)
-        self.endings.wait(run.ref, run.delivery, at=time.time() + UNKNOWN_ACCOUNT_RETRY)
-        return Waiting(f"{run.ref.account} is not in this worker's accounts file (yet)")
+        self.endings.dead_letter_unstored(entry)
+        error = DeadLettered(str(Reason.INVALID_REQUEST), detail, entry.id)
+        run = _Run(context, delivery, RunRef(_unstored(context, kwargs), ""), Ticket("", "", "", 0))
+        result = self._result(
+            run, Outcome.DEAD_LETTERED, dead_letter=(entry.reason, detail, entry.id)
+        )
+        self._log_outcome(result, run)
+        return Failed(result, error)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -458,6 +574,10 @@ class ArchiveRunner:
                 "attempts": delivery.attempts,
                 "duration": round(duration, 3),
                 "request_id": result.get("request_id"),
-                "source": _shown(run.ref.job.get("source")) or None,
+                "source": _shown(run.ref.kwargs.get("source")) or None,
             },
         )
+
+
+def _unstored(context: RunContext, kwargs: Mapping[str, Any]) -> StoredJob:
+    return StoredJob(context.task_id, "", context.task, "", 0, JobBody(dict(kwargs)))

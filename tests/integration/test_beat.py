@@ -20,9 +20,13 @@ INACTIVE = [f"44700000{n:04d}@c.us" for n in range(3)]
 
 @pytest.fixture
 def swept(redis_url: str, simulator: SimulatorHandle, tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster whose Wassenger device is swept every 2 s, with three inactive chats."""
+    """A cluster whose Wassenger device is swept every 2 s, with three inactive chats (all its
+    chats: no share bound)."""
     cluster = Cluster(
-        redis_url, simulator, tmp_path, wassenger_sweep='every = "2s"\ninactive_after = "30d"'
+        redis_url,
+        simulator,
+        tmp_path,
+        wassenger_sweep='every = "2s"\ninactive_after = "30d"\nmax_share = 1.0',
     )
     cluster.sim.put_account(
         "wassenger",
@@ -41,7 +45,9 @@ def sweeps_so_far(cluster: Cluster) -> int:
 
 def test_beat_fires_sweeps_that_archive_inactive_chats(swept: Cluster) -> None:
     swept.start_worker()
-    beat = swept.start_beat()
+    # Beat calls no provider: it runs where the tokens are not set (empty reads as unset).
+    no_tokens = {"TEST_GREEN_TOKEN": "", "TEST_WASSENGER_TOKEN": ""}
+    beat = swept.start_process(["beat", "-l", "INFO"], "beat", env=no_tokens)
     eventually(
         lambda: all(
             swept.sim.chat("wassenger", WASSENGER_ID, chat)["archived"] for chat in INACTIVE

@@ -137,6 +137,7 @@ def test_bulk_enqueue_reaches_every_outcome(cluster: Cluster) -> None:
     assert outcomes.count("archived") == 30 and outcomes.count("dead_lettered") == 10
 
 
+@pytest.mark.last_in_module
 def test_zz_canary_token_is_nowhere(cluster: Cluster) -> None:
     """Runs last in this module: after every outcome kind above, including a timeout, a
     connection error and an unauthorized account, neither token is in a log line or in any key

@@ -1,6 +1,6 @@
 """The shared limit holds a strict provider window across worker nodes: the simulator answers 429
 above 10 calls in any sliding second, and a burst on a cold account, spread over three nodes,
-draws none. Counts, not timings. (Utilisation, and six nodes: tests/benchmarks/bench_window.py.)"""
+draws none. Counts, not timings. (Utilisation, and six nodes: benchmarks/bench_window.py.)"""
 
 from __future__ import annotations
 

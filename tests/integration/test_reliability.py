@@ -2,12 +2,11 @@
 append-only Redis, killed and started again) and SIGKILLed nodes. Every job is counted.
 
 The figures at full scale (10,000 fuzzed messages, 20 kills and 3 restarts under 3,000 jobs, with
-default settings) come from tests/benchmarks/bench_reliability.py; these tests are the same
+default settings) come from benchmarks/bench_reliability.py; these tests are the same
 checks, sized for CI."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
 import time
@@ -26,7 +25,7 @@ from tests.unit.test_envelope import mangled_messages
 from worker.contract import envelope
 from worker.sandbox.local import PrivateRedis
 from worker.sandbox.simulator import SimulatorHandle
-from worker.stores.jobs import JobStore, NewJob
+from worker.stores.jobs import Held, JobBody, JobStore, NewJob
 from worker.stores.keys import Keys
 
 pytestmark = pytest.mark.integration
@@ -115,7 +114,11 @@ def test_sigkilled_nodes_jobs_come_back_within_a_lease(
     for kill in range(4):
         doomed = cluster.start_worker(f"doomed{kill}", concurrency=3)
         # Wait until the doomed node holds running jobs, then kill it and everything it forked.
-        held = eventually(lambda: list(cluster.redis.hgetall(KEYS.runs)), 30, "runs under way")
+        held = eventually(
+            lambda: [m.split("|")[0] for m in cluster.redis.zrange(KEYS.active, 0, -1)],
+            30,
+            "runs under way",
+        )
         doomed.signal(signal.SIGKILL, group=True)
         doomed.process.wait(10)  # type: ignore[union-attr]
         killed_at = time.monotonic()
@@ -142,18 +145,25 @@ def test_a_message_lost_between_dispatch_and_a_worker_runs_again(fresh_cluster: 
     worker = cluster.start_worker("w1", concurrency=1)
     warm = cluster.producer.enqueue(jobs(["79130000002@c.us"])[0])
     assert cluster.result(warm)["outcome"] == "archived"  # the node is up and has its accounts
-    worker.signal(signal.SIGSTOP)  # frozen while we play its router and dispatcher
+    worker.signal(signal.SIGSTOP)  # frozen while we play a producer and its dispatcher
     try:
-        # Stored as the router stores it (the frozen node's router would take it from the intake
-        # into its own routing list: a message there is given back when a node dies).
         task_id = "lost-in-transit"
         keys = Keys("chat-archiver")
-        store = JobStore(cluster.redis, keys, lease=cluster.settings.lease_timeout)
-        job = jobs(["79130000001@c.us"])[0]
-        message = envelope.build("archive.chat", task_id, job, "archive.ready")
-        assert store.accept([NewJob(task_id, f"green-api:{GREEN_ID}", message)]).accepted == 1
-        [lost] = eventually(lambda: store.dispatch(1).messages, 10, "the dispatch")
-        assert json.loads(lost)["headers"]["id"] == task_id  # dispatched, and never delivered
+        store = JobStore(
+            cluster.redis, keys, lease=cluster.settings.lease_timeout, claim_ttl=60, probe_ttl=60
+        )
+        account = f"green-api:{GREEN_ID}"
+        job = NewJob(
+            task_id,
+            account,
+            "archive.chat",
+            keys.pending(account, "79130000001@c.us"),
+            JobBody(jobs(["79130000001@c.us"])[0]),
+        )
+        assert store.submit([job], held=Held.SKIP) == ["new"]
+        # Handed out (its lease taken), and its message never delivered.
+        [lost] = eventually(lambda: store.dispatch(1).jobs, 10, "the dispatch")
+        assert lost.task_id == task_id
     finally:
         worker.signal(signal.SIGCONT)
     lost_at = time.monotonic()

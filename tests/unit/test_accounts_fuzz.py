@@ -183,6 +183,11 @@ SWEEP_VALUES = {
     "every": pool(DURATIONS),
     "statuses": st.lists(st.text(max_size=10), max_size=3),
     "exclude_labels": st.lists(st.text(max_size=10), max_size=3),
+    "max_share": pool([0.25, 1.0, 1, 0.0, -0.5, 1.5, float("nan"), True]),
+    "max_chats": pool([2000, 1, 0, -1, 10**12, 2.5]),
+    "journals_complete_since": pool(
+        ["2026-11-01T00:00:00Z", "2026-11-01", "2999-01-01T00:00:00Z", "x", "2026-13-01T00:00Z"]
+    ),
 }
 sweeps = st.fixed_dictionaries({}, optional=SWEEP_VALUES)
 
@@ -372,6 +377,7 @@ def assert_sane(registry: AccountRegistry) -> None:
         if account.sweep is not None:
             assert MIN_INACTIVE_AFTER <= account.sweep.inactive_after <= MAX_DURATION
             assert account.sweep.every is None or MIN_EVERY <= account.sweep.every <= MAX_DURATION
+            assert 0 < account.sweep.max_share <= 1 and account.sweep.max_chats >= 1
 
 
 def assert_one_plain_line(error: ConfigError) -> None:
@@ -492,27 +498,35 @@ CLI_CASES = {
         f'[[accounts]]\nprovider = "green-api"\nid = "{GREEN_ID}"\n'
         f'api_url = "https://x.test"\ntoken_env = "X"\nrate_limit = "{"1" * 400}/s"\n'
     ),
-    "fifo token file": (
-        f'[[accounts]]\nprovider = "wassenger"\nid = "{WASSENGER_ID}"\ntoken_file = "{{fifo}}"\n'
-    ),
 }
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
-def test_status_exits_2_with_one_line_on_files_that_broke_main(
-    case: str, token_dir: Path, tmp_path: Path
-) -> None:
-    """On main `chat-archiver status` gave a traceback (recursion, not UTF-8), hung (a FIFO)
-    or accepted the file (a rate of 1e400/s, which later divides by zero)."""
+def test_status_exits_2_with_one_line_on_files_that_broke_main(case: str, tmp_path: Path) -> None:
+    """On main `chat-archiver status` gave a traceback (recursion, not UTF-8) or accepted the
+    file (a rate of 1e400/s, which later divides by zero)."""
     path = tmp_path / "accounts.toml"
-    text = CLI_CASES[case].replace("{fifo}", str(token_dir / "fifo"))
-    path.write_bytes(text.encode("latin-1" if case == "not utf-8" else "utf-8"))
+    path.write_bytes(CLI_CASES[case].encode("latin-1" if case == "not utf-8" else "utf-8"))
     done = _status(path)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read the status: {path}")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_status_never_opens_a_token_file(token_dir: Path, tmp_path: Path) -> None:
+    """On main a FIFO as token file hung `chat-archiver status`; status reads no token now (it
+    calls no provider), so it goes on to Redis, which this test's environment does not reach."""
+    path = tmp_path / "accounts.toml"
+    fifo = token_dir / "fifo"
+    path.write_text(
+        f'[[accounts]]\nprovider = "wassenger"\nid = "{WASSENGER_ID}"\ntoken_file = "{fifo}"\n'
+    )
+    done = _status(path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.startswith("unhealthy:\n  - cannot read the status from Redis")
 
 
 def test_status_prints_an_error_with_brackets_literally(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from tasks.archive import ArchiveRunner, Failed, RunContext, RunEnd, Waiting
 from tasks.archive.pauses import AccountPauses
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, Env
 from tests.support import JobDesk
+from worker.celery_app import create_app
 from worker.logs import install_redaction
 from worker.stores.endings import Endings
 
@@ -168,27 +169,45 @@ def test_a_refused_account_never_shows_its_token(
     assert leaks(message) == []
 
 
+# Faults in a token's value: only a process that reads the tokens (it calls a provider) sees them.
+IN_THE_TOKEN = {
+    "zero-width space in token",
+    "accented letter in token",
+    "token_file with a second line",
+}
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 def test_the_cli_refuses_each_fault_in_one_line_without_the_token(
     fault: str, tmp_path: Path
 ) -> None:
-    """`chat-archiver status` (the health check) reads the accounts file: exit 2, one line."""
+    """`chat-archiver sweep` reads every token (it calls providers): exit 2, one line. `status`
+    (the health check) reads no token: it refuses the file for a fault in the file itself, and
+    never shows a token either way."""
     text, env = _fault_files(tmp_path)[fault]
     path = tmp_path / "accounts.toml"
     path.write_text(text)
-    done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "status"],
-        env={**os.environ, **env, "ARCHIVER_ACCOUNTS_FILE": str(path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: cannot read the status: ")
-    assert leaks(done.stdout + done.stderr) == []
+
+    def run(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker.cli", command],
+            env={**os.environ, **env, "ARCHIVER_ACCOUNTS_FILE": str(path)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    for command in ("sweep", "status"):
+        done = run(command)
+        assert leaks(done.stdout + done.stderr) == [], command
+        if command == "status" and fault in IN_THE_TOKEN:
+            assert done.returncode != 2, done.stderr
+            continue
+        assert (done.returncode, done.stdout) == (2, ""), (command, done.stderr)
+        [line] = done.stderr.splitlines()
+        says = "Error: cannot read the status: " if command == "status" else "Error: "
+        assert line.startswith(f"{says}{path}: account 1 ("), line
 
 
 # -- past the loader: what the worker stores and logs ----------------------------------------
@@ -198,20 +217,22 @@ def test_the_cli_refuses_each_fault_in_one_line_without_the_token(
 def runner_for(archiver_env: Env) -> Iterator[Callable[[Account], ArchiveRunner]]:
     client = httpx.Client(timeout=2)
     services = archiver_env.services
-    endings = Endings(services)
+    app = create_app(archiver_env.settings)
+    endings = Endings(services, app.backend)
 
     def build(account: Account) -> ArchiveRunner:
         return ArchiveRunner(
             services,
             AccountRegistry([account]),
+            endings,
             client_factory=lambda: client,
             sleep=lambda _: None,
-            endings=endings,
-            pauses=AccountPauses(services, endings, lambda *_: None),
+            pauses=AccountPauses(services),
         )
 
     yield build
     client.close()
+    app.close()
 
 
 def run_job(env: Env, runner: ArchiveRunner, job: dict[str, str]) -> RunEnd:
@@ -298,8 +319,11 @@ def test_a_provider_echoing_the_token_leaves_no_trace_in_dead_letters_or_logs(
     }[echo]
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     job = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
+    state = f"http://provider.test/waInstance{GREEN_ID}/getStateInstance/{CANARY}"
     with respx.mock() as mock:
         mock.post(f"http://provider.test{path}").respond(418, text=body)
+        # An undocumented answer is the job's only while the instance is authorized.
+        mock.get(state).respond(200, json={"stateInstance": "authorized"})
         ending = run_job(archiver_env, runner_for(account), job)
     assert isinstance(ending, Failed) and ending.result["reason"] == "unexpected_response"
     result = ending.result

@@ -128,6 +128,16 @@ def test_secret_never_prints_and_cannot_be_pickled(write) -> None:
             "token: Extra inputs are not permitted",
         ),
         (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"\nverify = "yes"',
+            "account 1 (green-api 7105187566): verify: Input should be a valid boolean",
+        ),
+        (
+            'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
+            'token_env = "GREEN_API_TOKEN_7105"\nverify = 1',
+            "verify: Input should be a valid boolean",
+        ),
+        (
             # The token pasted where the variable's name goes.
             'provider = "green-api"\nid = "7105187566"\napi_url = "https://x.test"\n'
             'token_env = "oops-a-secret"',
@@ -147,6 +157,15 @@ def test_wrong_account_fails_in_one_line_naming_account_and_field(
     assert message.startswith(str(path))
     # A secret given inline by mistake is never echoed back.
     assert "oops-a-secret" not in message
+
+
+def test_verify_is_off_unless_an_account_asks_for_it(write) -> None:
+    """`verify = true` reads the archive flag back after a success (issue 19); off by default."""
+    text = GOOD.replace("{{", "{").replace("}}", "}")
+    text = text.replace('rate_limit = "10/s"', 'rate_limit = "10/s"\nverify = true', 1)
+    registry = load_accounts(write(text))
+    assert registry.get("green-api", "7105187566").verify is True
+    assert registry.get("wassenger", "61b37a069cba0c15d6c81c8e").verify is False
 
 
 def test_duplicate_account_names_both(write) -> None:
@@ -184,20 +203,18 @@ def test_settings_from_environment_and_one_line_errors(monkeypatch: pytest.Monke
         load_settings()
     monkeypatch.delenv("ARCHIVER_TRANSIENT_ATTEMPTS")
 
-    # kombu must not give a running job's message back while it runs.
+    # A retired setting would do nothing: said, not ignored.
     monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "600")
     with pytest.raises(
-        ConfigError, match="SWEEP_TIME_LIMIT=1800 must be less than ARCHIVER_VISIBILITY_TIMEOUT=600"
+        ConfigError, match=r"^ARCHIVER_VISIBILITY_TIMEOUT: no longer a setting: .*leases"
     ):
         load_settings()
-    # Countdowns wait in the job store, not in worker memory: the visibility timeout does not
-    # bound them, so lowering it means lowering the time limits only.
-    monkeypatch.setenv("ARCHIVER_SWEEP_TIME_LIMIT", "500")
+    monkeypatch.delenv("ARCHIVER_VISIBILITY_TIMEOUT")
+    # Countdowns wait in the job store, not in worker memory: nothing bounds them but their cap.
     monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "3600")
     monkeypatch.setenv("ARCHIVER_CIRCUIT_COOLDOWN_MAX", "3600")
-    assert load_settings().visibility_timeout == 600
-    for name in ("VISIBILITY_TIMEOUT", "SWEEP_TIME_LIMIT", "RETRY_COUNTDOWN_MAX"):
-        monkeypatch.delenv(f"ARCHIVER_{name}")
+    assert load_settings().retry_countdown_max == 3600
+    monkeypatch.delenv("ARCHIVER_RETRY_COUNTDOWN_MAX")
     monkeypatch.delenv("ARCHIVER_CIRCUIT_COOLDOWN_MAX")
 
     # The HTTP timeouts, not the task's time limit, must end a slow call.
@@ -212,7 +229,7 @@ def test_every_wrong_variable_is_reported_at_once_under_its_real_name(
     """Issue 8 item 5: one line per wrong variable, all of them in one error, each named as a
     person sets it (never ARCHIVER_ARCHIVER_...)."""
     monkeypatch.setenv("ARCHIVER_TRANSIENT_ATTEMPTS", "many")
-    monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "-5")
+    monkeypatch.setenv("ARCHIVER_LEASE_TIMEOUT", "-5")
     monkeypatch.setenv("ARCHIVER_HTTP_READ_TIMEOUT", "inf")
     monkeypatch.setenv("ARCHIVER_LOG_FORMAT", "xml")
     monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAXX", "10")  # a typo: must not pass silently
@@ -224,7 +241,7 @@ def test_every_wrong_variable_is_reported_at_once_under_its_real_name(
     assert len(named) == len(lines) == 5
     assert set(named) == {
         "ARCHIVER_RETRY_COUNTDOWN_MAXX",
-        "ARCHIVER_VISIBILITY_TIMEOUT",
+        "ARCHIVER_LEASE_TIMEOUT",
         "ARCHIVER_HTTP_READ_TIMEOUT",
         "ARCHIVER_TRANSIENT_ATTEMPTS",
         "ARCHIVER_LOG_FORMAT",
@@ -238,15 +255,15 @@ def test_every_wrong_variable_is_reported_at_once_under_its_real_name(
 def test_every_broken_rule_between_variables_is_reported_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("ARCHIVER_VISIBILITY_TIMEOUT", "300")
+    monkeypatch.setenv("ARCHIVER_TASK_TIME_LIMIT", "30")
     monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN_MAX", "400")
     monkeypatch.setenv("ARCHIVER_RETRY_COUNTDOWN", "500")
     with pytest.raises(ConfigError) as caught:
         load_settings()
     lines = str(caught.value).splitlines()
     assert lines == [
-        "ARCHIVER_TASK_TIME_LIMIT=300 must be less than ARCHIVER_VISIBILITY_TIMEOUT=300",
-        "ARCHIVER_SWEEP_TIME_LIMIT=1800 must be less than ARCHIVER_VISIBILITY_TIMEOUT=300",
+        "ARCHIVER_TASK_TIME_LIMIT=30 is too short for 3 attempts with HTTP timeouts of 5+20s "
+        "(needs 92)",
         "ARCHIVER_RETRY_COUNTDOWN=500 must not exceed ARCHIVER_RETRY_COUNTDOWN_MAX=400",
     ]
 
@@ -266,8 +283,8 @@ def test_a_misspelt_url_variable_is_named_without_echoing_its_value(
 @pytest.mark.parametrize(
     ("url", "why"),
     [
-        ("notaurl", "must start with redis://, rediss:// or unix://"),
-        ("http://127.0.0.1:6379/0", "must start with redis://, rediss:// or unix://"),
+        ("notaurl", "must start with redis://, rediss://, unix:// or sentinel://"),
+        ("http://127.0.0.1:6379/0", "must start with redis://, rediss://, unix:// or sentinel://"),
         ("redis://127.0.0.1:notaport/0", "its port is not a number"),
         ("redis://127.0.0.1:99999/0", "its port is not a number"),
         # A password holding "/" that was not percent-encoded: urlsplit reads its first part as
@@ -380,6 +397,8 @@ def test_the_example_accounts_file_loads(monkeypatch: pytest.MonkeyPatch) -> Non
         "green-api:7105187566",
         "wassenger:61b37a069cba0c15d6c81c8e",
     }
+    assert not any(account.verify for account in registry)  # commented out: off by default
+    assert "# verify = true" in example.read_text()
 
 
 @pytest.mark.parametrize("command", [["status"], ["dlq", "list"], ["limits"]])

@@ -9,25 +9,26 @@ import respx
 from tasks.archive import ArchiveRunner, Done, RunContext, Waiting
 from tests.conftest import CANARY, GREEN_ID, Env
 from tests.support import JobDesk
-from worker.producer import ArchiveProducer
+from worker.producer import ArchiveProducer, PublishFailed
+from worker.stores.endings import Endings
 
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 JOB = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
-QUEUE = "archive"
 
 
 @pytest.fixture
-def runner(archiver_env: Env) -> ArchiveRunner:
+def runner(archiver_env: Env, producer: ArchiveProducer) -> ArchiveRunner:
     client = httpx.Client(timeout=2)
     return ArchiveRunner(
         archiver_env.services,
         archiver_env.accounts,
+        Endings(archiver_env.services, producer.app.backend),
         client_factory=lambda: client,
         sleep=lambda _: None,
     )
 
 
-def test_enqueueing_a_pending_chat_again_publishes_nothing(
+def test_enqueueing_a_pending_chat_again_stores_nothing(
     producer: ArchiveProducer, archiver_env: Env
 ) -> None:
     first = producer.enqueue(JOB)
@@ -36,12 +37,14 @@ def test_enqueueing_a_pending_chat_again_publishes_nothing(
     bulk = producer.enqueue_many([JOB, {**JOB, "chat_id": "79001234568@c.us"}, JOB])
     assert bulk.duplicates == [(1, first), (3, first)]
     assert len(bulk.enqueued) == 1
-    assert archiver_env.redis.llen(QUEUE) == 2
+    assert archiver_env.services.jobs.counts().jobs == 2
 
 
 def test_a_duplicate_job_makes_no_provider_call(runner: ArchiveRunner, archiver_env: Env) -> None:
+    """A raw message the router stored while another job held the chat: handed out, its run
+    ends as a duplicate of that job without calling."""
     pending = archiver_env.services.pending
-    pending.claim(pending.key("green-api", GREEN_ID, "79001234567@c.us"), "the-first-job")
+    archiver_env.redis.set(pending.key("green-api", GREEN_ID, "79001234567@c.us"), "the-first-job")
     desk = JobDesk(archiver_env.services, archiver_env.accounts)
     desk.put(JOB, task_id="a-raw-send-task")
     task_id, kwargs, headers = desk.take()
@@ -60,9 +63,8 @@ def test_the_mark_lasts_through_retries_and_goes_at_the_end(
 ) -> None:
     pending = archiver_env.services.pending
     key = pending.key("green-api", GREEN_ID, "79001234567@c.us")
-    task_id = producer.enqueue(JOB)
     desk = JobDesk(archiver_env.services, archiver_env.accounts)
-    desk.put(JOB, task_id=task_id)  # as the router stores what the producer published
+    task_id = producer.enqueue(JOB)
     with respx.mock() as mock:
         mock.post(GREEN_URL).mock(
             side_effect=[httpx.Response(429, headers={"Retry-After": "0.2"}), httpx.Response(200)]
@@ -80,14 +82,17 @@ def test_the_mark_lasts_through_retries_and_goes_at_the_end(
     assert producer.enqueue(JOB) != task_id
 
 
-def test_a_failed_publish_frees_the_chats(
-    producer: ArchiveProducer, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+def test_a_batch_is_stored_whole_or_not_at_all(
+    producer: ArchiveProducer, archiver_env: Env
 ) -> None:
-    def broken(*args: object, **kwargs: object) -> None:
-        raise ConnectionError("broker went away")
-
-    monkeypatch.setattr(producer.app.amqp, "send_task_message", broken)
-    with pytest.raises(ConnectionError):
-        producer.enqueue(JOB)
+    """Redis refusing the batch's step (full, say) leaves no chat claimed and no job stored:
+    nothing looks pending that is not."""
+    archiver_env.redis.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(PublishFailed, match="maxmemory"):
+            producer.enqueue_many([JOB, {**JOB, "chat_id": "79001234568@c.us"}])
+    finally:
+        archiver_env.redis.config_set("maxmemory", 0)
     pending = archiver_env.services.pending
     assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) is None
+    assert archiver_env.services.jobs.counts().jobs == 0

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from worker.contract import envelope
 from worker.contract.envelope import Refused
-from worker.contract.tasks import ARCHIVE_TASK, PROBE_TASK, UNPACED
+from worker.contract.tasks import ARCHIVE_TASK, SWEEP_TASK, UNARCHIVE_TASK, UNPACED
 
 NOW = 1_800_000_000.0
 JOB = {"provider": "green-api", "account": "1101000001", "chat_id": "79001234567@c.us"}
@@ -61,18 +61,43 @@ def test_a_good_message_reads_as_its_job_normalised() -> None:
     assert intake.not_before is None
 
 
-def test_the_canonical_message_carries_celerys_own_headers() -> None:
+def test_a_message_celery_itself_builds_reads_as_its_job() -> None:
+    """What `send_task("archive.chat", kwargs=...)` publishes, as kombu's Redis transport
+    pushes it, reads back as the same job: the contract for producers in any language."""
     celery = Celery("x")
     celery.conf.task_serializer = "json"
-    ours = json.loads(envelope.build(ARCHIVE_TASK, "id-1", JOB, "archive.ready", origin="o"))
     theirs = celery.amqp.create_task_message(
         "id-1", ARCHIVE_TASK, (), JOB, argsrepr="()", kwargsrepr=repr(JOB), origin="o"
     )
-    assert ours["headers"] == theirs.headers
-    assert json.loads(base64.b64decode(ours["body"])) == json.loads(json.dumps(theirs.body))
-    assert ours["properties"]["delivery_info"]["routing_key"] == "archive.ready"
-    # And it reads back as the same job.
-    assert read(ours).kwargs == {**JOB, "source": "api"}
+    data = {
+        "body": base64.b64encode(json.dumps(theirs.body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": theirs.headers,
+        "properties": {
+            "correlation_id": "id-1",
+            "delivery_info": {"exchange": "", "routing_key": "archive"},
+            "delivery_mode": 2,
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": "9d0a7a38-0c0c-4b4b-8c8c-111122223333",
+        },
+    }
+    intake = read(data)
+    assert (intake.task, intake.task_id, intake.origin) == (ARCHIVE_TASK, "id-1", "o")
+    assert intake.kwargs == {**JOB, "source": "api"}
+
+
+def test_an_unarchive_job_reads_like_an_archive_job() -> None:
+    intake = read(message(task=UNARCHIVE_TASK))
+    assert (intake.task, intake.account) == (UNARCHIVE_TASK, "green-api:1101000001")
+
+
+def test_a_dispatch_ticket_cannot_come_from_the_intake() -> None:
+    """Only a dispatcher hands out a ticket (a run's lease): one in an intake message is not a
+    number of a job's history and is refused."""
+    with pytest.raises(Refused, match=r"headers\.archiver_ticket"):
+        read(message(headers={"archiver_ticket": ["t", "green-api:1", "", 0, 0, 0, 0, ""]}))
 
 
 @pytest.mark.parametrize(
@@ -112,8 +137,9 @@ def test_the_canonical_message_carries_celerys_own_headers() -> None:
         (message(headers={"archiver_attempts": -1}), "headers.archiver_attempts:"),
         (message(headers={"archiver_attempts": "3"}), "headers.archiver_attempts:"),
         (message(headers={"compression": "application/x-bz2"}), "headers.compression:"),
-        (message(task=PROBE_TASK, kwargs={"provider": "green-api"}), "provider, account"),
-        (message(task=PROBE_TASK, kwargs={"provider": 1, "account": "x"}), "provider:"),
+        (message(task="archive.probe"), "headers.task:"),
+        (message(task=SWEEP_TASK, kwargs={"provider": 1, "account": "x"}), "provider:"),
+        (message(task=SWEEP_TASK, kwargs={"chain": "x"}), "chain: unexpected"),
     ],
 )
 def test_a_bad_message_is_refused_in_one_line_naming_the_field(data: Any, field: str) -> None:
@@ -164,8 +190,8 @@ def test_an_eta_becomes_a_time_to_wait_for() -> None:
     assert read(message(headers={"eta": past})).not_before is None
 
 
-def test_sweeps_and_probes_wait_for_no_account() -> None:
-    intake = read(message(task=PROBE_TASK, kwargs={"provider": "green-api", "account": "1"}))
+def test_sweeps_wait_for_no_account() -> None:
+    intake = read(message(task=SWEEP_TASK, kwargs={"provider": "green-api", "account": "1"}))
     assert intake.account == UNPACED
 
 

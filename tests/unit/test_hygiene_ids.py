@@ -14,6 +14,7 @@ from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
 from tests.support import JobDesk
 from worker.contract.jobs import ArchiveJob, InvalidJob
 from worker.producer import ArchiveProducer
+from worker.stores.endings import Endings
 
 CHAT = "79001234567@c.us"
 GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
@@ -115,24 +116,29 @@ def test_the_producer_sees_one_account_and_one_chat_in_every_spelling(
         job(chat_id=f"{CHAT.upper()} "),
     ):
         assert producer.enqueue(spelling) == first
-    assert archiver_env.redis.llen("archive") == 1  # one job published, for one account
+    assert archiver_env.services.jobs.counts().jobs == 1  # one job stored, for one account
 
 
 def test_the_worker_finds_the_account_and_its_rate_limit_in_every_spelling(
-    archiver_env: Env,
+    archiver_env: Env, producer: ArchiveProducer
 ) -> None:
     client = httpx.Client(timeout=2)
     runner = ArchiveRunner(
-        archiver_env.services, archiver_env.accounts, client_factory=lambda: client
+        archiver_env.services,
+        archiver_env.accounts,
+        Endings(archiver_env.services, producer.app.backend),
+        client_factory=lambda: client,
     )
     # A message another producer sent with odd spellings, stored under its account (as the
     # router stores it), run with the kwargs as they came.
     odd = job(account=f" {GREEN_ID}\n", chat_id=f"{CHAT}\n")
     desk = JobDesk(archiver_env.services, archiver_env.accounts)
-    task_id = desk.put_raw(odd, f"green-api:{GREEN_ID}")
+    account = f"green-api:{GREEN_ID}"
+    desk.put_raw(odd, account, mark=archiver_env.services.keys.pending(account, CHAT))
+    task_id, _, headers = desk.take()
     with respx.mock() as mock:
         route = mock.post(GREEN_URL).respond(200)
-        end = runner.run((), odd, RunContext(task_id, "w"))
+        end = runner.run((), odd, RunContext(task_id, "w", headers))
     assert isinstance(end, Done)
     result = end.result
     assert (result["outcome"], result["account"], result["chat_id"]) == ("archived", GREEN_ID, CHAT)

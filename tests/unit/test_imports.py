@@ -25,7 +25,7 @@ def imported_after(statement: str) -> set[str]:
         text=True,
         check=True,
         # A worker setting that does not parse must not stop a service importing the producer.
-        env={"ARCHIVER_VISIBILITY_TIMEOUT": "abc", "PATH": "/usr/bin:/bin"},
+        env={"ARCHIVER_LEASE_TIMEOUT": "abc", "PATH": "/usr/bin:/bin"},
     )
     return set(out.stdout.split())
 

@@ -1,9 +1,12 @@
-"""The shared limiter's arithmetic, on a real Redis. (Its behaviour across worker processes and
-hosts is measured by tests/benchmarks/bench_rate_limit.py.)"""
+"""The shared limiter's arithmetic, on a real Redis: permits for calls no dispatch reserved (a
+retry, a sweep's listing call), the idle gap, the push a late call gives the later slots, a 429's
+penalty, and what an operator reads. (Its behaviour across worker processes and hosts is
+measured by tests/benchmarks/bench_rate_limit.py.)"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import pytest
@@ -11,58 +14,120 @@ import pytest
 from config import Account, parse_rate
 from tasks.sweep.calls import ListingCalls
 from tasks.sweep.policy import SweepSummary
-from tests.conftest import GREEN_ID, Env
-from worker.stores.clock import PinnedClock
-from worker.stores.limiter import RECENT_WINDOW, AccountLimiter, LimiterState, Permit
+from tests.conftest import GREEN_ID, Env, RoundTrips
+from tests.support import JobDesk
+from worker.dispatch.registry import dispatch_entry
+from worker.stores.clock import MICROS, PinnedClock
+from worker.stores.limiter import AccountLimiter, LimitConf, LimiterState, Permit
+
+
+@pytest.fixture
+def account(archiver_env: Env) -> Account:
+    return archiver_env.accounts.get("green-api", GREEN_ID)  # 10/s
+
+
+@pytest.fixture
+def clock() -> PinnedClock:
+    return PinnedClock()
 
 
 @pytest.fixture
 def limiter(archiver_env: Env) -> AccountLimiter:
+    """No margin, no gap: the bare arithmetic of the slots, on Redis's clock."""
     return AccountLimiter(archiver_env.redis, "t", margin=0.0)
 
 
-def test_permits_are_spaced_one_interval_apart(limiter: AccountLimiter, archiver_env: Env) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)  # 10/s: 100 ms apart
+@pytest.fixture
+def pinned(archiver_env: Env, clock: PinnedClock) -> AccountLimiter:
+    """The default margin (2.5%: 102.5 ms at 10/s, an idle gap of 5 ms) on a pinned clock."""
+    return AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
+
+
+def test_permits_are_spaced_one_interval_apart(limiter: AccountLimiter, account: Account) -> None:
     waits = [limiter.acquire(account, "archiveChat", max_wait=5).wait for _ in range(5)]
     # Reserved slots: 0, 0.1, 0.2 ... from the first call (less the time the calls took).
     for index, wait in enumerate(waits):
         assert index * 0.1 - 0.05 <= wait <= index * 0.1 + 0.001
 
 
-def test_far_permit_is_refused_without_reserving(
-    limiter: AccountLimiter, archiver_env: Env
+def test_a_permit_names_its_slot_on_redis_clock(
+    pinned: AccountLimiter, account: Account, clock: PinnedClock
 ) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
+    first = pinned.acquire(account, "archiveChat", max_wait=5)
+    second = pinned.acquire(account, "archiveChat", max_wait=5)
+    assert (first.granted, first.wait, first.slot) == (True, 0.0, clock.micros)
+    assert second.slot == clock.micros + 107_500
+    assert second.wait == pytest.approx(0.1075)
+
+
+def test_an_idle_limit_gives_its_slot_now_and_the_next_a_gap_further(
+    pinned: AccountLimiter, account: Account, clock: PinnedClock
+) -> None:
+    """The call that finds its limit idle travels to the provider after its slot was reserved:
+    the next slot keeps a whole interval behind it, plus the late allowance (5 ms at 10/s)."""
+    waits = [pinned.acquire(account, "archiveChat", max_wait=5).wait for _ in range(3)]
+    assert waits == pytest.approx([0.0, 0.1075, 0.21])  # the gap once, then intervals
+    clock.advance(0.3125)  # the slot after the last has come unused: idle again
+    assert pinned.acquire(account, "archiveChat", max_wait=5).wait == 0
+    assert pinned.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.1075)
+
+
+def test_the_gap_is_the_late_allowance_in_what_the_dispatcher_reads(
+    archiver_env: Env, account: Account
+) -> None:
+    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025)
+    assert limiter.conf(account, "archiveChat") == LimitConf(
+        tat=f"t:limiter:{account.key}:archiveChat", interval_us=102_500, gap_us=5_000
+    )
+    assert limiter.conf(account, "archiveChat").as_list() == [
+        f"t:limiter:{account.key}:archiveChat",
+        102_500,
+        5_000,
+    ]
+    entry = dispatch_entry(account, archiver_env.services.limiter)
+    assert entry["l"]["archive.chat"][0] == archiver_env.services.keys.limiter(
+        account.key, "archiveChat"
+    )
+
+
+def test_far_permit_is_refused_without_reserving(limiter: AccountLimiter, account: Account) -> None:
     for _ in range(10):
         assert limiter.acquire(account, "archiveChat", max_wait=5).granted
     refused = limiter.acquire(account, "archiveChat", max_wait=0.5)
     assert not refused.granted and 0.9 <= refused.wait <= 1.0
     state = limiter.state(account, "archiveChat")
-    assert state.granted == 10 and state.deferred == 1
+    assert state.deferred == 1
     # The refusal reserved nothing: the next grantable slot did not move.
     assert 0.9 <= state.next_permit_in <= 1.0
+    assert limiter.acquire(account, "archiveChat", max_wait=5).wait <= 1.0
+
+
+def test_a_refused_permit_names_the_next_free_slot(
+    pinned: AccountLimiter, account: Account, clock: PinnedClock
+) -> None:
+    pinned.acquire(account, "archiveChat", max_wait=5)
+    refused = pinned.acquire(account, "archiveChat", max_wait=0.1)
+    assert (refused.granted, refused.slot) == (False, clock.micros + 107_500)
+    assert refused.wait == pytest.approx(0.1075)
 
 
 def test_accounts_and_methods_do_not_share_a_limit(
-    limiter: AccountLimiter, archiver_env: Env
+    limiter: AccountLimiter, account: Account
 ) -> None:
-    green = archiver_env.accounts.get("green-api", GREEN_ID)
-    other = replace(green, id="7105000000")
+    other = replace(account, id="7105000000")
     for _ in range(5):
-        limiter.acquire(green, "archiveChat", max_wait=5)
+        limiter.acquire(account, "archiveChat", max_wait=5)
     assert limiter.acquire(other, "archiveChat", max_wait=5).wait == 0
-    assert limiter.acquire(green, "getChats", max_wait=5).wait == 0
+    assert limiter.acquire(account, "getChats", max_wait=5).wait == 0
 
 
-def test_margin_widens_the_interval(archiver_env: Env) -> None:
+def test_margin_widens_the_interval(archiver_env: Env, account: Account) -> None:
     limiter = AccountLimiter(archiver_env.redis, "t", margin=0.05)
     assert limiter.interval(parse_rate("10/s")) == pytest.approx(0.105)
-    state_account = archiver_env.accounts.get("green-api", GREEN_ID)
-    assert limiter.state(state_account, "archiveChat").target_per_second == pytest.approx(10 / 1.05)
+    assert limiter.state(account, "archiveChat").target_per_second == pytest.approx(10 / 1.05)
 
 
-def test_penalty_holds_off_every_caller(limiter: AccountLimiter, archiver_env: Env) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
+def test_penalty_holds_off_every_caller(limiter: AccountLimiter, account: Account) -> None:
     assert limiter.penalize(account, "archiveChat", 2.0) == pytest.approx(2.0, abs=0.01)
     assert limiter.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(2.0, abs=0.05)
     # Without Retry-After: one window of the provider's rate (1 s for "10/s").
@@ -74,54 +139,69 @@ def test_penalty_holds_off_every_caller(limiter: AccountLimiter, archiver_env: E
     assert limiter.penalize(account, "archiveChat", 0.5) == pytest.approx(2.1, abs=0.05)
 
 
-def test_recent_rate_counts_granted_slots(limiter: AccountLimiter, archiver_env: Env) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    for _ in range(3):
-        limiter.acquire(account, "archiveChat", max_wait=5)
-    # Slots at 0, 0.1, 0.2 s: only the one already due counts as "recent" right now.
-    state = limiter.state(account, "archiveChat")
-    assert 0.1 <= state.recent_per_second <= 0.3
-    assert state.granted == 3
-
-
-def test_recent_rate_counts_slots_taken_not_slots_reserved_ahead(
-    limiter: AccountLimiter, archiver_env: Env
+def test_a_penalty_is_counted_and_timed_on_redis_clock(
+    pinned: AccountLimiter, account: Account, clock: PinnedClock, archiver_env: Env
 ) -> None:
-    """Ten permits at 10/s reserve slots over the next second: only the one already due counts
-    as a call in the recent rate (the others are future slots nobody has used yet)."""
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    for _ in range(10):
-        assert limiter.acquire(account, "archiveChat", max_wait=5).granted
-    state = limiter.state(account, "archiveChat")
-    assert state.granted == 10
-    assert state.recent_per_second == pytest.approx(1 / 10)  # one call in the 10 s window
+    assert pinned.penalize(account, "archiveChat", 3.0) == 3.0
+    tat_key = pinned.conf(account, "archiveChat").tat
+    assert int(archiver_env.redis.get(tat_key)) == clock.micros + 3 * MICROS
+    stats = archiver_env.redis.hgetall(f"{tat_key}:stats")
+    assert stats == {"rate_limited": "1", "last_rate_limited_at": str(clock.micros)}
+    clock.advance(1)
+    assert pinned.state(account, "archiveChat").next_permit_in == pytest.approx(2.0)
 
 
-def test_a_limits_state_reports_its_own_counts_and_times(archiver_env: Env) -> None:
+def test_a_penalty_holds_off_the_dispatcher_too(archiver_env: Env, account: Account) -> None:
+    """The dispatcher reserves its permits on the limiter's own key: a 429 answered to a retry
+    keeps the account's waiting jobs in the store."""
+    services = archiver_env.services
     clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.0, clock=clock)
-    account = archiver_env.accounts.get("green-api", GREEN_ID)  # 10/s: 100 ms apart
-    fresh = limiter.state(account, "archiveChat")
-    assert (fresh.granted, fresh.deferred, fresh.rate_limited) == (0, 0, 0)
-    assert (fresh.waited_seconds, fresh.next_permit_in, fresh.recent_per_second) == (0, 0, 0)
+    services.use_clock(clock)
+    desk = JobDesk(services, archiver_env.accounts)
+    desk.put({"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"})
+    services.limiter.penalize(account, "archiveChat", 5.0)
+    result = services.jobs.dispatch(10)
+    assert result.jobs == [] and result.next_in == pytest.approx(5.0 - 0.02)
+    clock.advance(5)
+    [handed] = services.jobs.dispatch(10).jobs
+    assert handed.slot == clock.micros
 
-    waits = [limiter.acquire(account, "archiveChat", max_wait=5).wait for _ in range(3)]
-    assert waits == pytest.approx([0.0, 0.1, 0.2])
-    state = limiter.state(account, "archiveChat")
-    assert (state.account, state.method) == (account.key, "archiveChat")
-    assert state.granted == 3
-    assert state.waited_seconds == pytest.approx(0.3)  # 0 + 0.1 + 0.2
-    assert state.next_permit_in == pytest.approx(0.3)
-    # Recent permits are counted by their slot, up to now inclusive, over the last window.
-    assert state.recent_per_second == pytest.approx(1 / RECENT_WINDOW)
-    clock.advance(0.2)  # the last slot is now
-    assert limiter.state(account, "archiveChat").recent_per_second == pytest.approx(
-        3 / RECENT_WINDOW
+
+def test_a_limits_state_reports_its_own_counts_and_times(
+    pinned: AccountLimiter, account: Account, clock: PinnedClock
+) -> None:
+    fresh = pinned.state(account, "archiveChat")
+    assert fresh == LimiterState(
+        account=account.key,
+        method="archiveChat",
+        allowed_per_second=10,
+        target_per_second=pytest.approx(10 / 1.025),  # type: ignore[arg-type]
+        deferred=0,
+        rate_limited=0,
+        late=0,
+        next_permit_in=0.0,
     )
-    clock.advance(RECENT_WINDOW - 0.2)  # the first slot is the window's start: out
-    assert limiter.state(account, "archiveChat").recent_per_second == pytest.approx(
-        2 / RECENT_WINDOW
-    )
+    for _ in range(3):
+        pinned.acquire(account, "archiveChat", max_wait=5)
+    pinned.acquire(account, "archiveChat", max_wait=0.05)  # refused
+    state = pinned.state(account, "archiveChat")
+    assert state.deferred == 1
+    assert state.next_permit_in == pytest.approx(0.005 + 3 * 0.1025)
+    clock.advance(10)  # long past: nothing to wait for
+    assert pinned.state(account, "archiveChat").next_permit_in == 0.0
+
+
+def test_states_are_read_for_many_limits_in_order(
+    pinned: AccountLimiter, account: Account, round_trips: Callable[[], RoundTrips]
+) -> None:
+    others = [replace(account, id=str(7105000000 + n)) for n in range(1_200)]
+    pinned.penalize(others[700], "archiveChat", 2.0)
+    sends = round_trips()
+    states = pinned.states([(a, "archiveChat") for a in others])
+    assert [s.account for s in states] == [a.key for a in others]
+    assert states[700].rate_limited == 1 and states[700].next_permit_in == 2.0
+    assert sum(s.rate_limited for s in states) == 1
+    assert sends.count <= 3  # a pipeline per 500 limits
 
 
 def test_late_allowance_is_a_fifth_of_the_margins_slack(archiver_env: Env) -> None:
@@ -141,26 +221,25 @@ class LateCalls:
     def permit(self) -> Permit:
         return self.limiter.acquire(self.account, "archiveChat", max_wait=5)
 
-    def send(self, permit: Permit, late: float, asked_ago: float | None = None) -> float:
-        """Send on ``permit`` ``late`` seconds after its slot on Redis's clock, the permit
-        having been asked for ``asked_ago`` seconds ago by this process's (default: ``late``)."""
+    def send(self, permit: Permit, late: float, local: float | None = None) -> float:
+        """Send on ``permit`` ``late`` seconds after its slot on Redis's clock, this process
+        believing it ``local`` seconds late (default: the same)."""
         self.clock.advance(late)
-        asked = time.monotonic() - (late if asked_ago is None else asked_ago)
-        return self.limiter.keep_distance(self.account, "archiveChat", asked, permit)
+        return self.limiter.keep_distance(
+            self.account, "archiveChat", late if local is None else local, permit.slot
+        )
 
     def state(self) -> LimiterState:
         return self.limiter.state(self.account, "archiveChat")
 
 
 @pytest.fixture
-def late_calls(archiver_env: Env) -> LateCalls:
-    clock = PinnedClock()
-    limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
-    return LateCalls(clock, limiter, archiver_env.accounts.get("green-api", GREEN_ID))
+def late_calls(pinned: AccountLimiter, account: Account, clock: PinnedClock) -> LateCalls:
+    return LateCalls(clock, pinned, account)
 
 
 def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(
-    late_calls: LateCalls,
+    late_calls: LateCalls, archiver_env: Env
 ) -> None:
     """A call going out 50 ms after its slot at 10/s (Redis's clock): the slots after it move
     by the lateness beyond the 5 ms allowance, so the call a second later keeps a second away."""
@@ -170,27 +249,42 @@ def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(
     assert pushed == pytest.approx(0.045, abs=1e-6)
     state = late_calls.state()
     assert state.late == 1
-    assert state.next_permit_in == pytest.approx(0.1025 + 0.045 - 0.05, abs=1e-6)
+    # The idle slot's next one (interval and gap) pushed by 45 ms, counted from now.
+    assert state.next_permit_in == pytest.approx(0.1075 + 0.045 - 0.05, abs=1e-6)
+    tat_key = late_calls.limiter.conf(late_calls.account, "archiveChat").tat
+    stats = archiver_env.redis.hgetall(f"{tat_key}:stats")
+    assert stats["pushed_us"] == "45000"
 
 
 def test_a_slot_that_had_passed_counts_towards_the_lateness(late_calls: LateCalls) -> None:
-    slot = late_calls.permit().slot
-    # Handed a slot 30 ms gone (a dispatched run admitted late), sent at once.
-    passed = Permit(granted=True, wait=0.0, late=0.03, slot=slot)
-    pushed = late_calls.send(passed, 0.03, asked_ago=0.0)
+    """Handed a slot 30 ms gone (a dispatched run that reached its worker late), sent at once:
+    Redis's clock measures 30 ms, whatever this process thinks."""
+    permit = late_calls.permit()
+    pushed = late_calls.send(permit, 0.03, local=0.01)
     assert pushed == pytest.approx(0.025, abs=1e-6)
 
 
-def test_a_call_within_its_allowance_moves_nothing(late_calls: LateCalls) -> None:
-    assert late_calls.send(late_calls.permit(), 0.004) == 0
+def test_a_call_within_its_allowance_moves_nothing_and_costs_no_round_trip(
+    late_calls: LateCalls, round_trips: Callable[[], RoundTrips]
+) -> None:
+    permit = late_calls.permit()
+    sends = round_trips()
+    assert late_calls.send(permit, 0.004) == 0
+    assert sends.count == 0
     state = late_calls.state()
-    assert state.late == 0 and state.next_permit_in == pytest.approx(0.1025 - 0.004)
+    assert state.late == 0 and state.next_permit_in == pytest.approx(0.1075 - 0.004)
+
+
+def test_a_call_with_no_slot_moves_nothing(late_calls: LateCalls) -> None:
+    """A job with no limit (slot 0) has no later slots to push."""
+    assert late_calls.limiter.keep_distance(late_calls.account, "archiveChat", 5.0, 0) == 0
+    assert late_calls.state().late == 0
 
 
 def test_a_slow_permit_alone_pushes_nothing(late_calls: LateCalls) -> None:
     """The permit took 200 ms to come back (a busy Redis) but the call goes on its slot: this
     process's clock suspects lateness, Redis's clock clears it."""
-    assert late_calls.send(late_calls.permit(), 0.0, asked_ago=0.2) == 0
+    assert late_calls.send(late_calls.permit(), 0.0, local=0.2) == 0
     assert late_calls.state().late == 0
 
 
@@ -204,16 +298,38 @@ def test_a_push_on_a_limit_whose_slot_key_is_gone_starts_from_now(
     late_calls: LateCalls, archiver_env: Env
 ) -> None:
     permit = late_calls.permit()
-    archiver_env.redis.delete(late_calls.limiter.acquire_keys(late_calls.account, "archiveChat")[0])
+    archiver_env.redis.delete(late_calls.limiter.conf(late_calls.account, "archiveChat").tat)
     late_calls.send(permit, 0.05)
     assert late_calls.permit().wait == pytest.approx(0.045)
 
 
-def test_a_sweeps_listing_call_measures_its_lateness(archiver_env: Env) -> None:
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    summary = SweepSummary(account.key, dry_run=True)
+def test_a_late_run_pushes_the_slots_the_dispatcher_reserves(
+    archiver_env: Env, account: Account
+) -> None:
+    """A slot reserved by a dispatch, sent late: the account's next job is handed out later by
+    the push (the dispatcher and the limiter share one TAT key)."""
+    services = archiver_env.services
+    clock = PinnedClock()
+    services.use_clock(clock)
+    desk = JobDesk(services, archiver_env.accounts)
+    for n in (1, 2):
+        desk.put({"provider": "green-api", "account": GREEN_ID, "chat_id": f"7900000000{n}@c.us"})
+    [first] = services.jobs.dispatch(10).jobs
+    clock.advance(0.05)
+    pushed = services.limiter.keep_distance(account, "archiveChat", 0.05, first.slot)
+    assert pushed == pytest.approx(0.045)
+    clock.advance(0.1075 - 0.05 - 0.02)  # the unpushed slot is within the lead now
+    assert services.jobs.dispatch(10).jobs == []
+    clock.advance(0.045)
+    [second] = services.jobs.dispatch(10).jobs
+    assert second.slot == first.slot + 107_500 + 45_000
+
+
+def test_a_sweeps_listing_call_measures_its_lateness(archiver_env: Env, account: Account) -> None:
+    summary = SweepSummary("run", account.provider, account.id, True, time.time())
     calls = ListingCalls(
         archiver_env.services, account, summary, sleep=lambda s: time.sleep(s + 0.03)
     )
     assert calls.call("getChats", lambda: "listed") == "listed"
     assert archiver_env.services.limiter.state(account, "getChats").late == 1
+    assert summary.calls["getChats"] == 1

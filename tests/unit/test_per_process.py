@@ -125,9 +125,9 @@ def test_pool_children_inherit_the_accounts_and_reload_on_their_own(
     loads: list[Path] = []
     real = services.load_accounts
 
-    def counted(path: Path) -> AccountRegistry:
+    def counted(path: Path, **options: bool) -> AccountRegistry:
         loads.append(path)
-        return real(path)
+        return real(path, **options)
 
     monkeypatch.setattr(services, "load_accounts", counted)
 

@@ -1,5 +1,5 @@
-"""The producer: refuse invalid jobs at enqueue, publish valid ones as the task expects them,
-and publish many in few Redis round trips."""
+"""The producer: refuse invalid jobs at enqueue, store valid ones in the job store as the task
+expects them, many in few Redis round trips, and tell Flower about each (task-sent)."""
 
 from __future__ import annotations
 
@@ -12,43 +12,62 @@ import pytest
 
 from tests.conftest import GREEN_ID, Env, RoundTrips
 from worker.contract.jobs import InvalidJob
-from worker.producer import ArchiveProducer, batch_sizes, enqueue_archive, enqueue_many
+from worker.contract.tasks import ARCHIVE_TASK, UNARCHIVE_TASK
+from worker.dispatch.registry import dispatch_entry
+from worker.producer import (
+    ArchiveProducer,
+    batch_sizes,
+    enqueue_archive,
+    enqueue_many,
+    enqueue_unarchive,
+)
+from worker.stores.jobs import StoredJob
 
-INTAKE = "archive"
+ACCOUNT = f"green-api:{GREEN_ID}"
 
 
-def queued(env: Env, queue: str = INTAKE) -> list[dict]:
-    messages = []
-    for raw in env.redis.lrange(queue, 0, -1):
-        data = json.loads(raw)
-        args, kwargs, _ = json.loads(base64.b64decode(data["body"]))
-        messages.append({"headers": data["headers"], "kwargs": kwargs, "args": args})
-    return messages[::-1]  # LPUSH: the newest first in the list
+def stored(env: Env, account: str = ACCOUNT) -> list[StoredJob]:
+    """The jobs waiting in an account's wait list, oldest first."""
+    store = env.services.jobs
+    jobs = [store.record(task_id) for task_id in store.wait_head(account, 10_000)]
+    assert all(job is not None for job in jobs)
+    return [job for job in jobs if job is not None]
 
 
-def test_one_job_is_published_with_its_kwargs(producer: ArchiveProducer, archiver_env: Env) -> None:
+def test_one_job_is_stored_with_its_kwargs(producer: ArchiveProducer, archiver_env: Env) -> None:
     task_id = enqueue_archive(
         "green-api", GREEN_ID, "79001234567@c.us", request_id="r-9", producer=producer
     )
-    [message] = queued(archiver_env)
-    assert message["headers"]["task"] == "archive.chat"
-    assert message["headers"]["id"] == task_id
-    assert message["args"] == []
-    assert message["kwargs"] == {
+    [job] = stored(archiver_env)
+    assert (job.task_id, job.task, job.account, job.lost) == (task_id, ARCHIVE_TASK, ACCOUNT, 0)
+    assert job.body.kwargs == {
         "provider": "green-api",
         "account": GREEN_ID,
         "chat_id": "79001234567@c.us",
         "request_id": "r-9",
         "source": "api",
     }
+    assert job.mark == archiver_env.services.keys.pending(ACCOUNT, "79001234567@c.us")
+    assert archiver_env.redis.get(job.mark) == task_id  # claimed in the same step
 
 
-def test_invalid_job_is_refused_and_nothing_is_published(
+def test_an_undo_is_a_job_of_its_own_with_its_own_mark(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
+    archived = enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", producer=producer)
+    restored = enqueue_unarchive("green-api", GREEN_ID, "79001234567@c.us", producer=producer)
+    assert restored != archived
+    jobs = stored(archiver_env)
+    assert [job.task for job in jobs] == [ARCHIVE_TASK, UNARCHIVE_TASK]
+    assert jobs[0].mark != jobs[1].mark
+
+
+def test_invalid_job_is_refused_and_nothing_is_stored(
     producer: ArchiveProducer, archiver_env: Env
 ) -> None:
     with pytest.raises(InvalidJob, match="chat_id: 'nope' is not a green-api chat id"):
         enqueue_archive("green-api", GREEN_ID, "nope", producer=producer)
-    assert queued(archiver_env) == []
+    assert archiver_env.services.jobs.counts().jobs == 0
 
 
 def test_bulk_reports_refusals_by_position(producer: ArchiveProducer, archiver_env: Env) -> None:
@@ -64,7 +83,7 @@ def test_bulk_reports_refusals_by_position(producer: ArchiveProducer, archiver_e
         (2, "chat_id"),
         (3, "not a JSON object"),
     ]
-    assert [m["kwargs"]["chat_id"] for m in queued(archiver_env)] == [
+    assert [job.body.kwargs["chat_id"] for job in stored(archiver_env)] == [
         "79001234567@c.us",
         "79001234568@c.us",
     ]
@@ -79,27 +98,63 @@ def test_bulk_uses_few_round_trips(
         for n in range(2000)
     ]
     result = enqueue_many(rows, producer=producer, batch_size=500)
+    count = sends.count
     assert len(result.enqueued) == 2000
-    assert archiver_env.redis.llen(INTAKE) == 2000
-    # One pipeline per 500 messages (plus their sent events) and a few setup commands,
+    assert len(stored(archiver_env)) == 2000
+    # One script per batch (claims and jobs together) and one message of sent events per batch,
     # instead of 2000+ separate round trips.
-    assert sends.count <= 40, sends.count
+    assert count <= 30, count
 
 
-def test_every_job_goes_to_the_intake_whatever_its_account(
+def test_every_job_is_stored_whatever_its_account(
     producer: ArchiveProducer, archiver_env: Env
 ) -> None:
-    """The producer needs no accounts file: workers' routers decide what waits for what."""
+    """The producer needs no accounts file: an account no worker knows waits among the unknown
+    ones until one does."""
+    store = archiver_env.services.jobs
+    store.publish_accounts(
+        {
+            ACCOUNT: dispatch_entry(
+                archiver_env.accounts.get("green-api", GREEN_ID), archiver_env.services.limiter
+            )
+        }
+    )
     enqueue_archive("green-api", GREEN_ID, "79001234567@c.us", producer=producer)
     enqueue_archive("green-api", "7100000000", "79001234567@c.us", producer=producer)
-    assert [m["kwargs"]["account"] for m in queued(archiver_env)] == [GREEN_ID, "7100000000"]
+    assert store.counts().jobs == 2
+    assert [account for account, _ in store.due_accounts(10)] == [ACCOUNT]  # due now
+    assert list(store.unknown_accounts()) == ["green-api:7100000000"]
+
+
+def test_flower_hears_of_each_job_as_it_is_enqueued(
+    producer: ArchiveProducer, archiver_env: Env
+) -> None:
+    """Celery's task-sent event, batched in one message per batch, as Flower's receiver reads
+    it."""
+    pubsub = archiver_env.redis.pubsub()
+    pubsub.psubscribe("/0.celeryev/task.*")
+    pubsub.get_message(timeout=1)  # the subscription's confirmation
+    result = enqueue_many(
+        [
+            {"provider": "green-api", "account": GREEN_ID, "chat_id": f"7900000000{n}@c.us"}
+            for n in range(3)
+        ],
+        producer=producer,
+    )
+    message = pubsub.get_message(timeout=2)
+    assert message is not None
+    envelope = json.loads(message["data"])
+    events = json.loads(base64.b64decode(envelope["body"]))
+    assert [event["type"] for event in events] == ["task-sent"] * 3
+    assert [event["uuid"] for event in events] == [task_id for _, task_id in result.enqueued]
+    assert events[0]["name"] == ARCHIVE_TASK and "79000000000@c.us" in events[0]["kwargs"]
 
 
 def test_batches_start_small_and_grow_so_workers_start_early(
     producer: ArchiveProducer, archiver_env: Env
 ) -> None:
-    """A large enqueue publishes 25 jobs first, then twice as many each time: the first jobs
-    reach the intake while the rest are still being claimed (the progress marks each batch)."""
+    """A large enqueue stores 25 jobs first, then twice as many each time: the first jobs can
+    be handed out while the rest are still being stored (the progress marks each batch)."""
     assert list(islice(batch_sizes(500, 25), 7)) == [25, 50, 100, 200, 400, 500, 500]
     assert list(islice(batch_sizes(10, 25), 2)) == [10, 10]
     progress: list[int] = []

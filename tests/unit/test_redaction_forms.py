@@ -1,6 +1,6 @@
 """Redaction of a registered secret in the forms a log line or a provider's answer may carry it:
 inside base64 at every alignment, among secrets that share prefixes, behind escapes. The
-mutation run (tests/MUTATION.md) found these forms registered but not asserted one by one."""
+mutation run (docs/mutation.md) found these forms registered but not asserted one by one."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tests.unit.test_canary import leaks
 
 @pytest.fixture(autouse=True)
 def _build_the_pattern_here() -> None:
-    """Each test builds the redaction pattern from its forms itself (tests/MUTATION.md: a
+    """Each test builds the redaction pattern from its forms itself (docs/mutation.md: a
     mutation run forks each mutant from a process that built it already)."""
     recompile()
 

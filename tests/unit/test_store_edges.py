@@ -1,82 +1,379 @@
-"""Store behaviour the other unit tests left unasserted, found by the mutation run (see
-tests/MUTATION.md): what closing a circuit clears, whose chats are unarchivable, a dead-letter
-store's id lookups and corrupt entries, how a Lua script's header is read, and how a job ends
-from the store (dead-lettered from its stored message, waiting at the front of its list)."""
+"""Store behaviour the other unit tests leave unasserted, much of it found by the mutation run (see
+tests/MUTATION.md): how a run's ending writes its result in Celery's format in the same step,
+what an ending writes beside itself, how a job ends from the store (dead-lettered where it waits),
+whose chats are unarchivable, a dead-letter store's id lookups and corrupt entries, and how a Lua
+script's header is read."""
 
 from __future__ import annotations
 
 import json
 import logging
 import socket
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
+from celery import Celery
 
-from tests.conftest import GREEN_ID, KEYS, Env, green_accounts_toml, use_environment
+from tests.conftest import GREEN_ID, KEYS, Env
 from tests.support import JobDesk
 from worker.celery_app import create_app
-from worker.contract import envelope
-from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery
-from worker.contract.outcomes import DeadLettered, Outcome, Reason
+from worker.contract.history import ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, Delivery, Ticket
+from worker.contract.outcomes import DeadLettered, Deferred, Outcome, Reason
 from worker.contract.tasks import ARCHIVE_TASK
-from worker.stores import endings as endings_module
 from worker.stores import scripts
-from worker.stores.clock import PinnedClock
+from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.deadletters import (
     CorruptDeadLetter,
     DeadLetter,
     DeadLetterStore,
     _salvaged_count_field,
 )
-from worker.stores.endings import Endings, RunRef
-from worker.stores.jobs import Lease, NewJob
-from worker.stores.keys import ready_queue
+from worker.stores.endings import Endings, RunRef, refuses_writes
+from worker.stores.jobs import Held, JobBody, NewJob, StoredJob, lease_member
+from worker.stores.keys import result_key
 from worker.stores.writes import Writes
 
-# --- circuit ------------------------------------------------------------------------------------
+ACCOUNT = f"green-api:{GREEN_ID}"
 
 
-def test_closing_a_circuit_clears_its_probe_claim_and_chain_and_says_if_it_was_open(
-    archiver_env: Env,
+@pytest.fixture
+def app(archiver_env: Env) -> Iterator[Celery]:
+    """An app whose result backend is the test Redis: what a producer reads results with."""
+    celery = create_app(archiver_env.settings)
+    yield celery
+    celery.close()
+
+
+@pytest.fixture
+def endings(archiver_env: Env, app: Celery) -> Endings:
+    return Endings(archiver_env.services, app.backend)
+
+
+def leased_run(env: Env, chat: str, task_id: str) -> tuple[RunRef, Delivery]:
+    """A job of GREEN_ID put into the store and handed out, as its run has it."""
+    desk = JobDesk(env.services, env.accounts)
+    desk.put({"provider": "green-api", "account": GREEN_ID, "chat_id": chat}, task_id=task_id)
+    taken, kwargs, headers = desk.take()
+    assert taken == task_id
+    ticket = Ticket.from_headers(headers)
+    assert ticket is not None
+    delivery = Delivery.from_headers(task_id, "w@h", headers)
+    stored = StoredJob(
+        task_id, ticket.account, ARCHIVE_TASK, ticket.mark, ticket.lost, JobBody(kwargs)
+    )
+    return RunRef(stored, lease_member(task_id, ticket.token)), delivery
+
+
+# --- results, in Celery's format, written with the ending ------------------------------------
+
+
+def test_a_final_ending_is_a_success_result_a_celery_client_reads(
+    archiver_env: Env, endings: Endings, app: Celery
 ) -> None:
-    circuit = archiver_env.services.circuit
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    assert circuit.trip(account, "unauthorized", "401", probing=False, chain="chain-1") is not None
-    archiver_env.redis.set(KEYS.circuit_probe(account.key), "probe-job")
-    assert archiver_env.redis.exists(KEYS.probe_chain(account.key))
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    result = {"outcome": "archived", "chat_id": "79000000001@c.us"}
+    assert endings.final(ref, Outcome.ARCHIVED, result=result)
+    read = app.AsyncResult("t-1")
+    assert (read.state, read.result) == ("SUCCESS", result)
+    assert read.date_done is not None
+    assert read.get(timeout=1) == result
+    meta = json.loads(archiver_env.redis.get(result_key("t-1")))
+    assert meta["task_id"] == "t-1" and meta["traceback"] is None and meta["children"] == []
+    ttl = archiver_env.redis.ttl(result_key("t-1"))
+    assert 0 < ttl <= archiver_env.settings.result_expires
+    # In the same step: the job has left the store and its outcome is counted.
+    assert archiver_env.services.jobs.record("t-1") is None
+    outcomes = archiver_env.services.metrics.outcomes()
+    assert outcomes == {("green-api", GREEN_ID, "archived", ""): 1}
 
-    assert circuit.close(account) is True
-    assert not circuit.is_open(account)
-    assert not archiver_env.redis.exists(KEYS.circuit_probe(account.key))
-    assert not archiver_env.redis.exists(KEYS.probe_chain(account.key))
-    assert circuit.paused_accounts() == []
-    assert circuit.close(account) is False  # closed already
+
+def test_a_dead_lettered_ending_is_a_failure_result_with_its_reason(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    entry = DeadLetter(reason="chat_not_found", job=dict(ref.kwargs), detail="404", task_id="t-1")
+    error = DeadLettered("chat_not_found", "404", entry.id)
+    assert endings.final(
+        ref, Outcome.DEAD_LETTERED, error=error, reason="chat_not_found", entry=entry
+    )
+    read = app.AsyncResult("t-1")
+    assert read.state == "FAILURE"
+    assert isinstance(read.result, DeadLettered)
+    assert (read.result.reason, read.result.detail, read.result.dead_letter_id) == (
+        "chat_not_found",
+        "404",
+        entry.id,
+    )
+    assert archiver_env.services.dead_letters.get(entry.id) == entry
 
 
-def test_an_overdue_probe_with_no_chain_running_starts_one_now(archiver_env: Env) -> None:
-    """A chain lost while its probe was due: the next park must start a new chain at once (a
-    wait of 0), not take "0 seconds" for "no chain to start"."""
-    clock = PinnedClock(1_800_000_000.0)
+@pytest.mark.parametrize("ending", ["wait", "park"])
+def test_a_job_that_waits_has_a_retry_result_saying_why(
+    archiver_env: Env, endings: Endings, app: Celery, ending: str
+) -> None:
+    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    if ending == "wait":
+        assert endings.wait(ref, delivery, "HTTP 503: again in 30s", delay=30)
+    else:
+        assert endings.park(ref, delivery, "paused (unauthorized)")
+    read = app.AsyncResult("t-1")
+    assert read.state == "RETRY" and not read.ready()
+    assert isinstance(read.result, Deferred)
+    assert str(read.result) in ("HTTP 503: again in 30s", "paused (unauthorized)")
+    assert json.loads(archiver_env.redis.get(result_key("t-1")))["date_done"] is None
+
+
+def test_a_retry_countdown_runs_on_redis_clock_not_the_nodes(
+    archiver_env: Env, endings: Endings
+) -> None:
+    """The store's clock (Redis's; pinned here a year away from this host's) times the retry:
+    a node whose own clock is off waits neither longer nor shorter (issue 18)."""
+    clock = PinnedClock(time.time() + 365 * 86400)
     archiver_env.services.use_clock(clock)
-    circuit = archiver_env.services.circuit
-    account = archiver_env.accounts.get("green-api", GREEN_ID)
-    circuit.trip(account, "unauthorized", "401", probing=False, chain="chain-1")
-    archiver_env.redis.delete(KEYS.probe_chain(account.key))  # the chain's task was lost
-    clock.advance(archiver_env.settings.circuit_cooldown + 5)  # and its probe is overdue
-    assert circuit.chain_to_start(account, "chain-2") == 0.0
-    assert circuit.chain_to_start(account, "chain-3") is None  # chain-2 runs now
+    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    assert endings.wait(ref, delivery, "HTTP 503: again in 10s", delay=10)
+    keys = archiver_env.services.keys
+    assert archiver_env.redis.zscore(keys.delayed, f"{ACCOUNT}|t-1") == clock.micros + 10 * MICROS
+    clock.advance(9.9)
+    assert archiver_env.services.jobs.dispatch(10).jobs == []
+    clock.advance(0.1)
+    assert [j.task_id for j in archiver_env.services.jobs.dispatch(10).jobs] == ["t-1"]
 
 
-def test_every_paused_account_is_listed(
-    archiver_env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_producer_waiting_on_a_result_is_told_when_the_job_ends(
+    archiver_env: Env, endings: Endings, app: Celery
 ) -> None:
-    many = tmp_path / "three.toml"
-    many.write_text(green_accounts_toml(7_105_000_001, 3))
-    env = use_environment(monkeypatch, archiver_env.settings.broker_url, many)
-    for n, account in enumerate(env.accounts):
-        env.services.circuit.trip(account, "unauthorized", "401", probing=False, chain=f"c{n}")
-    assert sorted(env.services.circuit.paused_accounts()) == sorted(a.key for a in env.accounts)
+    """close.lua publishes the result on its key, as Celery's Redis backend does: a producer
+    blocked in ``AsyncResult.get`` learns the outcome at once."""
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    got: list[Any] = []
+    waiting = threading.Thread(target=lambda: got.append(app.AsyncResult("t-1").get(timeout=10)))
+    waiting.start()
+
+    def subscribed() -> bool:
+        return bool(archiver_env.redis.pubsub_numsub(result_key("t-1"))[0][1])
+
+    deadline = time.monotonic() + 5
+    while not subscribed() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert subscribed()
+    assert endings.final(ref, Outcome.ARCHIVED, result={"outcome": "archived"})
+    waiting.join(5)
+    assert got == [{"outcome": "archived"}]
+
+
+def test_a_run_that_no_longer_holds_its_job_writes_no_result(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    """A second ending of the same run (its reply lost, the call made again) or a run whose
+    lease went to another: the first result stands, nothing else is written."""
+    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    assert endings.final(ref, Outcome.ARCHIVED, result={"outcome": "archived"})
+    assert not endings.wait(ref, delivery, "again", delay=1)
+    assert not endings.final(ref, Outcome.ARCHIVED, result={"outcome": "other"})
+    assert app.AsyncResult("t-1").result == {"outcome": "archived"}
+    assert archiver_env.services.metrics.outcomes() == {("green-api", GREEN_ID, "archived", ""): 1}
+
+
+def test_a_message_no_dispatcher_handed_out_gets_a_failure_result(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    entry = DeadLetter(reason="invalid_request", job={}, detail="by hand", task_id="by-hand")
+    endings.dead_letter_unstored(entry)
+    read = app.AsyncResult("by-hand")
+    assert read.state == "FAILURE" and isinstance(read.result, DeadLettered)
+    assert read.result.dead_letter_id == entry.id
+    assert archiver_env.services.dead_letters.get(entry.id) == entry
+
+
+def test_an_ending_records_its_outcome_while_redis_is_full(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    """Redis at maxmemory (noeviction) refuses commands that add data, but lets a script whose
+    first write frees some (close.lua's ZREM of the lease) run whole: the ending, its result and
+    its outcome are recorded while Redis is full."""
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    client = archiver_env.redis
+    client.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.ResponseError):
+            client.set("t:k", "v")  # full indeed
+        assert endings.final(ref, Outcome.ARCHIVED, result={"outcome": "archived"})
+    finally:
+        client.config_set("maxmemory", "0")
+    assert app.AsyncResult("t-1").result == {"outcome": "archived"}
+    assert archiver_env.services.jobs.record("t-1") is None
+
+
+def test_an_ending_waits_while_redis_is_a_read_only_replica(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    """After a failover the node may talk to a replica for a while (READONLY): the ending is
+    tried again until Redis takes it, within the outage grace, instead of losing the outcome
+    the run has (issue 18)."""
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    client = archiver_env.redis
+    client.execute_command("REPLICAOF", "127.0.0.1", "1")  # a master that never answers
+    promoted = threading.Timer(0.5, lambda: client.execute_command("REPLICAOF", "NO", "ONE"))
+    try:
+        promoted.start()
+        started = time.monotonic()
+        assert endings.final(ref, Outcome.ARCHIVED, result={"outcome": "archived"})
+        assert time.monotonic() - started >= 0.3
+    finally:
+        promoted.join()
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    assert app.AsyncResult("t-1").result == {"outcome": "archived"}
+    assert archiver_env.services.jobs.record("t-1") is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("CONFIG", "SET", "maxmemory", "1"),  # full: OOM
+        ("REPLICAOF", "127.0.0.1", "1"),  # a replica after a failover: READONLY
+    ],
+)
+def test_what_redis_answers_while_it_refuses_writes_is_recognised(
+    archiver_env: Env, command: tuple[str, ...]
+) -> None:
+    """As redis-py raises them: it maps OOM and READONLY to their own exception classes and
+    strips the code from the message."""
+    client = archiver_env.redis
+    client.execute_command(*command)
+    try:
+        with pytest.raises(redis.ResponseError) as raised:
+            client.eval("return redis.call('SET', KEYS[1], 'v')", 1, "t:k")
+    finally:
+        client.config_set("maxmemory", "0")
+        client.execute_command("REPLICAOF", "NO", "ONE")
+    assert refuses_writes(raised.value)
+    assert not refuses_writes(redis.ResponseError("WRONGTYPE Operation against a key"))
+
+
+# --- a job dead-lettered from where it waits (the janitor, the maximum pause) ------------------
+
+
+def test_a_stored_job_is_dead_lettered_once_with_its_history(
+    archiver_env: Env, endings: Endings, app: Celery
+) -> None:
+    services = archiver_env.services
+    kwargs = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"}
+    history = {ATTEMPTS_HEADER: 2, FIRST_ATTEMPT_HEADER: 100.0}
+    mark = services.keys.pending(ACCOUNT, "79000000001@c.us")
+    job = NewJob("t-1", ACCOUNT, ARCHIVE_TASK, mark, JobBody(kwargs, history))
+    assert services.jobs.submit([job], held=Held.SKIP) == ["new"]
+    wait_key = services.keys.wait(ACCOUNT)
+
+    entry = endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "paused too long", wait_key)
+    assert entry is not None
+    assert (entry.reason, entry.detail, entry.task_id) == ("unauthorized", "paused too long", "t-1")
+    assert entry.attempts == 2 and entry.first_attempt_at == 100.0
+    assert entry.last_attempt_at is not None and entry.last_attempt_at > 100.0  # none: now
+    assert entry.worker == socket.gethostname()
+    assert services.dead_letters.get(entry.id) == entry
+    assert services.jobs.record("t-1") is None
+    assert services.jobs.wait_head(ACCOUNT, 10) == []
+    assert not archiver_env.redis.exists(mark)  # its chat is free for a new job
+    outcomes = services.metrics.outcomes()
+    assert outcomes[("green-api", GREEN_ID, "dead_lettered", "unauthorized")] == 1
+    # No run reports this ending: the result backend says it, as a run would.
+    result = app.AsyncResult("t-1")
+    assert result.state == "FAILURE"
+    assert isinstance(result.result, DeadLettered)
+    assert (result.result.reason, result.result.detail) == ("unauthorized", "paused too long")
+    assert result.result.dead_letter_id == entry.id
+    # The job has ended: a second try changes nothing.
+    assert endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "again", wait_key) is None
+    assert len(services.dead_letters) == 1
+
+
+def test_a_stored_job_that_left_its_list_is_not_dead_lettered(
+    archiver_env: Env, endings: Endings
+) -> None:
+    """It was handed out meanwhile (a run holds it): the janitor's ending changes nothing."""
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    wait_key = archiver_env.services.keys.wait(ACCOUNT)
+    assert endings.dead_letter_stored("t-1", Reason.UNKNOWN_ACCOUNT, "gone", wait_key) is None
+    assert len(archiver_env.services.dead_letters) == 0
+    assert archiver_env.services.jobs.record("t-1") is not None
+    assert endings.final(ref, Outcome.ARCHIVED, result={})  # its run still ends it
+    assert endings.dead_letter_stored("gone", Reason.UNKNOWN_ACCOUNT, "x", wait_key) is None
+
+
+def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
+    archiver_env: Env, endings: Endings
+) -> None:
+    services = archiver_env.services
+    desk = JobDesk(services, archiver_env.accounts)
+    job = {"provider": "green-api", "account": GREEN_ID}
+    for n in (1, 2, 3):
+        desk.put({**job, "chat_id": f"7900000000{n}@c.us"}, task_id=f"t-{n}")
+    task_id, kwargs, headers = desk.take()
+    assert task_id == "t-1"
+    ticket = Ticket.from_headers(headers)
+    assert ticket is not None
+    stored = StoredJob(task_id, ticket.account, ARCHIVE_TASK, ticket.mark, 0, JobBody(kwargs))
+    ref = RunRef(stored, lease_member(task_id, ticket.token))
+    delivery = Delivery.from_headers(task_id, "w@h", headers)
+    assert endings.wait(ref, delivery, "next permit in 5s", front=True)
+    assert services.jobs.wait_head(ACCOUNT, 10) == ["t-1", "t-2", "t-3"]
+
+
+# --- what an ending writes beside itself ----------------------------------------------------------
+
+
+def test_only_no_messages_marks_a_chat_unarchivable_and_for_its_own_account(
+    archiver_env: Env, endings: Endings
+) -> None:
+    services = archiver_env.services
+    for n, reason in ((1, Reason.NO_MESSAGES), (2, Reason.CHAT_NOT_FOUND)):
+        chat = f"7900000000{n}@c.us"
+        ref, _ = leased_run(archiver_env, chat, f"t-{n}")
+        entry = DeadLetter(reason=str(reason), job=dict(ref.kwargs), detail="", task_id=ref.task_id)
+        error = DeadLettered(str(reason), "", entry.id)
+        assert endings.final(
+            ref, Outcome.DEAD_LETTERED, error=error, reason=str(reason), entry=entry
+        )
+    assert services.unarchivable.since("green-api", GREEN_ID, 0) == {"79000000001@c.us"}
+    assert services.unarchivable.since("wassenger", GREEN_ID, 0) == set()
+
+
+@pytest.mark.parametrize("ending", ["wait", "park"])
+def test_a_run_that_waits_or_parks_keeps_its_call_latencies_and_its_history(
+    archiver_env: Env, endings: Endings, ending: str
+) -> None:
+    services = archiver_env.services
+    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    delivery = delivery.attempted(1234.5)
+    if ending == "wait":
+        assert endings.wait(ref, delivery, "again", delay=60, latencies=[0.5, 1.5])
+    else:
+        assert endings.park(ref, delivery, "paused", latencies=[0.5, 1.5])
+    assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 2.0
+    assert services.metrics.outcomes() == {}  # not an outcome: the job has not ended
+    stored = services.jobs.record("t-1")
+    assert stored is not None and stored.task_id == "t-1"
+    assert (stored.account, stored.task, stored.mark) == (ACCOUNT, ARCHIVE_TASK, ref.job.mark)
+    assert stored.body.kwargs == dict(ref.kwargs)
+    assert stored.body.history[ATTEMPTS_HEADER] == 1
+    assert stored.body.history[FIRST_ATTEMPT_HEADER] == 1234.5
+
+
+def test_extra_writes_are_made_in_the_same_step_only_if_the_ending_is(
+    archiver_env: Env, endings: Endings
+) -> None:
+    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
+    extra = Writes().hincrby("extra", "count", 1)
+    counted = RunRef(ref.job, ref.member, extra=extra)
+    assert endings.final(counted, Outcome.ARCHIVED, result={})
+    assert not endings.final(counted, Outcome.ARCHIVED, result={})
+    assert archiver_env.redis.hget("extra", "count") == "1"
 
 
 # --- unarchivable chats -------------------------------------------------------------------------
@@ -154,6 +451,26 @@ def test_a_corrupt_entry_without_a_provider_still_gives_its_count_back(
     assert store.counts() == {}
 
 
+def test_a_count_that_is_not_a_number_hides_no_other_count(store: DeadLetterStore) -> None:
+    store._redis.hset(KEYS.dlq_counts, "chat_not_found|green-api:1", "not a number")
+    store.add(dead_letter("good0001"))
+    assert store.counts() == {("chat_not_found", f"green-api:{GREEN_ID}"): 1}
+
+
+def test_removing_a_corrupt_entry_never_takes_a_count_below_zero(
+    store: DeadLetterStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    store.add(dead_letter("bad00001"))
+    field = f"chat_not_found|green-api:{GREEN_ID}"
+    text = str(store._redis.hget(KEYS.dlq_entries, "bad00001"))
+    store._redis.hset(KEYS.dlq_entries, "bad00001", text[:-1])  # no longer JSON
+    store._redis.hset(KEYS.dlq_counts, field, 0)  # its count was already given back
+    caplog.set_level(logging.WARNING, logger="chat_archiver")
+    assert store.remove(["bad00001"]) == 1
+    assert int(store._redis.hget(KEYS.dlq_counts, field) or 0) == 0
+    assert "dead letter bad00001: removed; its count in" in caplog.text
+
+
 # --- Lua script headers -------------------------------------------------------------------------
 
 
@@ -211,170 +528,40 @@ def test_libraries_come_in_dependency_order_once_each(
 def test_a_script_loaded_afresh_runs_with_its_libraries(archiver_env: Env) -> None:
     scripts.load.cache_clear()  # every other test reads the scripts parsed once per process
     try:
-        script = scripts.load("take_lease")
-        assert script.keys == ("jobs", "active", "runs", "deliveries")
+        script = scripts.load("penalize")
+        assert script.keys == ("tat", "stats")
         assert "clock_us" in script.source  # its library, before its body
-        status, deliveries = script.run(
+        waited = script.run(
             archiver_env.redis,
-            keys={"jobs": "t:j", "active": "t:a", "runs": "t:r", "deliveries": "t:d"},
-            args={"now": "", "id": "x", "run": "r", "lease_us": 1, "deliveries_ttl": 1},
+            keys={"tat": "t:tat", "stats": "t:stats"},
+            args={"now": "1000000", "delay_us": 500},
         )
-        assert (status, int(deliveries)) == ("stale", 0)
+        assert int(waited) == 500
+        assert archiver_env.redis.get("t:tat") == "1000500"
     finally:
         scripts.load.cache_clear()
 
 
-# --- a job dead-lettered from its stored message (the janitor, the maximum pause) --------------
-
-
-def test_a_stored_job_is_dead_lettered_once_with_its_history(
-    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    services = archiver_env.services
-    # The result backend on the test Redis (the process's app may be configured already).
-    app = create_app(archiver_env.settings)
-    monkeypatch.setattr(endings_module, "app", app)
-    kwargs = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79000000001@c.us"}
-    history = {ATTEMPTS_HEADER: 2, FIRST_ATTEMPT_HEADER: 100.0}
-    message = envelope.build(ARCHIVE_TASK, "t-1", kwargs, "archive.ready", history=history)
-    services.jobs.accept([NewJob("t-1", f"green-api:{GREEN_ID}", message)])
-    endings = Endings(services)
-
-    entry = endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "paused too long")
-    assert entry is not None
-    assert (entry.reason, entry.detail, entry.task_id) == ("unauthorized", "paused too long", "t-1")
-    assert entry.attempts == 2 and entry.first_attempt_at == 100.0
-    assert entry.last_attempt_at is not None and entry.last_attempt_at > 100.0  # none: now
-    assert entry.worker == socket.gethostname()
-    assert services.dead_letters.get(entry.id) == entry
-    assert services.jobs.record("t-1") is None
-    outcomes = services.metrics.outcomes()
-    assert outcomes[("green-api", GREEN_ID, "dead_lettered", "unauthorized")] == 1
-    # No run reports this ending: the result backend says it, as a run would.
-    result = app.AsyncResult("t-1")
-    assert result.state == "FAILURE"
-    assert isinstance(result.result, DeadLettered)
-    assert (result.result.reason, result.result.detail) == ("unauthorized", "paused too long")
-    assert result.result.dead_letter_id == entry.id
-    # The job has ended: a second try changes nothing.
-    assert endings.dead_letter_stored("t-1", Reason.UNAUTHORIZED, "again") is None
-    assert len(services.dead_letters) == 1
-    app.close()
-
-
-def test_a_job_held_back_by_the_rate_limit_waits_at_the_front_of_its_list(
-    archiver_env: Env,
-) -> None:
-    services = archiver_env.services
-    desk = JobDesk(services, archiver_env.accounts)
-    job = {"provider": "green-api", "account": GREEN_ID}
-    for n in (1, 2, 3):
-        desk.put({**job, "chat_id": f"7900000000{n}@c.us"}, task_id=f"t-{n}")
-    task_id, kwargs, headers = desk.take()
-    assert task_id == "t-1"
-    assert services.jobs.take_lease(task_id, "run-1", 100)[0] is Lease.OK
-    ref = RunRef(task_id, "run-1", f"green-api:{GREEN_ID}", kwargs)
-    delivery = Delivery.from_headers(task_id, "w@h", headers)
-    assert Endings(services).wait(ref, delivery, front=True)
-    assert services.jobs.wait_head(f"green-api:{GREEN_ID}", 10) == ["t-1", "t-2", "t-3"]
-
-
-# --- what an ending writes beside itself (found by the mutation run's second pass) --------------
-
-
-def leased_run(env: Env, chat: str, task_id: str) -> tuple[RunRef, Delivery]:
-    """A job of GREEN_ID put into the store, dispatched and leased by a run, as a worker has it."""
-    desk = JobDesk(env.services, env.accounts)
-    desk.put({"provider": "green-api", "account": GREEN_ID, "chat_id": chat}, task_id=task_id)
-    taken, kwargs, headers = desk.take()
-    assert taken == task_id
-    assert env.services.jobs.take_lease(task_id, f"run-{task_id}", 100)[0] is Lease.OK
-    ref = RunRef(task_id, f"run-{task_id}", f"green-api:{GREEN_ID}", kwargs)
-    return ref, Delivery.from_headers(task_id, "w@h", headers)
-
-
-def test_an_ending_records_the_chat_among_its_accounts_recent_outcomes(archiver_env: Env) -> None:
-    services = archiver_env.services
-    ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
-    assert Endings(services).final(ref, Outcome.ARCHIVED, latencies=[0.25])
-    [recent] = services.metrics.recent("green-api", GREEN_ID)
-    assert (recent["outcome"], recent["chat_id"]) == ("archived", "79000000001@c.us")
-    assert services.metrics.recent("wassenger", GREEN_ID) == []  # per provider and account
-    assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 0.25
-
-
-def test_only_no_messages_marks_a_chat_unarchivable_and_for_its_own_account(
-    archiver_env: Env,
-) -> None:
-    services = archiver_env.services
-    endings = Endings(services)
-    for n, reason in ((1, Reason.NO_MESSAGES), (2, Reason.CHAT_NOT_FOUND)):
-        chat = f"7900000000{n}@c.us"
-        ref, _ = leased_run(archiver_env, chat, f"t-{n}")
-        entry = DeadLetter(reason=str(reason), job=dict(ref.job), detail="", task_id=ref.task_id)
-        assert endings.final(ref, Outcome.DEAD_LETTERED, reason=str(reason), entry=entry)
-    assert services.unarchivable.since("green-api", GREEN_ID, 0) == {"79000000001@c.us"}
-    assert services.unarchivable.since("wassenger", GREEN_ID, 0) == set()
-
-
-@pytest.mark.parametrize("ending", ["wait", "park"])
-def test_a_run_that_waits_or_parks_keeps_its_call_latencies_and_its_message(
-    archiver_env: Env, ending: str
-) -> None:
-    services = archiver_env.services
-    ref, delivery = leased_run(archiver_env, "79000000001@c.us", "t-1")
-    endings = Endings(services)
-    if ending == "wait":
-        assert endings.wait(ref, delivery, at=time.time() + 60, latencies=[0.5, 1.5])
-    else:
-        assert endings.park(ref, delivery, latencies=[0.5, 1.5])
-    assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 2.0
-    stored = services.jobs.record("t-1")
-    assert stored is not None and stored.task_id == "t-1"
-    task, kwargs, _ = envelope.unpack(stored.message)
-    assert (task, kwargs) == (ARCHIVE_TASK, dict(ref.job))
-    routing = json.loads(stored.message)["properties"]["delivery_info"]["routing_key"]
-    assert routing == ready_queue(archiver_env.settings.queue)
-
-
-def test_a_stored_job_dead_lettered_by_the_janitor_releases_its_chat(
-    archiver_env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    services = archiver_env.services
-    app = create_app(archiver_env.settings)  # its result backend on the test Redis
-    monkeypatch.setattr(endings_module, "app", app)
-    chat = "79000000001@c.us"
-    JobDesk(services, archiver_env.accounts).put(
-        {"provider": "green-api", "account": GREEN_ID, "chat_id": chat}, task_id="t-1"
-    )
-    pending = services.pending.key("green-api", GREEN_ID, chat)
-    assert services.pending.claim(pending, "t-1").won
-    assert Endings(services).dead_letter_stored("t-1", Reason.UNKNOWN_ACCOUNT, "gone")
-    assert not archiver_env.redis.exists(pending)
-    app.close()
-
-
-# --- dead-letter counts -------------------------------------------------------------------------
-
-
-def test_a_count_that_is_not_a_number_hides_no_other_count(store: DeadLetterStore) -> None:
-    store._redis.hset(KEYS.dlq_counts, "chat_not_found|green-api:1", "not a number")
-    store.add(dead_letter("good0001"))
-    assert store.counts() == {("chat_not_found", f"green-api:{GREEN_ID}"): 1}
-
-
-def test_removing_a_corrupt_entry_never_takes_a_count_below_zero(
-    store: DeadLetterStore, caplog: pytest.LogCaptureFixture
-) -> None:
-    store.add(dead_letter("bad00001"))
-    field = f"chat_not_found|green-api:{GREEN_ID}"
-    text = str(store._redis.hget(KEYS.dlq_entries, "bad00001"))
-    store._redis.hset(KEYS.dlq_entries, "bad00001", text[:-1])  # no longer JSON
-    store._redis.hset(KEYS.dlq_counts, field, 0)  # its count was already given back
-    caplog.set_level(logging.WARNING, logger="chat_archiver")
-    assert store.remove(["bad00001"]) == 1
-    assert int(store._redis.hget(KEYS.dlq_counts, field) or 0) == 0
-    assert "dead letter bad00001: removed; its count in" in caplog.text
+def test_every_script_in_the_package_loads(archiver_env: Env) -> None:
+    """Each script's header parses and its libraries exist: a rename in lua/lib/ fails here,
+    not in a worker."""
+    names = sorted(p.stem for p in scripts.LUA_DIR.glob("*.lua"))
+    assert names == [
+        "acquire",
+        "circuit_trip",
+        "close",
+        "dispatch",
+        "penalize",
+        "publish_accounts",
+        "push_back",
+        "resume",
+        "submit",
+        "take_intake",
+        "tick",
+    ]
+    for name in names:
+        script = scripts.load(name)
+        assert archiver_env.redis.script_load(script.source)  # it compiles
 
 
 # --- recorded writes ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Celery messages on Redis, as raw text: read what any producer published, write what workers run.
+"""Celery messages on Redis, as raw text: read what any producer published to the intake.
 
 Producers in any language publish to the intake queue. Nothing there reaches Celery as it came:
 the router (worker/dispatch/router.py) reads each message with :func:`read`, which checks every
@@ -6,13 +6,12 @@ layer before anything else touches it (size first, then UTF-8, JSON, the kombu e
 encoding and compression, protocol 2's ``[args, kwargs, options]``, headers, the task's name and
 keyword arguments), and either returns an :class:`Intake` or raises :class:`Refused` with one line
 naming the field. A refused message is dead-lettered (``invalid_request``); it can never stop a
-worker, because the only messages a worker's Celery consumer ever reads are the canonical ones
-:func:`build` writes.
+worker, because a worker's Celery consumer reads only the messages its dispatcher builds, with
+Celery's own API, from jobs checked here (worker/dispatch/dispatcher.py).
 
 The wire format is kombu's Redis transport's (a JSON object pushed onto a list):
 ``{"body": base64(JSON [args, kwargs, options]), "content-encoding", "content-type", "headers",
-"properties": {..., "body_encoding": "base64", "delivery_tag"}}``. Each dispatch gives the message
-a fresh delivery tag in place of :data:`TAG_PLACEHOLDER` (worker/stores/lua/dispatch.lua).
+"properties": {..., "body_encoding": "base64", "delivery_tag"}}``.
 """
 
 from __future__ import annotations
@@ -24,20 +23,20 @@ import math
 import re
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from config import ArchiverError
 from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
-from worker.contract.tasks import ARCHIVE_TASK, PROBE_TASK, SWEEP_TASK, TASK_NAMES, UNPACED
+from worker.contract.tasks import CHAT_TASKS, SWEEP_TASK, TASK_NAMES, UNPACED
+from worker.tracing import trace_headers
 
 # Every message we accept is a few hundred bytes; a limit far above that and far below what could
 # hurt a worker. Checked on the raw text and again after base64 and decompression.
 DEFAULT_MAX_BYTES = 64 * 1024
 # An eta further away than this is a mistake (or an attack on the delayed set), not a plan.
 MAX_ETA_SECONDS = 31 * 86400
-TAG_PLACEHOLDER = "@TAG@"
 # Ids go into Redis keys, delivery tags and log lines: a conservative alphabet (Celery's uuids fit).
 _TASK_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
 _GZIP = "application/x-gzip"  # kombu's name for zlib compression (`compression="zlib"`)
@@ -56,6 +55,7 @@ class Refused(ArchiverError, ValueError):
         self.detail = detail
         self.task_id = task_id  # only when it is a well-formed id
         self.job = dict(job or {})
+        self.trace: dict[str, str] = {}  # the message's W3C trace context, when asked for
 
 
 @dataclass(frozen=True)
@@ -65,14 +65,20 @@ class Intake:
     task: str
     task_id: str
     kwargs: dict[str, Any]  # validated and normalised
-    account: str  # "provider:id" for archive jobs, UNPACED for sweeps and probes
+    account: str  # "provider:id" for chat jobs, UNPACED for sweeps
     not_before: float | None = None  # unix time, from the message's eta
     history: dict[str, float] = field(default_factory=dict)
     origin: str = ""
+    trace: dict[str, str] = field(default_factory=dict)  # W3C trace context (``trace=True``)
 
 
-def read(raw: bytes | str, *, now: float, max_bytes: int = DEFAULT_MAX_BYTES) -> Intake:
-    """Check one raw intake message at every layer; raise Refused naming the first problem."""
+def read(
+    raw: bytes | str, *, now: float, max_bytes: int = DEFAULT_MAX_BYTES, trace: bool = False
+) -> Intake:
+    """Check one raw intake message at every layer; raise Refused naming the first problem.
+    ``trace``: keep the message's W3C trace context (its ``traceparent`` and ``tracestate``
+    headers, as the Celery instrumentation writes them); one that is malformed is left out,
+    never refused."""
     if len(raw) > max_bytes:
         raise Refused(f"message: {len(raw)} bytes, more than the {max_bytes} allowed")
     text = _utf8(raw, "message") if isinstance(raw, bytes) else raw
@@ -86,10 +92,13 @@ def read(raw: bytes | str, *, now: float, max_bytes: int = DEFAULT_MAX_BYTES) ->
     properties = _object(envelope, "properties")
     task_id = _task_id(headers)
     try:
-        return _read_envelope(envelope, headers, properties, task_id, now, max_bytes)
+        intake = _read_envelope(envelope, headers, properties, task_id, now, max_bytes)
     except Refused as refused:
         refused.task_id = refused.task_id or task_id
+        if trace:
+            refused.trace = trace_headers(headers)
         raise
+    return replace(intake, trace=trace_headers(headers)) if trace else intake
 
 
 def _read_envelope(
@@ -150,7 +159,7 @@ def _read_envelope(
     _check_expires(headers.get("expires"), now)
     history = _history(headers)
 
-    if task == ARCHIVE_TASK:
+    if task in CHAT_TASKS:
         try:
             parsed = ArchiveJob.parse(kwargs)
         except InvalidJob as error:
@@ -166,80 +175,6 @@ def _read_envelope(
         )
     checked = _service_kwargs(task, kwargs)
     return Intake(task, task_id, checked, UNPACED, not_before, history, _origin(headers))
-
-
-# -- the canonical message ------------------------------------------------------------------------
-
-
-def build(
-    task: str,
-    task_id: str,
-    kwargs: Mapping[str, Any],
-    queue: str,
-    *,
-    history: Mapping[str, float] | None = None,
-    origin: str = "",
-) -> str:
-    """The message a worker runs: Celery protocol 2, as kombu would push it onto ``queue``, with
-    :data:`TAG_PLACEHOLDER` where each dispatch writes a fresh delivery tag. The headers are
-    Celery's own (``app.amqp.create_task_message``; a unit test compares them), minus eta and
-    expires: delayed work waits in Redis, never in a worker's memory."""
-    kwargs = dict(kwargs)
-    headers: dict[str, Any] = {
-        "lang": "py",
-        "task": task,
-        "id": task_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": task_id,
-        "parent_id": None,
-        "argsrepr": "()",
-        "kwargsrepr": repr(kwargs),
-        "origin": origin,
-        "ignore_result": False,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
-    headers.update(history or {})
-    body = json.dumps(
-        [[], kwargs, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    )
-    message = {
-        "body": base64.b64encode(body.encode("utf-8")).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": headers,
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": TAG_PLACEHOLDER,
-        },
-    }
-    return json.dumps(message)
-
-
-def unpack(message: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The task name, keyword arguments and headers of a canonical message (one :func:`build`
-    wrote: the job store's own, trusted)."""
-    envelope = json.loads(message)
-    _, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
-    headers = envelope["headers"]
-    return str(headers["task"]), dict(kwargs), dict(headers)
-
-
-def history_of(headers: Mapping[str, Any] | None) -> dict[str, float]:
-    """The history headers of a message a worker received (its own canonical ones)."""
-    return _history(headers or {})
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -337,12 +272,11 @@ def _origin(headers: Mapping[str, Any]) -> str:
 
 _SERVICE_KWARGS: dict[str, dict[str, type]] = {
     SWEEP_TASK: {"provider": str, "account": str, "dry_run": bool, "list_chats": bool},
-    PROBE_TASK: {"provider": str, "account": str, "chain": str},
 }
 
 
 def _service_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Sweeps and probes: only the keyword arguments they take, of the right types, short."""
+    """Sweeps: only the keyword arguments they take, of the right types, short."""
     allowed = _SERVICE_KWARGS[task]
     checked: dict[str, Any] = {}
     for name, value in kwargs.items():
@@ -354,8 +288,6 @@ def _service_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(value, kind) or (isinstance(value, str) and len(value) > 128):
             raise Refused(f"{name}: {_show(value)} is not a valid {kind.__name__}")
         checked[name] = value
-    if task == PROBE_TASK and not {"provider", "account"} <= set(checked):
-        raise Refused(f"provider, account: {task} needs both")
     return checked
 
 

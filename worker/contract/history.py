@@ -1,8 +1,10 @@
-"""A job's history across its runs, carried in its message's headers.
+"""What a run knows besides its keyword arguments, carried in its message's headers: the job's
+history across its runs, and the ticket its dispatch gave it.
 
 A job keeps its task id for its whole life: every time it waits and runs again (a retry, a 429,
-a paused account) the job store keeps a new message with these headers updated
-(worker/stores/endings.py), so a run knows what the runs before it did.
+a paused account) the job store keeps its history updated (worker/stores/endings.py), so a run
+knows what the runs before it did. Each dispatch (worker/dispatch/dispatcher.py) adds a ticket:
+the run's lease token, its permit's slot, and what the job store knows of the job.
 """
 
 from __future__ import annotations
@@ -15,6 +17,61 @@ ATTEMPTS_HEADER = "archiver_attempts"
 FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
 ROUNDS_HEADER = "archiver_transient_rounds"
 LAST_ATTEMPT_HEADER = "archiver_last_attempt"
+HISTORY_HEADERS = (ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER, LAST_ATTEMPT_HEADER)
+
+TICKET_HEADER = "archiver_ticket"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A dispatch's hand-over to one run. A message without one did not come from a dispatcher
+    of ours (the router checks every intake message; nothing else reaches a ready queue)."""
+
+    token: str  # the run's lease member is "task id|token"
+    account: str  # the job store's account ("provider:id", or UNPACED)
+    mark: str  # its chat's pending-mark key ('' for sweeps)
+    lost: int  # earlier runs that began and never ended
+    slot: int = 0  # µs on Redis's clock when its call may go; 0: no rate limit
+    deadline: float = 0.0  # the slot on this host's monotonic clock
+    probe: bool = False  # the call that tells whether its paused account answers again
+    holder: str = ""  # another job holds its chat: this one ends as a duplicate of it
+    # The account's limit was idle: its slot was "now", and its next slot was kept a gap further
+    # (worker/stores/limiter.py), which this call's way to a worker may use up.
+    idle: bool = False
+
+    def header(self) -> list[Any]:
+        return [
+            self.token,
+            self.account,
+            self.mark,
+            self.lost,
+            self.slot,
+            self.deadline,
+            int(self.probe),
+            self.holder,
+            int(self.idle),
+        ]
+
+    @classmethod
+    def from_headers(cls, headers: Mapping[str, Any] | None) -> Ticket | None:
+        value = (headers or {}).get(TICKET_HEADER)
+        if not isinstance(value, list) or len(value) != 9:
+            return None
+        token, account, mark, lost, slot, deadline, probe, holder, idle = value
+        try:
+            return cls(
+                str(token),
+                str(account),
+                str(mark),
+                int(lost),
+                int(slot),
+                float(deadline),
+                bool(probe),
+                str(holder),
+                bool(idle),
+            )
+        except (TypeError, ValueError):
+            return None
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ Task ``archive.chat``, keyword arguments only:
     chat_id     the chat, e.g. "79001234567@c.us"
     request_id  optional, the caller's id for tracing (at most 128 characters)
     source      optional, who asked (default "api"; sweeps say "sweep")
+    sweep_run   optional, the sweep run that enqueued it (at most 64 characters): its final
+                ending adds an archived chat to that run's record (worker/stores/sweep_runs.py)
 
 Ids are normalised here, the one place producers and workers both go through, before anything
 builds a Redis key, a queue name or a rate limit from them: surrounding whitespace dropped,
@@ -17,6 +19,7 @@ account with one rate limit, and ``"٧١٠٥١٨٧٥٦٦"`` (Arabic-Indic digits
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +29,11 @@ from config.errors import UserError, location, show
 
 TASK_NAME = "archive.chat"
 _REQUIRED = ("provider", "account", "chat_id")
-_OPTIONAL_LIMITS = {"request_id": 128, "source": 64}
+_OPTIONAL_LIMITS = {"request_id": 128, "source": 64, "sweep_run": 64}
 _FIELDS = (*_REQUIRED, *_OPTIONAL_LIMITS)
+# A task id goes into Redis keys, delivery tags and log lines: the alphabet workers accept in a
+# message's ``id`` header (worker/contract/envelope.py), which Celery's uuids fit.
+TASK_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
 
 
 class InvalidJob(UserError, ValueError):
@@ -41,6 +47,7 @@ class ArchiveJob:
     chat_id: str
     request_id: str | None = None
     source: str = "api"
+    sweep_run: str | None = None
 
     @property
     def account_key(self) -> str:
@@ -54,6 +61,7 @@ class ArchiveJob:
             "chat_id": self.chat_id,
             "request_id": self.request_id,
             "source": self.source,
+            "sweep_run": self.sweep_run,
         }
         return {key: value for key, value in kwargs.items() if value is not None}
 
@@ -104,6 +112,21 @@ class ArchiveJob:
             if value:
                 optional[name] = value
         return cls(provider=provider, account=account, chat_id=chat_id, **optional)
+
+
+def parse_task_id(value: Any) -> str | None:
+    """A producer row's optional ``task_id`` (a resend passes back the id it was given): None
+    when absent or empty, else the id, or InvalidJob naming the field."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise InvalidJob(f"task_id: must be a string, got {type(value).__name__}")
+    if not TASK_ID.match(value):
+        raise InvalidJob(
+            f"task_id: {show(value)} is not a task id (1-128 of A-Z a-z 0-9 _ . : @ -, "
+            "starting with a letter or digit, as Celery's uuids are)"
+        )
+    return value
 
 
 def job_summary(data: Any) -> dict[str, Any]:

@@ -2,13 +2,17 @@
 
 Every provider answer means exactly one ``Verdict``::
 
-    Kind.SUCCESS       archived, already_archived            -> the job is done
+    Kind.SUCCESS       archived, already_archived,           -> the job is done
+                       unarchived, already_unarchived
     Kind.PERMANENT     chat_not_found, no_messages,          -> dead letter at once, never retried
                        invalid_request, unexpected_response
-    Kind.ACCOUNT       unauthorized, account_unavailable,    -> every job of the account would fail
-                       quota_exceeded                           the same way: pause the account
+    Kind.ACCOUNT       unauthorized, account_unavailable     -> every job of the account would fail
+                       (asleep, starting, not authorized,       the same way: pause the account
+                       device not operative...),
+                       quota_exceeded, misconfigured
+                       (an unknown route, a proxy's page)
     Kind.TRANSIENT     5xx, 499, timeouts, connection        -> retry (tenacity, then Celery)
-                       errors, "instance starting"
+                       errors
     Kind.RATE_LIMITED  429                                   -> slow the account, run again;
                                                                 never a failure
 
@@ -35,6 +39,9 @@ class Outcome(StrEnum):
     # Another job for the same chat was pending or running (its id is in the result's
     # `duplicate_of`): that job makes the provider call. Not an error.
     DUPLICATE = "duplicate"
+    # The undo of an archive (GREEN-API unarchiveChat, Wassenger DELETE .../archive).
+    UNARCHIVED = "unarchived"
+    ALREADY_UNARCHIVED = "already_unarchived"
 
 
 class Reason(StrEnum):
@@ -51,10 +58,13 @@ class Reason(StrEnum):
     UNAUTHORIZED = "unauthorized"
     ACCOUNT_UNAVAILABLE = "account_unavailable"
     QUOTA_EXCEEDED = "quota_exceeded"
+    # The provider does not know the request's route (a 404 that is not its documented "chat not
+    # found", a wrong api_url, a proxy's page): a setting to fix, never a job's fault.
+    MISCONFIGURED = "misconfigured"
 
 
 ACCOUNT_REASONS = frozenset(
-    {Reason.UNAUTHORIZED, Reason.ACCOUNT_UNAVAILABLE, Reason.QUOTA_EXCEEDED}
+    {Reason.UNAUTHORIZED, Reason.ACCOUNT_UNAVAILABLE, Reason.QUOTA_EXCEEDED, Reason.MISCONFIGURED}
 )
 
 
@@ -88,6 +98,8 @@ class Verdict:
 
 ARCHIVED = Verdict(Kind.SUCCESS, outcome=Outcome.ARCHIVED)
 ALREADY_ARCHIVED = Verdict(Kind.SUCCESS, outcome=Outcome.ALREADY_ARCHIVED)
+UNARCHIVED = Verdict(Kind.SUCCESS, outcome=Outcome.UNARCHIVED)
+ALREADY_UNARCHIVED = Verdict(Kind.SUCCESS, outcome=Outcome.ALREADY_UNARCHIVED)
 CHAT_NOT_FOUND = Verdict(Kind.PERMANENT, reason=Reason.CHAT_NOT_FOUND)
 NO_MESSAGES = Verdict(Kind.PERMANENT, reason=Reason.NO_MESSAGES)
 INVALID_REQUEST = Verdict(Kind.PERMANENT, reason=Reason.INVALID_REQUEST)
@@ -95,6 +107,7 @@ UNEXPECTED_RESPONSE = Verdict(Kind.PERMANENT, reason=Reason.UNEXPECTED_RESPONSE)
 UNAUTHORIZED = Verdict(Kind.ACCOUNT, reason=Reason.UNAUTHORIZED)
 ACCOUNT_UNAVAILABLE = Verdict(Kind.ACCOUNT, reason=Reason.ACCOUNT_UNAVAILABLE)
 QUOTA_EXCEEDED = Verdict(Kind.ACCOUNT, reason=Reason.QUOTA_EXCEEDED)
+MISCONFIGURED = Verdict(Kind.ACCOUNT, reason=Reason.MISCONFIGURED)
 TRANSIENT = Verdict(Kind.TRANSIENT)
 RATE_LIMITED = Verdict(Kind.RATE_LIMITED)
 

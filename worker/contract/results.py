@@ -1,4 +1,4 @@
-"""What a job's result says, as Celery's result backend keeps it (README: "The result").
+"""What a job's result says, as Celery's result backend keeps it (README: "From any language").
 
     SUCCESS  the result is a :class:`JobResult`: outcome archived, already_archived or duplicate
     FAILURE  the job was dead-lettered: the exception is ``DeadLettered(reason, detail,

@@ -4,11 +4,13 @@ Celery's built-ins included) is dead-lettered when it arrives (worker/contract/e
 from __future__ import annotations
 
 ARCHIVE_TASK = "archive.chat"
+UNARCHIVE_TASK = "archive.unarchive"
 SWEEP_TASK = "archive.sweep"
-PROBE_TASK = "archive.probe"
 
-TASK_NAMES = frozenset({ARCHIVE_TASK, SWEEP_TASK, PROBE_TASK})
+# Jobs about one chat, under the account's rate limit: the same keyword arguments, one action each.
+CHAT_TASKS = frozenset({ARCHIVE_TASK, UNARCHIVE_TASK})
+TASK_NAMES = frozenset({*CHAT_TASKS, SWEEP_TASK})
 
-# The job store's name for "no account": sweeps and probes wait for a free worker slot only, not
-# for an account's rate limit. No real account key ("provider:id") can look like it.
+# The job store's name for "no account": sweeps wait for a free worker slot only, not for an
+# account's rate limit. No real account key ("provider:id") can look like it.
 UNPACED = "*"

@@ -1,145 +1,179 @@
 """The dispatcher: hands a node's free worker slots the jobs that may run now.
 
 One per worker node, in a thread of the main process. It asks the job store for as many due jobs
-as the node has free slots (less what already waits in the ready queue), and pushes them onto
-the ready queue, the only queue Celery's consumer reads: a worker never holds a job it cannot
+as the node has free slots (lua/dispatch.lua reserves each one's permit and lease in the same
+step), builds each one's Celery message with Celery's own API, and publishes it to the node's
+own ready queue, the only queue its Celery consumer reads. So a worker never holds a job it cannot
 run now, and never sleeps more than the dispatch lead for a permit.
 
-When it waits:
-- its slots are full: for one of them to free (the task's Request pokes it: worker/dispatch/
-  service.py), or a second at most;
-- it has room but nothing is due: on the doorbell (a Redis list) until the next job is due, or
-  until a router or another node rings because work arrived that it cannot take itself.
-So an idle node costs Redis one blocking call a second, whatever the number of accounts.
+It waits on a local event: a slot of this node freed (the task's request pokes it), work arrived
+anywhere (a Redis publish on the wake channel, relayed by a subscriber thread, which costs nothing
+while nothing happens), or the next job is due (its own timer, punctual to a millisecond).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import Enum
+from typing import TYPE_CHECKING, Any
 
 import redis
+from celery import Celery
+from kombu import Queue
 
-from worker.stores.jobs import JobStore
+from worker.contract.history import TICKET_HEADER, Ticket
+from worker.stores.jobs import Dispatch, DispatchedJob, JobStore
+
+if TYPE_CHECKING:
+    from worker.tracing.spans import JobTracer
 
 logger = logging.getLogger("chat_archiver.dispatch")
 
-# The longest a dispatcher sleeps without looking: it bounds how late a missed wake-up can make
-# a job, and costs one Redis call a second on an idle node.
-MAX_SLEEP = 1.0
-# Shorter waits are not worth a blocking call (and BLPOP's 0 would block forever).
-MIN_BLOCK = 0.002
-# Redis times out a blocked BLPOP from its server cron, which runs hz times a second (10 by
-# default): a BLPOP may return up to 100 ms after its timeout. Waiting on it for the next due
-# job made every dispatch of a busy account late by up to that much (an account at 10/s ran at
-# 74-82% of its limit). So the doorbell is only waited on until PRECISE before the next job is
-# due; the rest is waited on this process's own timer, which is punctual to a millisecond.
-PRECISE = 0.2
-
-
-class WaitOn(Enum):
-    NOTHING = "nothing"  # go again at once
-    SLOT = "slot"  # a local event: a worker slot freed
-    DOORBELL = "doorbell"  # the Redis doorbell: work arrived somewhere
-
-
-@dataclass(frozen=True)
-class Wait:
-    on: WaitOn
-    timeout: float = 0.0
+# The longest a dispatcher waits without looking: it bounds how late a missed wake-up can make a
+# job (a wake published while the subscriber reconnected), and costs one call per period idle.
+MAX_SLEEP = 5.0
 
 
 class Dispatcher:
     def __init__(
         self,
         store: JobStore,
-        broker: redis.Redis,
-        ready: str,
+        app: Celery,
+        ready: Queue,
         capacity: Callable[[], int],
-        *,
-        shared: bool,
+        clock: Callable[[], float] = time.monotonic,
+        tracer: JobTracer | None = None,
     ) -> None:
-        """``capacity``: the node's free worker slots. ``shared``: the broker is the state Redis,
-        so one script reserves and pushes in the same step."""
+        """``capacity``: the node's free worker slots; ``ready``: the node's ready queue;
+        ``tracer``: while tracing is on, a traced job's message carries its dispatch's trace
+        context to its run (worker/tracing)."""
         self.store = store
-        self.broker = broker
+        self.tracer = tracer
+        self.app = app
         self.ready = ready
         self.capacity = capacity
-        self.shared = shared
-        self.doorbell = store.keys.doorbell
-        self.dispatched = 0
-        self._idle_rounds = 0
-        self._slot_freed = threading.Event()
+        self.clock = clock
+        # task id -> (lease member, when): renewed until its request arrives (a message lost on the
+        # way stops being renewed, and the janitor gives its job back).
+        self.handed_out: dict[str, tuple[str, float]] = {}
+        self._wake = threading.Event()
 
     def poke(self) -> None:
-        """A worker slot of this node freed (or work arrived here): look again now."""
-        self._slot_freed.set()
+        """A worker slot of this node freed, or work arrived: look again now."""
+        self._wake.set()
 
-    def ring(self) -> None:
-        """Wake one idle dispatcher on any node (one element wakes one BLPOP)."""
-        pipe = self.store.redis.pipeline(transaction=False)
-        pipe.lpush(self.doorbell, 1)
-        pipe.ltrim(self.doorbell, 0, 0)
-        pipe.execute()
-
-    def step(self) -> Wait:
-        """Dispatch once; say how to wait before the next step."""
+    def step(self) -> float:
+        """Dispatch once; return how long to wait before the next step (0: go again)."""
         budget = self.capacity()
         if budget <= 0:
-            return Wait(WaitOn.SLOT, MAX_SLEEP)
-        if self.shared:
-            result = self.store.dispatch(budget, ready=self.ready)
-        else:
-            result = self.store.dispatch(budget - int(self.broker.llen(self.ready)))
-            if result.messages:
-                # LPUSH in order: the first dispatched is the first a consumer's BRPOP takes.
-                self.broker.lpush(self.ready, *result.messages)
-        self.dispatched += result.count
-        full = result.count >= budget
-        if result.next_in == 0:  # more is due now
-            if full:
-                self.ring()  # another node may have room for it
-                return Wait(WaitOn.SLOT, MAX_SLEEP)
-            if result.count:
-                self._idle_rounds = 0
-                return Wait(WaitOn.NOTHING)
-            # The ready queue still holds jobs no consumer has taken yet: give them a moment,
-            # longer each time it stays so (a consumer that stopped must not make us spin).
-            self._idle_rounds += 1
-            return Wait(WaitOn.SLOT, min(0.2, 0.01 * 2 ** min(self._idle_rounds, 5)))
-        self._idle_rounds = 0
-        if full:
-            timeout = MAX_SLEEP if result.next_in is None else min(MAX_SLEEP, result.next_in)
-            return Wait(WaitOn.SLOT, timeout)
-        if result.next_in is None:
-            return Wait(WaitOn.DOORBELL, MAX_SLEEP)
-        if result.next_in <= PRECISE:
-            # Punctual. Work this node routes pokes it; a ring from another node (work routed
-            # there) waits at most PRECISE, and the next step finds it.
-            return Wait(WaitOn.SLOT, result.next_in)
-        return Wait(WaitOn.DOORBELL, min(MAX_SLEEP, result.next_in - PRECISE))
+            return MAX_SLEEP  # a freed slot pokes
+        dispatch = self.store.dispatch(budget)
+        if dispatch.jobs:
+            self._publish(dispatch, self.clock())
+        if len(dispatch.jobs) >= budget:
+            return MAX_SLEEP  # full: a freed slot pokes
+        if dispatch.next_in is None:
+            return MAX_SLEEP  # nothing waits: a wake-up pokes
+        return min(MAX_SLEEP, dispatch.next_in)
 
-    def wait(self, wait: Wait) -> None:
-        if wait.on is WaitOn.SLOT:
-            self._slot_freed.wait(wait.timeout)
-        elif wait.on is WaitOn.DOORBELL and wait.timeout >= MIN_BLOCK:
-            self.store.redis.blpop([self.doorbell], timeout=wait.timeout)
+    def _publish(self, dispatch: Dispatch, local_now: float) -> None:
+        """One Celery message per job, on the node's ready queue, with its ticket."""
+        amqp = self.app.amqp
+        with self.app.producer_or_acquire() as producer:
+            for job in dispatch.jobs:
+                deadline = slot_deadline(job, dispatch, local_now)
+                self.handed_out[job.task_id] = (job.member, local_now)
+                # ignore_result: the run writes its result with its ending (in one step); the
+                # message's own flag would have Celery store it a second time.
+                message = amqp.create_task_message(
+                    job.task_id,
+                    job.task,
+                    (),
+                    job.body.kwargs,
+                    argsrepr="()",
+                    kwargsrepr=repr(job.body.kwargs),
+                    origin=job.body.origin or None,
+                    ignore_result=True,
+                )
+                headers = run_headers(job, deadline, dispatch.now_us)
+                if self.tracer is None or not job.body.trace:
+                    self._send(producer, job, message, headers)
+                    continue
+                with self.tracer.dispatching(job, self.ready.name) as trace_headers:
+                    self._send(producer, job, message, {**headers, **trace_headers})
+
+    def _send(self, producer: Any, job: DispatchedJob, message: Any, headers: Any) -> None:
+        self.app.amqp.send_task_message(
+            producer,
+            job.task,
+            message,
+            queue=self.ready,
+            declare=[],
+            retry=True,
+            headers=headers,
+        )
+
+    def clear(self) -> None:
+        """Before a step: a poke from here on wakes the wait after it."""
+        self._wake.clear()
+
+    def wait(self, timeout: float) -> None:
+        if timeout > 0:
+            self._wake.wait(timeout)
+
+
+def run_headers(job: DispatchedJob, deadline: float, now_us: int) -> dict[str, Any]:
+    """The headers a handed-out job's message carries besides Celery's: its history and its
+    ticket (worker/contract/history.py). ``now_us``: Redis's clock at the dispatch."""
+    ticket = Ticket(
+        token=job.token,
+        account=job.account,
+        mark=job.mark,
+        lost=job.lost,
+        slot=job.slot,
+        deadline=deadline,
+        probe=job.probe,
+        holder=job.holder,
+        idle=0 < job.slot <= now_us,
+    )
+    return {**job.body.history, TICKET_HEADER: ticket.header()}
+
+
+def slot_deadline(job: DispatchedJob, dispatch: Dispatch, local_now: float) -> float:
+    """The job's slot on this host's monotonic clock (0: no limit), counted from ``local_now``,
+    when Redis's answer arrived: Redis read its clock before it replied, so never early."""
+    return local_now + (job.slot / 1_000_000 - dispatch.now) if job.slot else 0.0
+
+
+class WakeListener:
+    """Relays the wake channel to a local event: a subscribed connection costs Redis nothing while
+    no one publishes."""
+
+    def __init__(self, client: redis.Redis, channel: str, on_wake: Callable[[], None]) -> None:
+        self.client = client
+        self.channel = channel
+        self.on_wake = on_wake
 
     def run(self, stop: threading.Event) -> None:
         backoff = 0.1
         while not stop.is_set():
-            self._slot_freed.clear()  # a poke from here on wakes the wait below
+            pubsub: Any = None
             try:
-                wait = self.step()
-                self.wait(wait)
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.channel)
+                self.on_wake()  # anything published while we were not subscribed
                 backoff = 0.1
+                while not stop.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        self.on_wake()
             except redis.RedisError as error:
-                logger.warning("dispatcher: Redis unavailable (%s); retrying", type(error).__name__)
+                logger.debug("wake listener: %s; resubscribing", type(error).__name__)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
-            except Exception:
-                logger.exception("dispatcher step failed; retrying")
-                stop.wait(1.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(redis.RedisError):
+                        pubsub.close()

@@ -1,34 +1,33 @@
 """The janitor: what no single run can do for itself, done by one node at a time, every few seconds.
 
-- Jobs whose lease ran out (their node was killed, or their message was lost between the queue
-  and a worker) go back to the front of their wait list: they run again within
-  ARCHIVER_LEASE_TIMEOUT + ARCHIVER_JANITOR_INTERVAL of their last sign of life.
-- A dead node's routing list (messages it took from the intake and had not stored yet) goes back
-  to the intake.
-- Jobs that have waited longer than ARCHIVER_UNKNOWN_ACCOUNT_GRACE for an account no worker knows
-  go to the dead letters (``unknown_account``), to be replayed once the account is configured.
-- Every paused account has a probe chain looking after it (a lost one is replaced).
+Each node's housekeeping step (lua/tick.lua) tries to take the janitor's turn; the node that gets
+it has, in that same step, given back the jobs whose lease ran out (their node was killed, or
+their message was lost on its way to a worker: they run again within ARCHIVER_LEASE_TIMEOUT +
+ARCHIVER_JANITOR_INTERVAL of their last sign of life), and then, here:
 
-Each turn takes a short Redis lock, so with many nodes the work is done once per interval.
+- gives a dead node's routing list (messages it took from the intake and had not stored) back to
+  the intake, and deletes its ready queue (its jobs come back through their leases);
+- dead-letters the jobs that waited longer than ARCHIVER_UNKNOWN_ACCOUNT_GRACE for an account no
+  worker knows (``unknown_account``), to be replayed once the account is configured;
+- dead-letters jobs parked behind a paused account longer than ARCHIVER_CIRCUIT_MAX_PAUSE, with
+  the account's reason.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from config import AccountRegistry
 from worker.contract.outcomes import Reason
-from worker.dispatch.probes import ensure_chain
 from worker.dispatch.router import Router
 from worker.services import Services
 from worker.stores.endings import Endings
-from worker.stores.writes import Writes
+from worker.stores.jobs import Tick
+from worker.stores.keys import ready_queue
 
 logger = logging.getLogger("chat_archiver.janitor")
 
-# Unknown-account jobs dead-lettered per turn: bounds the time one turn takes.
+# Jobs dead-lettered per turn: bounds the time one turn takes.
 EXPIRE_PER_TURN = 500
 
 
@@ -37,93 +36,104 @@ class Turn:
     requeued: list[str] = field(default_factory=list)
     nodes_recovered: dict[str, int] = field(default_factory=dict)  # node -> messages given back
     unknown_dead_lettered: int = 0
-    chains_started: int = 0
+    paused_dead_lettered: int = 0
 
 
 class Janitor:
-    def __init__(
-        self,
-        services: Services,
-        router: Router,
-        node: str,
-        accounts: Callable[[], AccountRegistry],
-        endings: Endings | None = None,
-    ) -> None:
+    def __init__(self, services: Services, router: Router, node: str, endings: Endings) -> None:
         self.services = services
         self.store = services.jobs
         self.router = router
         self.node = node
-        self.accounts = accounts
-        self.endings = endings or Endings(services)
-        settings = services.settings
-        self.interval = settings.janitor_interval
-        # A node that has not renewed for two leases is gone (renewals come every third of one).
-        self.node_timeout = 2 * settings.lease_timeout
+        self.endings = endings
 
-    def tick(self, requeue: bool = True) -> Turn | None:
-        """One turn, if no other node has taken this interval's; None if it was taken.
-        ``requeue`` False: leave expired leases for a later turn (Redis was just away)."""
-        lock_ms = max(100, int(self.interval * 1000 * 0.9))
-        if not self.services.redis.set(self.services.keys.janitor, self.node, nx=True, px=lock_ms):
-            return None
-        turn = Turn()
-        turn.requeued = self.store.requeue_expired() if requeue else []
-        if turn.requeued:
+    def after(self, tick: Tick) -> Turn:
+        """The rest of a janitor's turn, after the tick that gave it to this node."""
+        turn = Turn(requeued=tick.requeued)
+        if tick.requeued:
             logger.warning(
                 "gave back %d jobs whose lease ran out (their worker died?): %s",
-                len(turn.requeued),
-                ", ".join(turn.requeued[:5]) + (" ..." if len(turn.requeued) > 5 else ""),
+                len(tick.requeued),
+                ", ".join(tick.requeued[:5]) + (" ..." if len(tick.requeued) > 5 else ""),
             )
-        for node in self.store.dead_nodes(self.node_timeout):
+        for node in tick.dead_nodes:
             if node == self.node:
                 continue
             moved = self.router.give_back(self.services.keys.routing(node))
+            self.services.broker.delete(ready_queue(self.services.settings.queue, node))
             self.store.forget_node(node)
             turn.nodes_recovered[node] = moved
             logger.warning(
                 "node %s stopped: %d messages it held went back to the intake", node, moved
             )
-        turn.unknown_dead_lettered = self._expire_unknown()
-        turn.chains_started = self._look_after_paused()
+        budget = EXPIRE_PER_TURN
+        for account in tick.unknown:
+            count = self._expire_unknown(account, budget)
+            turn.unknown_dead_lettered += count
+            budget -= count
+        for account in tick.paused:
+            count = self._expire_parked(account, budget)
+            turn.paused_dead_lettered += count
+            budget -= count
+        if turn.unknown_dead_lettered:
+            logger.warning(
+                "dead-lettered %d jobs for accounts no worker knows", turn.unknown_dead_lettered
+            )
         return turn
 
-    def _expire_unknown(self) -> int:
+    def _expire_unknown(self, account: str, budget: int) -> int:
         grace = self.services.settings.unknown_account_grace
+        detail = (
+            f"no worker's accounts file has named {account} for "
+            f"{grace:g}s (replay once it is configured)"
+        )
+        wait_key = self.services.keys.wait(account)
         count = 0
-        for account in self.store.unknown_accounts(older_than=grace):
-            detail = (
-                f"no worker's accounts file has named {account} for "
-                f"{grace:g}s (replay once it is configured)"
-            )
-            wait_key = self.services.keys.wait(account)
-            while count < EXPIRE_PER_TURN:
-                ids = self.store.wait_head(account, 100)
-                if not ids:
-                    self.store.forget_unknown(account)
-                    break
-                for task_id in ids:
-                    out = Writes().lrem(wait_key, 1, task_id)
-                    entry = self.endings.dead_letter_stored(
-                        task_id, Reason.UNKNOWN_ACCOUNT, detail, out
-                    )
-                    if entry is None:
-                        self.services.redis.lrem(wait_key, 1, task_id)  # a leftover id
-                    else:
-                        count += 1
-        if count:
-            logger.warning("dead-lettered %d jobs for accounts no worker knows", count)
+        while count < budget:
+            ids = self.store.wait_head(account, 100)
+            if not ids:
+                self.store.forget_unknown(account)
+                break
+            for task_id in ids:
+                if self.endings.dead_letter_stored(
+                    task_id, Reason.UNKNOWN_ACCOUNT, detail, wait_key
+                ):
+                    count += 1
+                else:
+                    self.services.redis.lrem(wait_key, 1, task_id)  # a leftover id
         return count
 
-    def _look_after_paused(self) -> int:
-        started = 0
-        registry = self.accounts()
+    def _expire_parked(self, account: str, budget: int) -> int:
+        """Dead-letter the jobs parked longer than the maximum pause (they are at the head), with
+        the account's reason, so they can be replayed once the account is fixed."""
         circuit = self.services.circuit
-        for key in circuit.paused_accounts():
-            provider, _, account_id = key.partition(":")
-            account = registry.find(provider, account_id)
-            if account is None:
-                continue
-            if ensure_chain(circuit, account):
-                started += 1
-                logger.info("%s is paused and had no probe chain: started one", key)
-        return started
+        max_pause = circuit.max_pause
+        now = circuit.clock.now(self.services.redis)
+        reason_text, account_detail = self._pause_of(account)
+        try:
+            reason = Reason(reason_text or "")
+        except ValueError:
+            reason = Reason.ACCOUNT_UNAVAILABLE
+        detail = f"{account} paused longer than {max_pause:g}s: {account_detail or reason}"
+        parked_key = self.services.keys.parked(account)
+        count = 0
+        while count < budget:
+            head = self.store.parked_head(account, 100)
+            expired = [
+                task_id for task_id, since in head if since is not None and now - since >= max_pause
+            ]
+            for task_id in expired:
+                if self.endings.dead_letter_stored(task_id, reason, detail, parked_key):
+                    count += 1
+                else:
+                    self.services.redis.lrem(parked_key, 1, task_id)  # a leftover id
+            if len(expired) < len(head) or not head:
+                break
+        return count
+
+    def _pause_of(self, account: str) -> tuple[str | None, str | None]:
+        data = self.services.redis.hmget(self.services.keys.circuit(account), "reason", "detail")
+        return (
+            str(data[0]) if data[0] is not None else None,
+            str(data[1]) if data[1] is not None else None,
+        )

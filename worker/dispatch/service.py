@@ -1,41 +1,69 @@
 """The dispatch runtime of one worker node: threads in the Celery worker's main process.
 
-- **router**: intake queue → job store (worker/dispatch/router.py), blocking on the intake while
+- **router**: intake queue -> job store (worker/dispatch/router.py), blocking on the intake while
   it is empty;
-- **dispatcher**: job store → ready queue, for this node's free slots (worker/dispatch/
-  dispatcher.py);
-- **housekeeper**: renews the leases of the jobs this node runs and says the node is alive,
-  looks at the accounts file for changes, and takes the janitor's turn (worker/dispatch/
-  janitor.py).
+- **dispatcher**: job store -> this node's ready queue, for its free slots
+  (worker/dispatch/dispatcher.py), woken by the **wake listener** when work arrives anywhere;
+- **housekeeper**: one step every few seconds (lua/tick.lua) renews the leases of the runs this
+  node holds, says the node is alive, and takes the janitor's turn when it is free
+  (worker/dispatch/janitor.py); it also looks at the accounts file for changes.
 
 Started by a consumer bootstep once the worker's consumer is up; stopped at shutdown. Each thread
-survives Redis going away (it retries with a backoff) and never stops the worker.
+survives Redis going away or refusing writes (it retries with a backoff, and the node logs one
+line when Redis stops accepting work and one when it does again) and never stops the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery import bootsteps, signals
+import redis
+from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 from celery.worker.request import Request
+from kombu import Queue
 
-from worker.dispatch.dispatcher import Dispatcher
+from worker import tracing
+from worker.contract.history import Ticket
+from worker.dispatch.dispatcher import Dispatcher, WakeListener
 from worker.dispatch.janitor import Janitor
 from worker.dispatch.registry import AccountsPublisher
-from worker.dispatch.router import Router, intake_lists
+from worker.dispatch.router import Router
 from worker.services import Services, accounts_file, get_services
 from worker.stores.client import connect, set_outage_grace
+from worker.stores.endings import Endings
+from worker.stores.jobs import lease_member
 from worker.stores.keys import ready_queue
 
 logger = logging.getLogger("chat_archiver.dispatch")
 
 _runtime: NodeRuntime | None = None
+_node: str | None = None
+
+# How long the router blocks on an empty intake per call: an idle node's cost.
+INTAKE_BLOCK = 10
+
+
+def node_name(hostname: str) -> str:
+    """This worker process's node name, made once: its ready queue, routing list and heartbeat
+    are named after it (a restarted node is a new one; the janitor cleans up after the old)."""
+    global _node
+    if _node is None or not _node.startswith(f"{hostname}#"):
+        _node = f"{hostname}#{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    return _node
+
+
+def ready(queue: str, node: str) -> Queue:
+    """A node's ready queue as its consumer reads it: no kombu acknowledgement (the job store's
+    lease brings back a job whose run is lost, so kombu's unacked copy would be a second way to
+    the same end), and nothing to declare (a Redis list needs none)."""
+    return Queue(ready_queue(queue, node), no_ack=True, no_declare=True)
 
 
 def poke() -> None:
@@ -46,21 +74,32 @@ def poke() -> None:
 
 
 class JobRequest(Request):
-    """Celery's request, in the worker's main process, telling the dispatcher when a slot frees.
-    Every ending of a run (success, failure, retry, ignored) acknowledges or rejects its message
-    once the slot is free (Celery's own on_success is replaced per task, so it is not the hook)."""
+    """Celery's request, in the worker's main process. Its message came from a queue read
+    without acknowledgements, so acknowledging or rejecting it sends nothing to Redis: it tells
+    the dispatcher that a slot freed. It knows its run's lease member, which the node renews."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        ticket = Ticket.from_headers(self.request_dict)
+        self.archiver_member = lease_member(self.id, ticket.token) if ticket else ""
+        runtime = _runtime
+        if runtime is not None:
+            runtime.dispatcher.handed_out.pop(self.id, None)
 
     def acknowledge(self) -> None:
-        try:
-            super().acknowledge()
-        finally:
+        if not self.acknowledged:
+            self.acknowledged: bool = True
             poke()
 
     def reject(self, requeue: bool = False) -> None:
-        try:
-            super().reject(requeue)
-        finally:
-            poke()
+        self.acknowledge()
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        # Flower keeps a task's fields from its earlier events: a job that waited (RETRY,
+        # Deferred(why)) and then succeeded would show SUCCESS beside the old reason.
+        if type == "task-succeeded":
+            fields = {"exception": None, "traceback": None, **fields}
+        super().send_event(type, **fields)
 
 
 @signals.worker_shutting_down.connect
@@ -72,29 +111,82 @@ def _draining(**_: Any) -> None:
         runtime.drain()
 
 
-def _running_ids() -> list[str]:
-    """Ids of the jobs this node holds (received, running): their leases are renewed. The set is
-    changed by the consumer's thread; a copy taken mid-change is simply taken again."""
+def _running_members() -> list[str]:
+    """Lease members of the runs this node holds (received, running). The set is changed by the
+    consumer's thread; a copy taken mid-change is simply taken again."""
     for _ in range(10):
         try:
-            return [request.id for request in list(worker_state.reserved_requests)]
+            return [
+                member
+                for request in list(worker_state.reserved_requests)
+                if (member := getattr(request, "archiver_member", ""))
+            ]
         except RuntimeError:
             continue
     return []
+
+
+class WriteHealth:
+    """Whether Redis accepts our writes, said once when it stops and once when it starts again
+    (and once a minute while it lasts), instead of a line per failed step of every thread. Any
+    thread's failure says it stopped; only the housekeeper's step, which always writes (the
+    node's heartbeat), says it works again: a router or dispatcher step with nothing to do
+    writes nothing, and succeeds while Redis refuses writes."""
+
+    REMIND = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._since: float | None = None
+        self._said = 0.0
+        self.refused = threading.Event()
+
+    def failed(self, error: Exception) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if self._since is None:
+                self._since = now
+            elif now - self._said < self.REMIND:
+                return
+            self._said = now
+            self.refused.set()
+        logger.warning(
+            "Redis refuses work (%s): taking no new jobs, retrying; running jobs record their "
+            "outcome once it answers",
+            describe(error),
+        )
+
+    def ok(self) -> None:
+        with self._lock:
+            if self._since is None:
+                return
+            lasted = time.monotonic() - self._since
+            self._since = None
+            self.refused.clear()
+        logger.warning("Redis accepts work again after %.0fs: resuming", lasted)
+
+
+def describe(error: Exception) -> str:
+    """One line of a Redis error, never its arguments (a URL may hold a password)."""
+    text = str(error).split("\n")[0]
+    if isinstance(error, redis.ResponseError) and text:
+        return f"{type(error).__name__}: {text[:120]}"
+    return type(error).__name__
 
 
 class NodeRuntime:
     def __init__(
         self,
         services: Services,
-        hostname: str,
+        app: Celery,
+        node: str,
         capacity: Callable[[], int],
         on_refused: Callable[[str, Exception], None] | None = None,
     ) -> None:
         settings = services.settings
         self.services = services
-        self.node = f"{hostname}#{uuid.uuid4().hex[:8]}"
-        self.ready = ready_queue(settings.queue)
+        self.node = node
+        tracer = tracing.active(settings)  # None while tracing is off
         # Raw bytes: the router checks messages exactly as they were published.
         self.raw_broker = connect(settings.broker_url, decode=False)
         self.router = Router(
@@ -103,32 +195,38 @@ class NodeRuntime:
             services.dead_letters,
             services.keys,
             intake=settings.queue,
-            ready=self.ready,
-            node=self.node,
+            node=node,
+            shared=services.shared,
             max_bytes=settings.max_message_bytes,
             on_refused=on_refused,
+            tracer=tracer,
         )
         self.dispatcher = Dispatcher(
-            services.jobs, services.broker, self.ready, capacity, shared=services.shared
+            services.jobs, app, ready(settings.queue, node), capacity, tracer=tracer
         )
+        self.wake = WakeListener(services.redis, services.keys.wake, self.dispatcher.poke)
         self.publisher = AccountsPublisher(
             accounts_file(), services.jobs, services.keys, services.limiter
         )
-        self.janitor = Janitor(services, self.router, self.node, accounts_file().get)
+        self.janitor = Janitor(services, self.router, node, Endings(services, app.backend))
+        self.health = WriteHealth()
         self._stop = threading.Event()
         self._draining = threading.Event()  # set: routing and dispatching have stopped
         self._redis_trouble = -1e9  # when housekeeping last failed (monotonic)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        self.publisher.publish(accounts_file().get())
-        self.services.jobs.renew([], self.node)
-        self._migrate_legacy_queues()
+        try:
+            self.publisher.publish(accounts_file().get())
+        except redis.RedisError as error:
+            # The housekeeper publishes them once Redis takes writes again.
+            self.health.failed(error)
         # Routing and dispatching stop as a warm shutdown begins; the housekeeper goes on renewing
         # the leases of the jobs still running until the worker exits.
         for name, target, until in (
             ("router", self._route, self._draining),
-            ("dispatcher", self.dispatcher.run, self._draining),
+            ("dispatcher", self._dispatch, self._draining),
+            ("wake", self.wake.run, self._draining),
             ("housekeeper", self._housekeep, self._stop),
         ):
             thread = threading.Thread(
@@ -170,59 +268,74 @@ class NodeRuntime:
         while not stop.is_set():
             try:
                 routed = self.router.route()
-                if routed.accepted:
-                    self.dispatcher.poke()
-                    self.dispatcher.ring()
                 if not routed.taken:
-                    self.router.wait(2)
+                    self.router.wait(INTAKE_BLOCK)
                 backoff = 0.1
-            except Exception as error:  # Redis away: the batch waits in the routing list
-                logger.warning("router: %s; retrying", type(error).__name__)
+            except redis.RedisError as error:  # the batch waits in the routing list
+                self._trouble(error)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    def _dispatch(self, stop: threading.Event) -> None:
+        backoff = 0.1
+        dispatcher = self.dispatcher
+        while not stop.is_set():
+            dispatcher.clear()
+            try:
+                wait = dispatcher.step()
+                backoff = 0.1
+            except redis.RedisError as error:
+                self._trouble(error)
+                wait = backoff
+                backoff = min(backoff * 2, 5.0)
+            if not stop.is_set():
+                dispatcher.wait(wait)
+
+    def _trouble(self, error: redis.RedisError) -> None:
+        self._redis_trouble = time.monotonic()
+        self.health.failed(error)
+
+    def _members(self) -> list[str]:
+        """The lease members this node renews: the runs it holds, and the jobs it handed out
+        whose request has not arrived yet (for a third of a lease; one that never arrives was
+        lost on the way, and its lease is left to run out)."""
+        recent = time.monotonic() - self.services.settings.lease_timeout / 3
+        handed = self.dispatcher.handed_out
+        for task_id, (_, at) in list(handed.items()):
+            if at < recent:
+                handed.pop(task_id, None)
+        return _running_members() + [member for member, _ in list(handed.values())]
+
     def _housekeep(self, stop: threading.Event) -> None:
         settings = self.services.settings
-        renew_every = settings.lease_timeout / 3
-        due = {"renew": 0.0, "janitor": 0.0, "accounts": 0.0}
+        every = min(settings.janitor_interval, settings.lease_timeout / 3)
+        next_accounts = 0.0
         while not stop.is_set():
-            now = time.monotonic()
+            started = time.monotonic()
             try:
-                if now >= due["renew"]:
-                    self.services.jobs.renew(_running_ids(), self.node)
-                    due["renew"] = now + renew_every
-                if now >= due["accounts"]:
+                # Right after Redis was away every lease may have run out while its run lived
+                # on: the live nodes get a renewal round before any lease is taken back.
+                quiet = started - self._redis_trouble > every * 1.5
+                tick = self.services.jobs.tick(
+                    self.node,
+                    self._members(),
+                    janitor_ms=max(100, int(every * 1000 * 0.9)) if quiet else 0,
+                    node_timeout=2 * settings.lease_timeout,
+                    unknown_grace=settings.unknown_account_grace,
+                )
+                if tick.janitor:
+                    self.janitor.after(tick)
+                if started >= next_accounts:
                     self.publisher.check()
-                    due["accounts"] = now + settings.accounts_reload_interval
-                if now >= due["janitor"]:
-                    # Right after Redis was unreachable every lease may have run out while its
-                    # run lived on: give the live nodes a renewal round before taking any back.
-                    quiet = now - self._redis_trouble > renew_every * 1.5
-                    turn = self.janitor.tick(requeue=quiet)
-                    if turn is not None and turn.requeued:
-                        self.dispatcher.ring()
-                    due["janitor"] = now + settings.janitor_interval
-            except Exception as error:
-                self._redis_trouble = time.monotonic()
-                logger.warning("housekeeping: %s; retrying", type(error).__name__)
-                for name in due:
-                    due[name] = min(due[name], now + 1.0)
-            stop.wait(0.25)
-
-    def _migrate_legacy_queues(self) -> None:
-        """Version 0.1 kept one queue per account ({queue}.{provider}.{id}); their jobs go to
-        the intake, so an upgrade loses none."""
-        intake = self.services.settings.queue
-        skip = set(intake_lists(self.ready))
-        moved = 0
-        for key in self.raw_broker.scan_iter(f"{intake}.*", _type="list"):
-            name = key.decode("utf-8", errors="replace")
-            if name in skip:
+                    next_accounts = started + settings.accounts_reload_interval
+                self.health.ok()
+            except redis.RedisError as error:
+                self._trouble(error)
+                stop.wait(1.0)
                 continue
-            while self.raw_broker.lmove(key, intake, "RIGHT", "LEFT") is not None:
-                moved += 1
-        if moved:
-            logger.warning("moved %d jobs from per-account queues of an older version", moved)
+            except Exception:
+                logger.exception("housekeeping failed; retrying")
+            stop.wait(max(0.0, every - (time.monotonic() - started)))
 
 
 class DispatchStep(bootsteps.StartStopStep):
@@ -239,15 +352,19 @@ class DispatchStep(bootsteps.StartStopStep):
         set_outage_grace(services.settings.redis_outage_grace)
 
         def capacity() -> int:
-            # The slots the consumer may fill (its prefetch), less the jobs it holds.
+            # The slots the consumer may fill (its prefetch), less the jobs it holds and those
+            # handed out to it that have not arrived yet.
             qos = getattr(consumer, "qos", None)
             limit = int(qos.value) if qos is not None else 0
-            return limit - len(worker_state.reserved_requests)
+            runtime = _runtime
+            handed = len(runtime.dispatcher.handed_out) if runtime is not None else 0
+            return limit - len(worker_state.reserved_requests) - handed
 
         def on_refused(task_id: str, error: Exception) -> None:
             consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
 
-        _runtime = NodeRuntime(services, consumer.hostname, capacity, on_refused)
+        node = node_name(consumer.hostname)
+        _runtime = NodeRuntime(services, consumer.app, node, capacity, on_refused)
         _runtime.start()
 
     def stop(self, consumer: Any) -> None:

@@ -1,41 +1,36 @@
 """The account circuit breaker: one bad token must not turn a thousand jobs into a thousand
 provider calls and a thousand dead letters.
 
-When an account answers something that fails every job of the account the same way
-(``unauthorized``, ``account_unavailable``, ``quota_exceeded``), its circuit opens:
+When an account answers something that fails every job of the account the same way (an account
+reason: ``unauthorized``, ``account_unavailable``, ``quota_exceeded``, ``misconfigured``), its
+circuit opens:
 
-- jobs of the account stop calling the provider and are *parked*: they wait in the job store
-  (worker/stores/jobs.py), in the account's parked list, not in a worker's memory. The
-  dispatcher parks the account's waiting jobs too, without running them;
-- a probe task (``archive.probe``, tasks/probe.py) looks after the account while its circuit is
-  open, rescheduling itself: when a probe is due it releases one parked job, and that job is
-  the probe (one at a time: a probe claim that outlives the longest run of a job). If the
-  provider answers anything but an account problem, the circuit closes and every parked job
-  goes back to the account's wait list, by itself. If it answers the account problem again, the
-  circuit stays open and the cooldown doubles, up to a maximum. If the probe job never gets to
-  ask (lost, or a duplicate), the task's next turn releases another;
+- its jobs stop calling the provider and are *parked*: they wait in the job store, in the
+  account's parked list, not in a worker's memory. The dispatcher parks the account's waiting
+  jobs too, without running them, and spends none of their retries;
+- the next probe's time goes into the account's entry of the accounts hash, where the
+  dispatcher reads it with the account's limits (lua/circuit_trip.lua). When it is due, the
+  dispatcher hands out the oldest parked job as the probe (one at a time: a probe claim that
+  outlives the longest run of a job). If the provider answers it with anything but an account
+  problem, the circuit closes and every parked job goes back to the account's wait list
+  (lua/resume.lua); if it answers the account problem again, the cooldown doubles, up to a
+  maximum;
 - a job parked longer than the maximum pause, counted from the first time it was parked, is
-  dead-lettered with the account's reason, so an operator can replay it once the account is
+  dead-lettered with the account's reason by the janitor, to be replayed once the account is
   fixed.
 
 Keys, under the prefix, per account:
+
     circuit:{provider}:{id}          hash: state, reason, detail, opened_at, probe_at, trips
-    circuit-probe:{provider}:{id}    the probe claim
-    probe-scheduled:{provider}:{id}  the token of the probe task's chain while one runs: a job
-                                     that parks and finds none starts one, so a lost chain is
-                                     replaced and two chains never run side by side
+    circuit-probe:{provider}:{id}    the probe claim (the probe job's id)
     parked:{provider}:{id}           list of parked job ids, oldest first (the job store's)
     paused                           zset of accounts whose circuit is open, for the janitor
-
-Releasing moves parked ids back to the front of the account's wait list in one script
-(worker/stores/lua/release_parked.lua): nothing is republished, nothing can be lost half-way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import redis
 
@@ -44,18 +39,6 @@ from worker.stores.clock import Clock, RedisClock
 from worker.stores.keys import Keys
 from worker.stores.limiter import READ_BATCH
 from worker.stores.scripts import load
-
-
-class Decision(StrEnum):
-    CALL = "call"  # closed: call the provider
-    PARK = "park"  # open: keep the job for later
-    PROBE = "probe"  # open and a probe is due: this job calls the provider to see
-
-
-class ChainTurn(StrEnum):
-    CONTINUE = "continue"  # jobs are parked: look again after the next wait
-    ENDED = "ended"  # nothing parked: the chain stops (a job that parks starts another)
-    SUPERSEDED = "superseded"  # another chain looks after the account
 
 
 @dataclass(frozen=True)
@@ -79,7 +62,6 @@ class AccountCircuit:
         cooldown: float,
         cooldown_max: float,
         max_pause: float,
-        probe_claim_ttl: float,
         clock: Clock | None = None,
     ) -> None:
         self._redis = client
@@ -87,33 +69,20 @@ class AccountCircuit:
         self.cooldown = cooldown
         self.cooldown_max = cooldown_max
         self.max_pause = max_pause
-        # Longer than the longest run of a job: a probe that dies mid-way frees the claim when
-        # it expires, and a live one never loses it.
-        self.probe_claim_ttl = probe_claim_ttl
         self.clock: Clock = clock or RedisClock()
 
-    def _key(self, kind: str, account: Account) -> str:
-        names = {
-            "circuit": self._keys.circuit,
-            "circuit-probe": self._keys.circuit_probe,
-            "probe-scheduled": self._keys.probe_chain,
-            "parked": self._keys.parked,
-        }
-        return names[kind](account.key)
-
-    def trip(
-        self, account: Account, reason: str, detail: str, probing: bool, chain: str
-    ) -> float | None:
+    def trip(self, account: Account, reason: str, detail: str, probing: bool) -> float:
         """Open the account's circuit (or, after a failed probe, keep it open with a doubled
-        cooldown). Returns the seconds until its probe when the caller must start the probe
-        chain ``chain`` (the circuit was closed)."""
-        wait, start = load("circuit_trip").run(
+        cooldown). Returns the seconds until its next probe."""
+        k = self._keys
+        wait = load("circuit_trip").run(
             self._redis,
             keys={
-                "circuit": self._key("circuit", account),
-                "probe": self._key("circuit-probe", account),
-                "chain": self._key("probe-scheduled", account),
-                "paused": self._keys.paused,
+                "circuit": k.circuit(account.key),
+                "probe": k.circuit_probe(account.key),
+                "paused": k.paused,
+                "accounts": k.accounts,
+                "due": k.due,
             },
             args={
                 "now": self.clock.arg(),
@@ -123,62 +92,49 @@ class AccountCircuit:
                 "cooldown": self.cooldown,
                 "cooldown_max": self.cooldown_max,
                 "probing": int(probing),
-                "token": chain,
             },
         )
-        return float(wait) if int(start) else None
+        return float(wait)
 
-    def chain_to_start(self, account: Account, chain: str) -> float | None:
-        """Seconds until the probe when no probe chain runs and the caller must start ``chain``
-        (a lost one is replaced), else None."""
-        wait = float(
-            load("circuit_chain_start").run(
-                self._redis,
-                keys={
-                    "circuit": self._key("circuit", account),
-                    "chain": self._key("probe-scheduled", account),
-                },
-                args={"now": self.clock.arg(), "token": chain},
-            )
-        )
-        return wait if wait >= 0 else None
-
-    def chain_turn(self, account: Account, chain: str, next_turn_in: float) -> ChainTurn:
-        """Go on with the probe chain ``chain`` for one more turn, ``next_turn_in`` seconds
-        away, unless nothing is parked or another chain has taken over."""
-        ttl_ms = int((next_turn_in + 60) * 1000)  # time for its task to come back
-        turn = load("circuit_chain_turn").run(
+    def resume(self, account: Account) -> int:
+        """The account answers again: close its circuit and put every parked job back at the
+        front of its wait list. Returns how many were released."""
+        k = self._keys
+        released = load("resume").run(
             self._redis,
             keys={
-                "chain": self._key("probe-scheduled", account),
-                "parked": self._key("parked", account),
+                "circuit": k.circuit(account.key),
+                "probe": k.circuit_probe(account.key),
+                "paused": k.paused,
+                "accounts": k.accounts,
+                "due": k.due,
+                "unknown": k.unknown,
+                "parked": k.parked(account.key),
+                "parked_since": k.parked_since,
             },
-            args={"token": chain, "next_turn_ms": ttl_ms},
+            args={
+                "now": self.clock.arg(),
+                "account": account.key,
+                "wait_prefix": k.wait_prefix,
+                "wake": k.wake,
+            },
         )
-        return ChainTurn(turn)
+        return int(released)
 
-    def release_probe(self, account: Account) -> None:
-        """The probe could not tell (a transient failure): let the next job probe."""
-        self._redis.delete(self._key("circuit-probe", account))
-
-    def close(self, account: Account) -> bool:
-        """The account answers again: close its circuit. True if it was open."""
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.delete(self._key("circuit", account))
-        pipe.delete(self._key("circuit-probe", account), self._key("probe-scheduled", account))
-        pipe.zrem(self._keys.paused, account.key)
-        closed, _, _ = pipe.execute()
-        return bool(closed)
+    def release_probe(self, account: str) -> None:
+        """The probe could not tell (a transient failure, or its run made no call: a duplicate,
+        a job that cannot run): the next parked job probes, now. ``account``: "provider:id"."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.delete(self._keys.circuit_probe(account))
+        pipe.zadd(self._keys.due, {account: 0}, lt=True)
+        pipe.execute()
 
     def paused_accounts(self) -> list[str]:
-        """Accounts whose circuit is open (the janitor makes sure each has a probe chain)."""
+        """Accounts whose circuit is open."""
         return [str(key) for key in self._redis.zrange(self._keys.paused, 0, -1)]
 
     def is_open(self, account: Account) -> bool:
-        return bool(self._redis.exists(self._key("circuit", account)))
-
-    def parked_count(self, account: Account) -> int:
-        return int(self._redis.llen(self._key("parked", account)))
+        return bool(self._redis.exists(self._keys.circuit(account.key)))
 
     def state(self, account: Account) -> CircuitState:
         return self.states([account])[0]
@@ -186,12 +142,13 @@ class AccountCircuit:
     def states(self, accounts: Sequence[Account]) -> list[CircuitState]:
         """Each account's circuit, in order, in a round trip per READ_BATCH accounts."""
         replies: list[object] = []
+        k = self._keys
         for start in range(0, len(accounts), READ_BATCH):
             pipe = self._redis.pipeline(transaction=False)
             for account in accounts[start : start + READ_BATCH]:
-                pipe.hgetall(self._key("circuit", account))
-                pipe.llen(self._key("parked", account))
-                pipe.exists(self._key("circuit-probe", account))
+                pipe.hgetall(k.circuit(account.key))
+                pipe.llen(k.parked(account.key))
+                pipe.exists(k.circuit_probe(account.key))
             replies.extend(pipe.execute())
         now = self.clock.now(self._redis)
         states = []

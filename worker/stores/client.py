@@ -6,16 +6,20 @@ sockets.
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import BusyLoadingError
+from redis.exceptions import BusyLoadingError, OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from config import get_settings
+from config import Settings, get_settings
 from config.per_process import PerProcess
+from config.sentinel import is_sentinel_url
+from worker.sentinel import master_client
 
 # How long a command keeps being retried while Redis is unreachable or loading its data after a
 # restart. Short for the CLI and producers (they report it); workers raise it to
@@ -32,23 +36,40 @@ def set_outage_grace(seconds: float) -> None:
         reset_state_redis()
 
 
-def connect(url: str, *, decode: bool = True) -> redis.Redis:
+def connect(url: str, *, decode: bool = True, settings: Settings | None = None) -> redis.Redis:
+    """A client of the Redis at ``url``; for a sentinel:// URL, of the master its Sentinels name
+    (worker/sentinel.py), with the master's name from ``settings`` (this process's if None)."""
     # Backoff from 50 ms doubling to 1 s: about one retry a second once Redis has been gone a while.
     retries = 4 + int(_outage_grace)
-    return redis.Redis.from_url(
-        url,
-        decode_responses=decode,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError, BusyLoadingError],
-    )
+    options: dict[str, Any] = {
+        "decode_responses": decode,
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
+        # No PING before reusing an idle connection: under MISCONF Redis refuses even PING, and
+        # a check that fails would refuse every read too (status must still answer). A dead
+        # connection shows on use, and the retries below reconnect.
+        "retry": Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.05), retries),
+        # A failover is one more outage: the master's connection errors, or (with Sentinel) the
+        # demoted master's READONLY/NOREPLICAS, retried on the master the Sentinels name now.
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError, BusyLoadingError],
+    }
+    if is_sentinel_url(url):
+        return master_client(url, settings or get_settings(), **options)
+    return redis.Redis.from_url(url, **options)
+
+
+def refuses_writes(error: BaseException) -> bool:
+    """Redis answered that it takes no writes now: full at maxmemory (noeviction), a read-only
+    replica (after a failover), a failed save with stop-writes-on-bgsave-error, too few replicas.
+    Nothing was written: the same step can be sent again once it takes them."""
+    if isinstance(error, OutOfMemoryError | ReadOnlyError):
+        return True
+    return isinstance(error, ResponseError) and str(error).startswith(("MISCONF", "NOREPLICAS"))
 
 
 def safe_url(url: str) -> str:
-    """A Redis URL fit to print or log: its password masked."""
-    return str(maybe_sanitize_url(url))
+    """A Redis URL fit to print or log: its password masked (in each part of a sentinel:// URL)."""
+    return ";".join(str(maybe_sanitize_url(part)) for part in url.split(";"))
 
 
 _state = PerProcess(lambda: connect(get_settings().state_url))

@@ -23,7 +23,7 @@ break the entry. Caps, in characters (a 1 MB chat id must not become a 1 MB entr
 
     reason 64, detail 500 (made one line), excerpt 200 (config.EXCERPT_LENGTH), worker 255,
     task_id 255; in ``job``: each string 256, each key 64, 16 items per object or list, 4 levels,
-    and 4,096 characters of strings in all.
+    and 4,096 characters of strings in all. ``trace_id`` is 32 hex digits or absent.
 
 An entry is therefore at most about 7 KB of JSON. Values cut short end with ``…``.
 
@@ -72,6 +72,7 @@ JOB_TEXT_BUDGET = 4096
 # at the cut, and a 1 MB value costs the redaction regexes no more than a short one.
 _REDACT_MARGIN = 1024
 CUT = "…"
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def encodable(text: str) -> str:
@@ -152,6 +153,8 @@ class DeadLetter:
     last_attempt_at: float | None = None
     worker: str = ""
     task_id: str | None = None
+    # The job's trace (worker/tracing), while tracing is on: 32 hex digits, else None.
+    trace_id: str | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created_at: float = field(default_factory=time.time)
 
@@ -176,6 +179,7 @@ class DeadLetter:
             last_attempt_at=_float_or_none(self.last_attempt_at),
             worker=clean(self.worker, WORKER_LIMIT, one_line=True),
             task_id=None if self.task_id is None else clean(self.task_id, TASK_ID_LIMIT),
+            trace_id=self.trace_id if _is_trace_id(self.trace_id) else None,
             id=clean(self.id, TASK_ID_LIMIT),
             created_at=time.time() if created is None else created,
         )
@@ -200,9 +204,17 @@ class DeadLetter:
         return entry
 
 
+def _is_trace_id(value: object) -> bool:
+    return isinstance(value, str) and _TRACE_ID.fullmatch(value) is not None
+
+
 def _dump(entry: DeadLetter) -> str:
-    # ASCII only: whatever slipped past cleaning, the stored text is plain 7-bit JSON.
-    return json.dumps(asdict(entry), sort_keys=True, ensure_ascii=True, allow_nan=False)
+    # ASCII only: whatever slipped past cleaning, the stored text is plain 7-bit JSON. An entry
+    # made with tracing off has no trace_id at all, as before tracing existed.
+    data = asdict(entry)
+    if data["trace_id"] is None:
+        del data["trace_id"]
+    return json.dumps(data, sort_keys=True, ensure_ascii=True, allow_nan=False)
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,18 @@
 """The job store: every job from the moment it is accepted to the moment it ends, in Redis.
 
-A job is accepted from the intake queue by a router (worker/dispatch/router.py) and waits in its
-account's wait list. The dispatcher hands out due jobs, each behind a permit of its account's
-limiter, round-robin between accounts in the order of their next permitted time (a sorted set:
-O(log N) whatever the number of accounts), into the one queue workers consume, and only as many
-as there are free worker slots. A job a worker cannot run now (a retry's countdown, a 429's wait,
-a paused account) goes back here, never into worker memory.
+Jobs enter it from producers (worker/producer.py) and from the intake queue through each node's
+router (worker/dispatch/router.py), and wait in their account's wait list. Each node's dispatcher
+(worker/dispatch/dispatcher.py) hands out due jobs for its free worker slots, round-robin between
+accounts in the order of their next permitted time (a sorted set: O(log N) whatever the number of
+accounts), each with its rate-limit permit reserved and its run's lease taken in the same step,
+into the node's own ready queue. A job that cannot run now (a retry's countdown, a 429, a paused
+account) comes back here, never into a worker's memory.
 
-Leases make it reliable. A dispatched job holds a lease in ``active`` until a run takes it over;
-a running job's lease is renewed by its node's heartbeat (worker/dispatch/service.py). When a
-lease runs out, the run is presumed dead (a killed node, a message lost between the queue and a
-worker) and the janitor puts the job back at the front of its wait list: a killed node's jobs run
-again within a lease, however long the task time limit. A second delivery of a job whose first
-run is alive (a message kombu restored after a Redis restart) finds the lease held and ends
-quietly; a delivery of a job that has ended finds no record. So each run is unique while it
-lives, and every job ends in exactly one outcome. Keys: worker/stores/keys.py.
+Leases are the one way lost work comes back. A handed-out job's run holds a lease, an ``active``
+member "id|token" renewed by its node; when it runs out (a killed node, a message lost between
+the queue and a worker), the janitor puts the job back at the front of its wait list and counts
+the run as lost. Every ending checks and removes the run's member in the same step
+(lua/close.lua), so only the run that holds a job can end it, once. Keys: worker/stores/keys.py.
 """
 
 from __future__ import annotations
@@ -29,23 +27,19 @@ import redis
 
 from worker.contract.tasks import UNPACED
 from worker.stores.clock import MICROS, Clock, RedisClock
-from worker.stores.keys import Keys
+from worker.stores.keys import RESULT_PREFIX, Keys
 from worker.stores.scripts import load
 from worker.stores.writes import Writes
 
 # Delayed jobs promoted to their wait lists per dispatch call: bounds the work of one call.
 PROMOTE_PER_CALL = 500
-# How far ahead of its permit a job may be dispatched: time for the message to reach a worker
+# How far ahead of its permit a job may be handed out: time for its message to reach a worker
 # process, so the call goes out on its slot. A worker slot sleeps at most this long for it.
 DISPATCH_LEAD = 0.02
-# The window of the limiter's "recent rate" figures (worker/stores/limiter.py).
-RECENT_WINDOW = 10.0
-
-
-class Lease(StrEnum):
-    OK = "ok"
-    STALE = "stale"  # the job has ended (or was never stored): a leftover message
-    BUSY = "busy"  # another run holds a live lease
+# Expired leases given back per janitor turn: bounds the work of one turn.
+REQUEUE_PER_TURN = 500
+# The delayed set's entry in the schedule, due at its earliest job (lua/lib/schedule.lua).
+DELAYED = "@delayed"
 
 
 class Ending(StrEnum):
@@ -54,32 +48,116 @@ class Ending(StrEnum):
     PARK = "park"
 
 
+class Held(StrEnum):
+    SKIP = "skip"  # a job whose chat another job holds is not stored (producers)
+    KEEP = "keep"  # it is stored, and its run ends as a duplicate (raw messages)
+
+
+@dataclass(frozen=True)
+class JobBody:
+    """What a job carries besides its routing: its keyword arguments, its history across runs
+    (worker/contract/history.py), who sent it and, only while tracing is on, its trace context
+    (worker/tracing: W3C traceparent and when it entered the store), written only when set so
+    a job stored with tracing off is byte for byte what it was."""
+
+    kwargs: dict[str, Any]
+    history: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
+    trace: dict[str, Any] = field(default_factory=dict)
+
+    def dumps(self) -> str:
+        data = {"kwargs": self.kwargs, "history": self.history, "origin": self.origin}
+        if self.trace:
+            data["trace"] = self.trace
+        return json.dumps(data)
+
+    @classmethod
+    def loads(cls, text: str) -> JobBody:
+        data = json.loads(text)
+        trace = data.get("trace")
+        return cls(
+            dict(data["kwargs"]),
+            dict(data.get("history") or {}),
+            data.get("origin", ""),
+            dict(trace) if isinstance(trace, dict) else {},
+        )
+
+
 @dataclass(frozen=True)
 class StoredJob:
+    """A job's record (lua/lib/record.lua): "account\\ntask\\nmark\\nlost\\nbody"."""
+
     task_id: str
-    account: str
-    message: str  # the canonical message (worker/contract/envelope.py)
+    account: str  # "provider:id", or UNPACED
+    task: str
+    mark: str  # its chat's pending-mark key ('' for sweeps)
+    lost: int  # runs of it that began and never ended
+    body: JobBody
+
+    @classmethod
+    def parse(cls, task_id: str, record: str) -> StoredJob:
+        account, task, mark, lost, body = record.split("\n", 4)
+        return cls(task_id, account, task, mark, int(lost), JobBody.loads(body))
+
+    def record(self, body: JobBody | None = None) -> str:
+        return "\n".join(
+            [self.account, self.task, self.mark, str(self.lost), (body or self.body).dumps()]
+        )
 
 
 @dataclass(frozen=True)
 class NewJob:
     task_id: str
     account: str
-    message: str
+    task: str
+    mark: str
+    body: JobBody
     not_before: float | None = None  # unix time: wait in the delayed set until then
 
 
-@dataclass
-class AcceptReport:
-    accepted: int = 0
-    duplicates: list[str] = field(default_factory=list)  # ids already stored: not stored twice
+class Submitted(StrEnum):
+    NEW = "new"  # stored: it waits for its turn
+    STORED = "stored"  # a copy of a job that is stored already: nothing changed
+    DONE = "done"  # a copy of a job that has ended (its result is there): nothing changed
 
 
 @dataclass(frozen=True)
-class Dispatched:
-    count: int
-    next_in: float | None  # seconds until something is next due; None: nothing waits
-    messages: list[str]  # to push onto the ready queue (empty when the script pushed them)
+class DispatchedJob:
+    task_id: str
+    token: str  # its run's: the lease member is "task_id|token"
+    slot: int  # µs on Redis's clock when its call may go; 0: no rate limit
+    lost: int
+    probe: bool  # the call that tells whether its paused account answers again
+    holder: str  # the job that holds its chat ('' when it holds it itself)
+    account: str
+    task: str
+    mark: str
+    body: JobBody
+
+    @property
+    def member(self) -> str:
+        return lease_member(self.task_id, self.token)
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    jobs: list[DispatchedJob]
+    next_in: float | None  # seconds until something is next due; None: nothing, or full
+    now_us: int  # Redis's clock when it was made
+    full: bool = False  # the budget was spent: whether more is due was not looked at
+
+    @property
+    def now(self) -> float:
+        return self.now_us / MICROS
+
+
+@dataclass(frozen=True)
+class Tick:
+    janitor: bool  # this node had the janitor's turn (the lists below are only filled then)
+    requeued: list[str] = field(default_factory=list)
+    dead_nodes: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # past their grace
+    paused: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -89,6 +167,10 @@ class StoreCounts:
     active: int
     due_accounts: int
     unknown_accounts: int
+
+
+def lease_member(task_id: str, token: str) -> str:
+    return f"{task_id}|{token}"
 
 
 def _us(seconds: float) -> int:
@@ -102,25 +184,38 @@ class JobStore:
         keys: Keys,
         *,
         lease: float,
+        claim_ttl: int,
+        probe_ttl: float,
         clock: Clock | None = None,
     ) -> None:
         self.redis = client
         self.keys = keys
         self.lease = lease
+        self.claim_ttl = claim_ttl
+        # Longer than the longest run of a job: a probe that dies frees its claim when it runs out.
+        self.probe_ttl = probe_ttl
         self.clock: Clock = clock or RedisClock()
 
     # -- intake -------------------------------------------------------------------------------
 
-    def accept(self, jobs: Sequence[NewJob]) -> AcceptReport:
-        report = AcceptReport()
-        if not jobs:
-            return report
+    def submit(
+        self,
+        jobs: Sequence[NewJob],
+        *,
+        held: Held,
+        check_results: bool = False,
+        routing: str = "",
+    ) -> list[str]:
+        """Store jobs in one atomic step (lua/submit.lua): each one's status, a ``Submitted``
+        value or, when its chat is held by another job and ``held`` is SKIP, that job's id."""
         items: list[Any] = []
         for job in jobs:
             not_before = _us(job.not_before) if job.not_before else 0
-            items += [job.task_id, job.account, job.message, not_before]
+            items += [job.task_id, job.account, job.task, job.mark, job.body.dumps(), not_before]
+        if not items and not routing:
+            return []
         k = self.keys
-        accepted, duplicates = load("accept").run(
+        statuses = load("submit").run(
             self.redis,
             keys={
                 "jobs": k.jobs,
@@ -128,19 +223,25 @@ class JobStore:
                 "delayed": k.delayed,
                 "unknown": k.unknown,
                 "accounts": k.accounts,
+                "routing": routing,
             },
-            args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix},
+            args={
+                "now": self.clock.arg(),
+                "wait_prefix": k.wait_prefix,
+                "claim_ttl": self.claim_ttl,
+                "wake": k.wake,
+                "held": str(held),
+                "check_results": "1" if check_results else "0",
+                "results_prefix": RESULT_PREFIX,
+            },
             rest=items,
         )
-        report.accepted = int(accepted)
-        report.duplicates = [str(task_id) for task_id in duplicates]
-        return report
+        return [str(status) for status in statuses]
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def dispatch(self, budget: int, *, ready: str = "", lead: float = DISPATCH_LEAD) -> Dispatched:
-        """Hand out up to ``budget`` due jobs. With ``ready`` (the broker is this Redis) they
-        are pushed there and the budget is reduced by what already waits there."""
+    def dispatch(self, budget: int, *, lead: float = DISPATCH_LEAD) -> Dispatch:
+        """Hand out up to ``budget`` due jobs (lua/dispatch.lua)."""
         k = self.keys
         reply = load("dispatch").run(
             self.redis,
@@ -149,159 +250,170 @@ class JobStore:
                 "delayed": k.delayed,
                 "jobs": k.jobs,
                 "active": k.active,
-                "runs": k.runs,
-                "permits": k.permits,
                 "unknown": k.unknown,
                 "accounts": k.accounts,
                 "parked_since": k.parked_since,
-                "ready": ready,
+                "tokens": k.tokens,
             },
             args={
                 "now": self.clock.arg(),
                 "budget": max(0, budget),
                 "lead_us": _us(lead),
                 "lease_us": _us(self.lease),
-                "window_us": _us(RECENT_WINDOW),
+                "promote_max": PROMOTE_PER_CALL,
                 "wait_prefix": k.wait_prefix,
                 "parked_prefix": k.parked(""),
-                "promote_max": PROMOTE_PER_CALL,
+                "probe_prefix": k.circuit_probe_prefix,
+                "probe_ttl_ms": int(self.probe_ttl * 1000),
+                "claim_ttl": self.claim_ttl,
             },
         )
-        count, next_in, *messages = reply
-        next_in = int(next_in)
-        return Dispatched(
-            int(count), next_in / MICROS if next_in >= 0 else None, [str(m) for m in messages]
+        now_us, next_in, *items = reply
+        jobs = [
+            DispatchedJob(
+                task_id=str(items[i]),
+                token=str(items[i + 1]),
+                slot=int(items[i + 2]),
+                lost=int(items[i + 3]),
+                probe=items[i + 4] == "1",
+                holder=str(items[i + 5]),
+                account=str(items[i + 6]),
+                task=str(items[i + 7]),
+                mark=str(items[i + 8]),
+                body=JobBody.loads(str(items[i + 9])),
+            )
+            for i in range(0, len(items), 10)
+        ]
+        wait = int(next_in)
+        return Dispatch(
+            jobs,
+            wait / MICROS if wait >= 0 else None,
+            int(now_us),
+            full=wait == -2,
         )
 
-    # -- runs -----------------------------------------------------------------------------------
-
-    def take_lease(self, task_id: str, run: str, deliveries_ttl: int) -> tuple[Lease, int]:
-        """For runs of sweeps and probes (archive runs do it in their admission)."""
-        k = self.keys
-        status, deliveries = load("take_lease").run(
-            self.redis,
-            keys={
-                "jobs": k.jobs,
-                "active": k.active,
-                "runs": k.runs,
-                "deliveries": k.deliveries(task_id),
-            },
-            args={
-                "now": self.clock.arg(),
-                "id": task_id,
-                "run": run,
-                "lease_us": _us(self.lease),
-                "deliveries_ttl": deliveries_ttl,
-            },
-        )
-        return Lease(status), int(deliveries)
-
-    def close_keys(self, task_id: str, account: str, chat_key: str = "") -> dict[str, str]:
-        k = self.keys
-        return {
-            "jobs": k.jobs,
-            "active": k.active,
-            "runs": k.runs,
-            "permits": k.permits,
-            "deliveries": k.deliveries(task_id),
-            "delayed": k.delayed,
-            "due": k.due,
-            "unknown": k.unknown,
-            "accounts": k.accounts,
-            "parked": k.parked(account) if account and account != UNPACED else "",
-            "parked_since": k.parked_since,
-            "chat": chat_key,
-        }
+    # -- endings --------------------------------------------------------------------------------
 
     def close(
         self,
         task_id: str,
-        run: str,
+        member: str,
         ending: Ending,
         *,
         account: str = "",
-        message: str = "",
-        at: float | None = None,
+        record: str = "",
+        delay: float = 0.0,
         front: bool = False,
-        chat_key: str = "",
+        mark: str = "",
+        waited_in: str = "",
+        parked: bool = False,
+        result: str = "",
+        result_ttl: int = 0,
         writes: Writes | None = None,
     ) -> bool:
-        """End a run (see close.lua). False when it changed nothing: the run no longer held the
-        job (a retried call whose first try went through, or a lease taken over)."""
+        """End a run (lua/close.lua). False when it changed nothing: the run no longer held the
+        job (a retried call whose first try went through, a lease given to another run), or,
+        with no ``member``, the job was no longer in ``waited_in``. ``parked``: the job may have
+        a parked time to forget at its final ending (a probe, a parked job)."""
+        k = self.keys
+        parked_list = k.parked(account) if account and account != UNPACED else ""
         reply = load("close").run(
             self.redis,
-            keys=self.close_keys(task_id, account, chat_key),
+            keys={
+                "jobs": k.jobs,
+                "active": k.active,
+                "delayed": k.delayed,
+                "due": k.due,
+                "unknown": k.unknown,
+                "accounts": k.accounts,
+                "parked": parked_list,
+                "parked_since": k.parked_since,
+                "chat": mark,
+                "from": waited_in,
+                "result": f"{RESULT_PREFIX}{task_id}",
+            },
             args={
                 "now": self.clock.arg(),
                 "id": task_id,
-                "run": run,
+                "member": member,
                 "ending": str(ending),
                 "account": account,
-                "message": message,
-                "at": _us(at) if at else 0,
+                "record": record,
+                "delay_us": _us(delay),
                 "front": "1" if front else "0",
-                "wait_prefix": self.keys.wait_prefix,
+                "parked": "1" if parked else "0",
+                "wait_prefix": k.wait_prefix,
+                "result": result,
+                "result_ttl": result_ttl,
+                "wake": k.wake,
             },
             rest=(writes or Writes()).flat(),
         )
         return bool(reply)
 
-    def renew(self, task_ids: Iterable[str], node: str) -> None:
-        """A node's heartbeat: extend the leases of the jobs it runs (only those still leased:
-        XX), and say it is alive. Redis's clock would need a script; a lease is tens of seconds
-        and hosts' clocks agree far better than that."""
-        now = self._now()
-        deadline = now + self.lease
-        pipe = self.redis.pipeline(transaction=False)
-        ids = list(task_ids)
-        if ids:
-            pipe.zadd(self.keys.active, {i: _us(deadline) for i in ids}, xx=True, gt=True)
-        pipe.zadd(self.keys.nodes, {node: _us(now)})
-        pipe.execute()
+    # -- housekeeping -----------------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return self.clock.now(self.redis)
-
-    # -- the janitor ----------------------------------------------------------------------------
-
-    def requeue_expired(self, limit: int = 500) -> list[str]:
-        """Put jobs whose lease ran out back at the front of their wait lists."""
+    def tick(
+        self,
+        node: str,
+        members: Iterable[str],
+        *,
+        janitor_ms: int,
+        node_timeout: float,
+        unknown_grace: float,
+    ) -> Tick:
+        """A node's housekeeping step (lua/tick.lua): renew its runs' leases, say it is alive,
+        and, if it gets the janitor's turn, give back expired leases and report the rest."""
         k = self.keys
-        ids = load("requeue").run(
+        janitor, requeued, dead, unknown, paused = load("tick").run(
             self.redis,
             keys={
                 "active": k.active,
+                "nodes": k.nodes,
+                "janitor": k.janitor,
                 "jobs": k.jobs,
-                "runs": k.runs,
-                "permits": k.permits,
                 "due": k.due,
                 "unknown": k.unknown,
                 "accounts": k.accounts,
+                "paused": k.paused,
             },
-            args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix, "limit": limit},
+            args={
+                "now": self.clock.arg(),
+                "node": node,
+                "lease_us": _us(self.lease),
+                "janitor_ms": janitor_ms,
+                "node_timeout_us": _us(node_timeout),
+                "unknown_grace_us": _us(unknown_grace),
+                "wait_prefix": k.wait_prefix,
+                "limit": REQUEUE_PER_TURN,
+                "wake": k.wake,
+            },
+            rest=list(members),
         )
-        return [str(i) for i in ids]
-
-    def dead_nodes(self, older_than: float) -> list[str]:
-        """Nodes whose last heartbeat is older than ``older_than`` seconds."""
-        cutoff = self._now() - older_than
-        return [str(n) for n in self.redis.zrangebyscore(self.keys.nodes, "-inf", _us(cutoff))]
+        return Tick(
+            bool(int(janitor)),
+            [str(i) for i in requeued],
+            [str(n) for n in dead],
+            [str(a) for a in unknown],
+            [str(a) for a in paused],
+        )
 
     def forget_node(self, node: str) -> None:
         self.redis.zrem(self.keys.nodes, node)
 
-    def unknown_accounts(self, older_than: float | None = None) -> dict[str, float]:
-        """Accounts with jobs waiting that no worker knows, with when they were first seen;
-        only those seen before ``older_than`` seconds ago when given."""
-        upper: float | str = "+inf"
-        if older_than is not None:
-            upper = _us(self._now() - older_than)
-        found = self.redis.zrangebyscore(self.keys.unknown, "-inf", upper, withscores=True)
-        return {str(member[0]): float(member[1]) / MICROS for member in found}
-
     def forget_unknown(self, account: str) -> None:
         """An unknown account whose jobs are all gone (dead-lettered)."""
         self.redis.zrem(self.keys.unknown, account)
+
+    def nodes(self, within: float | None = None) -> list[str]:
+        """Nodes that said they were alive within ``within`` seconds (every node not yet found
+        dead, when None)."""
+        since: float | str = "-inf" if within is None else _us(self.clock.now(self.redis) - within)
+        return [str(node) for node in self.redis.zrangebyscore(self.keys.nodes, since, "+inf")]
+
+    def live_nodes(self, within: float) -> int:
+        """How many nodes said they were alive within ``within`` seconds."""
+        return len(self.nodes(within))
 
     # -- accounts -------------------------------------------------------------------------------
 
@@ -315,7 +427,7 @@ class JobStore:
             load("publish_accounts").run(
                 self.redis,
                 keys={"accounts": k.accounts, "due": k.due, "unknown": k.unknown},
-                args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix},
+                args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix, "wake": k.wake},
                 rest=items[start : start + 1000],
             )
 
@@ -325,29 +437,14 @@ class JobStore:
             for account, conf in self.redis.hgetall(self.keys.accounts).items()
         }
 
-    # -- parked jobs ----------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------------
 
-    def release_parked(self, account: str, count: int = 0, *, afresh: bool = False) -> list[str]:
-        """Parked jobs to the front of the wait list (count 0: all of them)."""
-        k = self.keys
-        ids = load("release_parked").run(
-            self.redis,
-            keys={
-                "parked": k.parked(account),
-                "parked_since": k.parked_since,
-                "due": k.due,
-                "unknown": k.unknown,
-                "accounts": k.accounts,
-            },
-            args={
-                "now": self.clock.arg(),
-                "wait_prefix": k.wait_prefix,
-                "account": account,
-                "count": count,
-                "afresh": "1" if afresh else "0",
-            },
-        )
-        return [str(i) for i in ids]
+    def record(self, task_id: str) -> StoredJob | None:
+        text = self.redis.hget(self.keys.jobs, task_id)
+        return None if text is None else StoredJob.parse(task_id, str(text))
+
+    def wait_head(self, account: str, count: int) -> list[str]:
+        return [str(i) for i in self.redis.lrange(self.keys.wait(account), 0, count - 1)]
 
     def parked_head(self, account: str, count: int) -> list[tuple[str, float | None]]:
         """The oldest parked jobs with when each was first parked (left in place)."""
@@ -359,21 +456,6 @@ class JobStore:
             (str(i), int(s) / MICROS if s is not None else None)
             for i, s in zip(ids, since, strict=True)
         ]
-
-    def parked_count(self, account: str) -> int:
-        return int(self.redis.llen(self.keys.parked(account)))
-
-    # -- reading ----------------------------------------------------------------------------------
-
-    def record(self, task_id: str) -> StoredJob | None:
-        text = self.redis.hget(self.keys.jobs, task_id)
-        if text is None:
-            return None
-        account, _, message = str(text).partition("\n")
-        return StoredJob(task_id, account, message)
-
-    def wait_head(self, account: str, count: int) -> list[str]:
-        return [str(i) for i in self.redis.lrange(self.keys.wait(account), 0, count - 1)]
 
     def waiting(self, accounts: Sequence[str]) -> dict[str, int]:
         pipe = self.redis.pipeline(transaction=False)
@@ -388,11 +470,19 @@ class JobStore:
         pipe.zcard(k.delayed)
         pipe.zcard(k.active)
         pipe.zcard(k.due)
+        pipe.zscore(k.due, DELAYED)
         pipe.zcard(k.unknown)
-        jobs, delayed, active, due, unknown = pipe.execute()
-        return StoreCounts(int(jobs), int(delayed), int(active), int(due), int(unknown))
+        jobs, delayed, active, due, delayed_due, unknown = pipe.execute()
+        due_accounts = int(due) - (delayed_due is not None)
+        return StoreCounts(int(jobs), int(delayed), int(active), due_accounts, int(unknown))
 
     def due_accounts(self, count: int) -> list[tuple[str, float]]:
         """The accounts next in line, with when each is due (unix time)."""
-        found = self.redis.zrange(self.keys.due, 0, count - 1, withscores=True)
-        return [(str(member[0]), float(member[1]) / MICROS) for member in found]
+        found = self.redis.zrange(self.keys.due, 0, count, withscores=True)
+        accounts = [(str(member[0]), float(member[1]) / MICROS) for member in found]
+        return [entry for entry in accounts if entry[0] != DELAYED][:count]
+
+    def unknown_accounts(self) -> dict[str, float]:
+        """Accounts with jobs waiting that no worker knows, with when they were first seen."""
+        found = self.redis.zrange(self.keys.unknown, 0, -1, withscores=True)
+        return {str(member[0]): float(member[1]) / MICROS for member in found}

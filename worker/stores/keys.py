@@ -6,33 +6,37 @@ append an account key (``provider:id``), from here.
 State Redis (``ARCHIVER_REDIS_URL``, by default the broker's), the job store
 (worker/stores/jobs.py):
 
-    {p}:jobs            hash   task id -> "account\\nmessage": every job not yet ended
+    {p}:jobs            hash   task id -> its record (lua/lib/record.lua): every job not yet ended
     {p}:wait:{account}  list   task ids waiting for their account's turn, oldest first
-    {p}:due             zset   account -> when its next job may be dispatched (µs)
+    {p}:due             zset   account -> when its next job may be dispatched (µs); and
+                               "@delayed" -> when the delayed set's earliest job is due
     {p}:delayed         zset   "account|task id" -> not before (µs): retries, eta
-    {p}:active          zset   task id -> lease deadline (µs): dispatched or running
-    {p}:runs            hash   task id -> token of the run that holds it
-    {p}:permits         hash   task id -> the rate-limit slot its dispatch reserved (µs)
-    {p}:deliveries:{id} hash   run token -> 1, for runs that began and never ended
+    {p}:active          zset   "task id|token" -> lease deadline (µs): a dispatched or running run
+    {p}:tokens          string a counter that makes every dispatch's run tokens unique
     {p}:unknown         zset   account -> first seen (µs): jobs for an account no worker knows
-    {p}:accounts        hash   account -> JSON: its limit and key names, for the dispatcher
+    {p}:accounts        hash   account -> JSON: its limits, and its next probe while paused
     {p}:parked:{account}       list  task ids behind an open circuit, oldest first
     {p}:parked-since    hash   task id -> first parked (µs)
     {p}:nodes           zset   worker node -> last heartbeat (µs)
-    {p}:doorbell        list   wakes one idle dispatcher when work arrives
+    {p}:wake            channel  published when work becomes due: idle dispatchers look
     {p}:janitor         string the janitor's turn (a short lock)
 
-The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dead letters,
-metrics) are named below too, each described in its store's module.
+Job results are Celery's keys, ``celery-task-meta-{task id}``, written by the job's ending
+(lua/close.lua) in the same step.
 
-Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what producers publish to), the ready queue
-``{queue}.ready`` (the only queue a worker's Celery consumer reads), and
+The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dead letters,
+metrics, sweep runs) are named below too, each described in its store's module.
+
+Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what raw producers publish to), each node's
+ready queue ``{queue}.ready.{node}`` (the only queue its Celery consumer reads), and
 ``{p}:routing:{node}``, the messages a node took from the intake and has not yet stored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from worker.contract.tasks import ARCHIVE_TASK
 
 
 @dataclass(frozen=True)
@@ -64,15 +68,8 @@ class Keys:
         return f"{self.prefix}:active"
 
     @property
-    def runs(self) -> str:
-        return f"{self.prefix}:runs"
-
-    @property
-    def permits(self) -> str:
-        return f"{self.prefix}:permits"
-
-    def deliveries(self, task_id: str) -> str:
-        return f"{self.prefix}:deliveries:{task_id}"
+    def tokens(self) -> str:
+        return f"{self.prefix}:tokens"
 
     @property
     def unknown(self) -> str:
@@ -94,8 +91,8 @@ class Keys:
         return f"{self.prefix}:nodes"
 
     @property
-    def doorbell(self) -> str:
-        return f"{self.prefix}:doorbell"
+    def wake(self) -> str:
+        return f"{self.prefix}:wake"
 
     @property
     def janitor(self) -> str:
@@ -116,11 +113,12 @@ class Keys:
     def circuit(self, account: str) -> str:
         return f"{self.prefix}:circuit:{account}"
 
-    def circuit_probe(self, account: str) -> str:
-        return f"{self.prefix}:circuit-probe:{account}"
+    @property
+    def circuit_probe_prefix(self) -> str:
+        return f"{self.prefix}:circuit-probe:"
 
-    def probe_chain(self, account: str) -> str:
-        return f"{self.prefix}:probe-scheduled:{account}"
+    def circuit_probe(self, account: str) -> str:
+        return self.circuit_probe_prefix + account
 
     @property
     def paused(self) -> str:
@@ -130,8 +128,35 @@ class Keys:
     def sweep_lock(self, account: str) -> str:
         return f"{self.prefix}:sweep-lock:{account}"
 
-    def pending(self, account: str, chat_id: str) -> str:
-        return f"{self.prefix}:pending:{account}:{chat_id}"
+    def journals(self, account: str) -> str:
+        """hash: what sweeps saw of a GREEN-API instance's journal settings (tasks/sweep)."""
+        return f"{self.prefix}:journals:{account}"
+
+    # -- sweep runs (worker/stores/sweep_runs.py) ----------------------------------------------
+    @property
+    def sweep_runs(self) -> str:
+        return f"{self.prefix}:sweep-runs"
+
+    def sweep_run(self, run_id: str) -> str:
+        return f"{self.prefix}:sweep-run:{run_id}"
+
+    def sweep_run_chats(self, run_id: str, which: str) -> str:
+        """set: the run's chats that were ``which`` (selected, enqueued, archived)."""
+        return f"{self.prefix}:sweep-run:{run_id}:{which}"
+
+    @property
+    def sweeps_held(self) -> str:
+        return f"{self.prefix}:sweeps-held"
+
+    @property
+    def sweep_problems(self) -> str:
+        return f"{self.prefix}:sweep-problems"
+
+    def pending(self, account: str, chat_id: str, task: str = ARCHIVE_TASK) -> str:
+        """A chat's "job pending" mark, one per action (archiving and unarchiving a chat are
+        separate jobs)."""
+        action = "" if task == ARCHIVE_TASK else f"{task.rpartition('.')[2]}:"
+        return f"{self.prefix}:pending:{action}{account}:{chat_id}"
 
     def unarchivable(self, account: str) -> str:
         """zset chat id -> when the provider refused it for having no incoming message."""
@@ -163,16 +188,23 @@ class Keys:
     def metrics_latency(self) -> str:
         return f"{self.prefix}:metrics:latency"
 
+    @property
+    def metrics_sweeps(self) -> str:
+        return f"{self.prefix}:metrics:sweeps"
+
     def recent(self, account: str) -> str:
         """list: the account's last outcomes (JSON), newest first."""
         return f"{self.prefix}:recent:{account}"
 
 
-# kombu's Redis transport keeps messages delivered and not yet acknowledged in this hash (its
-# name is kombu's default, ``unacked_key``; we never write it, status and the exporter count it).
-KOMBU_UNACKED = "unacked"
+RESULT_PREFIX = "celery-task-meta-"
 
 
-def ready_queue(intake: str) -> str:
-    """The queue a worker's Celery consumer reads: jobs the dispatcher released, nothing else."""
-    return f"{intake}.ready"
+def result_key(task_id: str) -> str:
+    """Where Celery's Redis result backend keeps a task's result (its ``get_key_for_task``)."""
+    return RESULT_PREFIX + task_id
+
+
+def ready_queue(intake: str, node: str) -> str:
+    """The queue one node's Celery consumer reads: the jobs its dispatcher handed out."""
+    return f"{intake}.ready.{node}"

@@ -4,7 +4,6 @@ numbers, and read by one exporter (``chat-archiver metrics``) and by ``chat-arch
     {prefix}:metrics:outcomes   hash  "provider|account|outcome|reason" -> jobs
     {prefix}:metrics:latency    hash  "provider|account|le" -> calls in that bucket,
                                       "provider|account|sum" (the count is the buckets' sum)
-    {prefix}:recent:{provider}:{account}   list, the account's last outcomes (JSON), newest first
 
 Limiter figures (permits, waits, 429s) are the limiter's own stats (worker/stores/limiter.py); dead
 letters are counted by their store; queues are Redis lists.
@@ -12,8 +11,6 @@ letters are counted by their store; queues are Redis lists.
 
 from __future__ import annotations
 
-import json
-import time
 from typing import Any
 
 import redis
@@ -22,7 +19,6 @@ from worker.stores.keys import Keys
 
 # Provider call latency buckets, seconds (upper bounds; +Inf is implied).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-RECENT = 20  # outcomes kept per account for `status`
 
 
 class MetricsRecorder:
@@ -32,22 +28,6 @@ class MetricsRecorder:
         self.outcomes_key = self._keys.metrics_outcomes
         self.latency_key = self._keys.metrics_latency
 
-    def recent_key(self, provider: str, account: str) -> str:
-        return self._keys.recent(f"{provider}:{account}")
-
-    def outcome_keys(self, provider: str, account: str) -> list[str]:
-        return [self.outcomes_key, self.recent_key(provider, account)]
-
-    @staticmethod
-    def outcome_args(
-        provider: str, account: str, outcome: str, reason: str | None, chat_id: str | None
-    ) -> list[str | int]:
-        """The outcomes field, the recent-outcomes entry and how many entries to keep."""
-        entry = json.dumps(
-            {"at": round(time.time(), 3), "outcome": outcome, "reason": reason, "chat_id": chat_id}
-        )
-        return [f"{provider}|{account}|{outcome}|{reason or ''}", entry, RECENT]
-
     @staticmethod
     def latency_args(provider: str, account: str, seconds: float) -> list[str | float]:
         """The bucket field, the sum field and the value."""
@@ -55,20 +35,10 @@ class MetricsRecorder:
         return [f"{provider}|{account}|{bucket}", f"{provider}|{account}|sum", seconds]
 
     def queue_outcome(
-        self,
-        pipe: Any,
-        provider: str,
-        account: str,
-        outcome: str,
-        reason: str | None,
-        chat_id: str | None,
+        self, pipe: Any, provider: str, account: str, outcome: str, reason: str | None
     ) -> None:
         """Record a job's outcome in a pipeline (or worker/stores/writes.py's Writes)."""
-        field, entry, keep = self.outcome_args(provider, account, outcome, reason, chat_id)
-        recent = self.recent_key(provider, account)
-        pipe.hincrby(self.outcomes_key, str(field), 1)
-        pipe.lpush(recent, entry)
-        pipe.ltrim(recent, 0, int(keep) - 1)
+        pipe.hincrby(self.outcomes_key, f"{provider}|{account}|{outcome}|{reason or ''}", 1)
 
     def queue_latency(self, pipe: Any, provider: str, account: str, seconds: float) -> None:
         """Record one provider call's duration in a pipeline (or Writes)."""
@@ -90,9 +60,3 @@ class MetricsRecorder:
             provider, account, name = str(field).split("|", 2)
             found.setdefault((provider, account), {})[name] = float(value)
         return found
-
-    def recent(self, provider: str, account: str) -> list[dict[str, Any]]:
-        return [
-            json.loads(item)
-            for item in self._redis.lrange(self.recent_key(provider, account), 0, RECENT - 1)
-        ]

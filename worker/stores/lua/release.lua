@@ -1,4 +1,0 @@
---! keys: chat
---! args: id
---! uses: release
-return release(KEY.chat, ARG.id)

@@ -1,0 +1,43 @@
+--! keys: active nodes janitor jobs due unknown accounts paused
+--! args: now node lease_us janitor_ms node_timeout_us unknown_grace_us wait_prefix limit wake
+--! rest: members
+--! uses: clock schedule record
+-- A node's housekeeping, one step every few seconds (worker/dispatch/service.py): it renews the
+-- leases of the runs it holds (`members`, "id|token"; only those still active), says it is alive,
+-- and tries to take the janitor's turn (one node per interval). The janitor puts jobs whose lease
+-- ran out (their run died: a killed node, a message lost on the way) back at the front of their
+-- wait list, one more run counted lost, and reports what Python does next: nodes that stopped
+-- saying they are alive, accounts no worker has named for the grace period, paused accounts.
+-- Returns {janitor turn (0/1), {requeued ids}, {dead nodes}, {unknown accounts}, {paused}}.
+local now = clock_us(ARG.now)
+local deadline = now + tonumber(ARG.lease_us)
+for _, member in ipairs(REST) do
+  redis.call('ZADD', KEY.active, 'XX', 'GT', deadline, member)
+end
+redis.call('ZADD', KEY.nodes, now, ARG.node)
+-- janitor_ms 0: not this time (Redis was just away: live nodes get a renewal round first).
+if tonumber(ARG.janitor_ms) == 0
+   or not redis.call('SET', KEY.janitor, ARG.node, 'NX', 'PX', ARG.janitor_ms) then
+  return {0, {}, {}, {}, {}}
+end
+local requeued = {}
+local expired = redis.call('ZRANGE', KEY.active, '-inf', now, 'BYSCORE', 'LIMIT', 0,
+                           tonumber(ARG.limit))
+for _, member in ipairs(expired) do
+  redis.call('ZREM', KEY.active, member)
+  local id = string.sub(member, 1, string.find(member, '|', 1, true) - 1)
+  local record = redis.call('HGET', KEY.jobs, id)
+  if record then
+    local account, task, mark, lost, body = record_parts(record)
+    redis.call('HSET', KEY.jobs, id, record_of(account, task, mark, lost + 1, body))
+    redis.call('LPUSH', ARG.wait_prefix .. account, id)
+    schedule_account(account, now, KEY.due, KEY.unknown, KEY.accounts)
+    requeued[#requeued + 1] = id
+  end
+end
+if #requeued > 0 then redis.call('PUBLISH', ARG.wake, '1') end
+local dead = redis.call('ZRANGE', KEY.nodes, '-inf', now - tonumber(ARG.node_timeout_us),
+                        'BYSCORE')
+local unknown = redis.call('ZRANGE', KEY.unknown, '-inf', now - tonumber(ARG.unknown_grace_us),
+                           'BYSCORE')
+return {1, requeued, dead, unknown, redis.call('ZRANGE', KEY.paused, 0, -1)}
