@@ -21,6 +21,13 @@ the result backend and Flower as it is. ``failed_request`` maps it to an answer 
 
 The answer keeps the exception's type name and, for network failures, the operating system's
 reason ("Connection refused"), never the exception's own text.
+
+An answer that is account-level carries the redacted excerpt of what the provider said in its
+``meaning``: the runner writes that meaning into the paused account's detail, which is what an
+operator reads in ``chat-archiver status``. A row marked ``confirm`` is an answer that alone
+cannot tell a job's problem from the account's (an undocumented 400: a bad request, or an
+instance asleep?): the adapter then reads the account's state the way the provider documents it,
+and pauses the account unless that state says it works (see ``ProviderAdapter.confirmed``).
 """
 
 from __future__ import annotations
@@ -30,9 +37,9 @@ import math
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -62,12 +69,14 @@ MAX_RETRY_AFTER = 86400.0
 @dataclass(frozen=True)
 class Rule:
     """One row of a provider's answer table: HTTP status (a range, inclusive) and, optionally, a
-    regular expression searched case-insensitively in the answer's text."""
+    regular expression searched case-insensitively in the answer's text. ``confirm``: the row's
+    verdict holds only if the account's state, read right after, says the account works."""
 
     statuses: tuple[int, int]
     verdict: Verdict
     meaning: str
     pattern: str | None = None
+    confirm: bool = False
     _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False, default=None)
 
     def __post_init__(self) -> None:
@@ -98,6 +107,19 @@ def classify(rules: tuple[Rule, ...], status_code: int, text: str) -> Rule:
         if rule.matches(status_code, text):
             return rule
     raise LookupError(f"no rule for HTTP {status_code}: the table lacks its catch-all row")
+
+
+# Takes (and waits for) a permit of the account's limit for a method; False when none came soon.
+Permits = Callable[[str], bool]
+
+
+@dataclass(frozen=True)
+class AccountCheck:
+    """What the provider says of the account itself (GREEN-API getStateInstance, Wassenger's
+    device record). ``usable`` is None when the state could not be read."""
+
+    usable: bool | None
+    state: str = ""  # the provider's words, e.g. "stateInstance sleepMode"; redacted
 
 
 @dataclass(frozen=True)
@@ -205,11 +227,19 @@ def unreadable_answer(error: Exception, started: float) -> ProviderAnswer:
 
 
 class ProviderAdapter(ABC):
-    """Speaks one provider's HTTP API. Subclasses give the table and build the requests."""
+    """Speaks one provider's HTTP API. Subclasses give the tables and build the requests."""
 
     provider: str
-    archive_method: str
+    archive_method: str  # rate-limit names (config/providers.py) of the calls below
+    unarchive_method: str
+    archived_state_method: str
+    account_state_method: str
     archive_rules: tuple[Rule, ...]
+    unarchive_rules: tuple[Rule, ...]
+    # (HTTP method, route template) of the archive and unarchive calls: what a trace shows of
+    # a call instead of its URL, which may hold the token (worker/tracing).
+    archive_route: tuple[str, str]
+    unarchive_route: tuple[str, str]
 
     @abstractmethod
     def archive_request(
@@ -217,20 +247,123 @@ class ProviderAdapter(ABC):
     ) -> httpx.Request:
         """The HTTP request that archives one chat."""
 
+    @abstractmethod
+    def unarchive_request(
+        self, client: httpx.Client, account: Account, chat_id: str
+    ) -> httpx.Request:
+        """The HTTP request that unarchives one chat."""
+
+    @abstractmethod
+    def account_state(self, client: httpx.Client, account: Account) -> AccountCheck:
+        """The account's state as the provider documents it, for rows marked ``confirm``."""
+
+    @abstractmethod
+    def archived_state(self, client: httpx.Client, account: Account, chat_id: str) -> bool | None:
+        """Whether the provider shows the chat archived; None when it cannot tell (for an
+        account's optional ``verify``: GREEN-API has answered "already archived" for chats
+        that were not, green-api/issues #488 and #744)."""
+
     def answer_text(self, response: httpx.Response) -> str:
         """The part of an answer the table's patterns are matched against."""
         return response.text
 
-    def archive(self, client: httpx.Client, account: Account, chat_id: str) -> ProviderAnswer:
+    def archive(
+        self,
+        client: httpx.Client,
+        account: Account,
+        chat_id: str,
+        permit: Permits | None = None,
+    ) -> ProviderAnswer:
+        """``permit``: asked before any further call the answer needs (an account state read),
+        so that call too goes through the account's rate limit."""
+        rules = self.archive_rules
+        return self._call(client, account, chat_id, self.archive_request, rules, permit)
+
+    def unarchive(
+        self,
+        client: httpx.Client,
+        account: Account,
+        chat_id: str,
+        permit: Permits | None = None,
+    ) -> ProviderAnswer:
+        rules = self.unarchive_rules
+        return self._call(client, account, chat_id, self.unarchive_request, rules, permit)
+
+    def _call(
+        self,
+        client: httpx.Client,
+        account: Account,
+        chat_id: str,
+        build: Callable[[httpx.Client, Account, str], httpx.Request],
+        rules: tuple[Rule, ...],
+        permit: Permits | None = None,
+    ) -> ProviderAnswer:
         started = time.monotonic()
         try:
             # Building the request can fail too: httpx encodes headers as it builds them.
-            request = self.archive_request(client, account, chat_id)
+            request = build(client, account, chat_id)
         except PASS_THROUGH:
             raise
         except Exception as error:
             return failed_request(error, started)
-        return self.exchange(client, request, self.archive_rules)
+        try:
+            response = client.send(request)
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            return failed_request(error, started)
+        answer, rule = self._classified(response, rules, started)
+        if rule.confirm:
+            return self.confirmed(client, account, answer, started, permit)
+        return answer
+
+    def confirmed(
+        self,
+        client: httpx.Client,
+        account: Account,
+        answer: ProviderAnswer,
+        started: float,
+        permit: Permits | None = None,
+    ) -> ProviderAnswer:
+        """``answer`` as its row says if the account's state says the account works; an
+        account pause naming the state otherwise, and when the state cannot be read (no permit
+        for the read soon enough included): a pause costs the account a probe, a wrong dead
+        letter costs every job of a sleeping account."""
+        if permit is not None and not permit(self.account_state_method):
+            check = AccountCheck(None, f"no {self.account_state_method} permit soon enough")
+        else:
+            check = self.account_state(client, account)
+        elapsed = time.monotonic() - started
+        if check.usable:
+            return replace(answer, elapsed=elapsed)
+        shown = f"{answer.meaning}: {answer.excerpt}" if answer.excerpt else answer.meaning
+        if check.usable is False:
+            meaning = f"{check.state} ({shown})"
+        else:
+            meaning = f"{shown}; the account's state could not be read ({check.state})"
+        return replace(answer, verdict=ACCOUNT_UNAVAILABLE, meaning=meaning, elapsed=elapsed)
+
+    def read_json(
+        self, client: httpx.Client, method: str, verb: str, url: str, **options: Any
+    ) -> tuple[Any, ProviderAnswer | None]:
+        """One small JSON read (a state, a chat): ``(payload, None)`` for a 2xx JSON answer,
+        ``(None, answer)`` for anything else, the answer classified by the archive table. Never
+        raises but what Celery raises into it."""
+        started = time.monotonic()
+        try:
+            request = client.build_request(verb, url, **options)
+            response = client.send(request)
+        except PASS_THROUGH:
+            raise
+        except Exception as error:
+            return None, failed_request(error, started)
+        if not 200 <= response.status_code < 300:
+            return None, self._classified(response, self.archive_rules, started)[0]
+        try:
+            return response.json(), None
+        except (ValueError, RecursionError) as error:
+            logger.info("%s: answer not JSON (%s)", method, type(error).__name__)
+            return None, unreadable_answer(error, started)
 
     def build(
         self, client: httpx.Client, method: str, verb: str, url: str, **options: Any
@@ -262,7 +395,8 @@ class ProviderAdapter(ABC):
         try:
             if not 200 <= response.status_code < 300:
                 response.read()
-                raise ListingError(method, self._answer(response, self.archive_rules, started))
+                answer = self._classified(response, self.archive_rules, started)[0]
+                raise ListingError(method, answer)
             yield response
         except httpx.TransportError as error:
             answer = failed_request(error, started)
@@ -277,6 +411,7 @@ class ProviderAdapter(ABC):
     def exchange(
         self, client: httpx.Client, request: httpx.Request, rules: tuple[Rule, ...]
     ) -> ProviderAnswer:
+        """Send one request and classify its answer by ``rules`` (no state is confirmed)."""
         started = time.monotonic()
         try:
             response = client.send(request)
@@ -284,20 +419,26 @@ class ProviderAdapter(ABC):
             raise
         except Exception as error:
             return failed_request(error, started)
-        return self._answer(response, rules, started)
+        return self._classified(response, rules, started)[0]
 
-    def _answer(
+    def _classified(
         self, response: httpx.Response, rules: tuple[Rule, ...], started: float
-    ) -> ProviderAnswer:
+    ) -> tuple[ProviderAnswer, Rule]:
         rule = classify(rules, response.status_code, self.answer_text(response))
-        return ProviderAnswer(
+        shown = excerpt(response.text)
+        meaning = rule.meaning
+        if rule.verdict.kind is Kind.ACCOUNT and shown:
+            # What the provider said goes into the paused account's detail (redacted).
+            meaning = f"{meaning}: {shown}"
+        answer = ProviderAnswer(
             rule.verdict,
-            meaning=rule.meaning,
+            meaning=meaning,
             status=response.status_code,
-            excerpt=excerpt(response.text),
+            excerpt=shown,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             elapsed=time.monotonic() - started,
         )
+        return answer, rule
 
 
 # -- listings, for sweeps ---------------------------------------------------------------------

@@ -40,11 +40,13 @@ class ListingCalls:
     def _permit(self, method: str) -> None:
         limiter = self.services.limiter
         while True:
-            asked = time.monotonic()
             permit = limiter.acquire(self.account, method, LISTING_MAX_WAIT)
             if permit.granted:
+                # From when Redis's answer came: it read its clock before, so never early.
+                deadline = time.monotonic() + permit.wait
                 self.sleep(permit.wait)
-                limiter.keep_distance(self.account, method, asked, permit)
+                late = time.monotonic() - deadline
+                limiter.keep_distance(self.account, method, late, permit.slot)
                 self.summary.calls[method] += 1
                 return
             self.sleep(min(permit.wait, LISTING_MAX_WAIT))

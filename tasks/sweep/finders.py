@@ -1,8 +1,10 @@
 """How a sweep finds an account's chats and when each was last active, one finder per provider
 (``FINDERS``), both streaming, so memory stays flat however many chats an account has.
 
-- **Wassenger** lists a device's chats oldest activity first, a page at a time; the sweep stops
-  at the first chat newer than the cutoff.
+- **Wassenger** lists a device's chats oldest activity first, a page at a time; past the first
+  chat newer than the cutoff every chat is active, and the finder goes on only while the sweep's
+  safety bound needs a larger count of the device's chats (``enough``), so a small nightly sweep
+  lists little more than its inactive chats.
 - **GREEN-API** has no timestamps in getChats. lastIncomingMessages and lastOutgoingMessages over
   the threshold window name every chat active in it, so getChats minus those chats are the
   inactive ones. Those windows hold at most 10,000 messages each; when one is full, older
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
 from typing import Protocol
@@ -49,8 +51,10 @@ class Finder(Protocol):
         account: Account,
         policy: SweepPolicy,
         cutoff: float,
+        enough: Callable[[], bool],
     ) -> Iterator[ChatInfo]:
-        """Every chat the sweep must look at, with its last activity where known."""
+        """Every chat the sweep must look at, with its last activity where known. A finder that
+        knows every chat from some point on is active may stop there once ``enough()``."""
 
 
 class WassengerFinder:
@@ -64,8 +68,10 @@ class WassengerFinder:
         account: Account,
         policy: SweepPolicy,
         cutoff: float,
+        enough: Callable[[], bool],
     ) -> Iterator[ChatInfo]:
         page = 0
+        past_cutoff = False
         while True:
             chats = calls.call(
                 "listChats",
@@ -80,8 +86,12 @@ class WassengerFinder:
             )
             for chat in chats:
                 yield chat
+                # Oldest first: every chat after the first one newer than the cutoff is newer
+                # still, and is listed only to count the device's chats for the bound.
                 if chat.last_activity is not None and chat.last_activity > cutoff:
-                    return  # oldest first: every chat after this one is newer still
+                    past_cutoff = True
+                if past_cutoff and enough():
+                    return
             if len(chats) < WASSENGER_PAGE_SIZE:
                 return
             page += 1
@@ -98,6 +108,7 @@ class GreenApiFinder:
         account: Account,
         policy: SweepPolicy,
         cutoff: float,
+        enough: Callable[[], bool],
     ) -> Iterator[ChatInfo]:
         listings = self.listings
         minutes = math.ceil(policy.inactive_after / 60)

@@ -16,6 +16,7 @@ from worker import app
 from worker.contract.tasks import SWEEP_TASK
 from worker.producer import default_producer
 from worker.services import get_accounts, get_services
+from worker.stores.sweep_runs import SweepRuns
 
 
 def sweep_accounts(
@@ -37,14 +38,30 @@ def archive_sweep(
     account: str | None = None,
     dry_run: bool = False,
     list_chats: bool = False,
+    confirm: str | None = None,
 ) -> Any:
+    """``confirm``: the id of a held run to confirm instead (an operator's `chat-archiver sweep
+    --confirm`, applied in that process; the intake takes no such message)."""
     kwargs = {
         "provider": provider,
         "account": account,
         "dry_run": dry_run,
         "list_chats": list_chats,
     }
+    if confirm is not None:
+        return run_leased(self, {**kwargs, "confirm": confirm}, lambda: _confirm(confirm))
     return run_leased(self, kwargs, lambda: _sweep(provider, account, dry_run, list_chats))
+
+
+def _confirm(run_id: str) -> dict[str, Any]:
+    services = get_services()
+    runs = SweepRuns(services.redis, services.keys, services.settings.sweep_run_retention)
+    record = runs.record(run_id)
+    if record is None:
+        days = services.settings.sweep_run_retention / 86400
+        raise SweepError(f"no sweep run {run_id} (runs are kept {days:g} days)")
+    target = get_accounts().get(record["provider"], record["account"])
+    return Sweeper(services).confirm(target, run_id).as_dict()
 
 
 def _sweep(

@@ -45,9 +45,12 @@ UNLIMITED_GREEN = {
         "getChatHistory",
         "getStateInstance",
         "getSettings",
+        "getContactInfo",
     )
 }
-UNLIMITED_WASSENGER = {m: None for m in ("archive", "unarchive", "listChats", "listDevices")}
+UNLIMITED_WASSENGER = {
+    m: None for m in ("archive", "unarchive", "getChat", "listChats", "listDevices")
+}
 
 
 def base_chats(now: float) -> list[dict[str, Any]]:
@@ -102,7 +105,7 @@ def wass(
     http: httpx.Client, verb: str, chat_id: str, token: str | None = WTOKEN, device: str = DEV
 ) -> httpx.Response:
     headers = {} if token is None else {"Token": token}
-    return http.request(verb, f"/v1/chat/{device}/chats/{chat_id}/archive", headers=headers)
+    return http.request(verb, f"/v1/io/{device}/chats/{chat_id}/archive", headers=headers)
 
 
 def message(response: httpx.Response) -> str:
@@ -123,7 +126,7 @@ def test_green_already_archived(admin, http):
     archive(http, USER)
     response = archive(http, USER)
     assert response.status_code == 400
-    assert message(response) == "ArchiveChatError: already archive=true"
+    assert message(response) == f"ArchiveChatError: chat with id {USER} already archive=true"
 
 
 def test_green_unarchive_and_already_unarchived(admin, http):
@@ -132,7 +135,7 @@ def test_green_unarchive_and_already_unarchived(admin, http):
     assert admin.chat("green-api", GID, GROUP)["archived"] is False
     response = green(http, "unarchiveChat", {"chatId": GROUP})
     assert response.status_code == 400
-    assert message(response) == "UnarchiveChatError: already archive=false"
+    assert message(response) == f"UnarchiveChatError: chat with id {GROUP} already archive=false"
 
 
 def test_green_chat_not_found(admin, http):
@@ -251,7 +254,8 @@ def test_sliding_window_429_and_counters(admin, http):
     assert all(
         ages == sorted(ages, reverse=True) and 0 <= ages[-1] < ages[0] < 1000 for ages in refusals
     )
-    assert counters["totals"] == {"calls": 9, "rate_limited": 4, "unmatched": 0}
+    assert counters["totals"] == {"calls": 9, "rate_limited": 4, "unmatched": 0, "undocumented": 0}
+    assert counters["routes"] == {"POST /waInstance{idInstance}/archiveChat/{apiTokenInstance}": 9}
     time.sleep(1.05)  # the window slides: the first calls left it
     assert archive(http, USER).status_code == 200
     assert admin.counters()["accounts"][f"green-api:{GID}"]["archiveChat"]["peak_1s"] == 5
@@ -262,7 +266,9 @@ def test_counters_reset(admin, http):
     admin.reset_counters()
     assert admin.counters() == {
         "accounts": {},
-        "totals": {"calls": 0, "rate_limited": 0, "unmatched": 0},
+        "totals": {"calls": 0, "rate_limited": 0, "unmatched": 0, "undocumented": 0},
+        "routes": {},
+        "undocumented": {},
     }
 
 
@@ -536,7 +542,7 @@ def test_wassenger_bad_or_missing_token_is_401(admin, http, token):
 
 
 def test_wassenger_token_query_parameter_is_not_accepted(admin, http):
-    response = http.put(f"/v1/chat/{DEV}/chats/{USER}/archive", params={"token": WTOKEN})
+    response = http.put(f"/v1/io/{DEV}/chats/{USER}/archive", params={"token": WTOKEN})
     assert response.status_code == 401
 
 
@@ -803,3 +809,201 @@ def test_access_log_masks_tokens(caplog: pytest.LogCaptureFixture):
     assert len(lines) == 3
     assert any("/archiveChat/***" in line for line in lines)
     assert all(GTOKEN not in line for line in lines)
+
+
+# ----- strictness: only documented routes, a router's plain 404 for the rest ----------------------
+
+
+@pytest.mark.parametrize(
+    ("verb", "path"),
+    [
+        ("POST", f"/waInstance{GID}/archiveChats/{GTOKEN}"),  # no such method
+        ("GET", f"/waInstance{GID}/archiveChat/{GTOKEN}"),  # a documented method, wrong verb
+        ("PUT", f"/waInstance{GID}/archiveChat/{GTOKEN}"),
+        ("POST", f"/nowhere/waInstance{GID}/archiveChat/{GTOKEN}"),  # an api_url with a path
+        ("PUT", f"/v1/chat/{DEV}/chats/{USER}/archive"),  # the white-label's path (issue 19)
+        ("POST", f"/v1/io/{DEV}/chats/{USER}/archive"),
+        ("GET", f"/v1/io/{DEV}/chats/{USER}/archive"),
+        ("PUT", f"/v1/io/{DEV}/chats/{USER}/archived"),
+        ("PUT", f"/v1/io/{DEV}/chats//archive"),
+        ("DELETE", f"/v1/chat/{DEV}/chats/{USER}"),
+        ("POST", "/v1/devices"),
+        ("GET", "/v1/nothing"),
+        ("PUT", f"/nowhere/v1/io/{DEV}/chats/{USER}/archive"),
+    ],
+)
+def test_undocumented_routes_get_a_routers_plain_404_and_are_counted(admin, http, verb, path):
+    response = http.request(verb, path, headers={"Token": WTOKEN}, json={"chatId": USER})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("text/plain")
+    assert response.text == "Not Found"  # never JSON, never naming the chat
+    counters = admin.counters()
+    assert counters["totals"]["undocumented"] == 1
+    [(key, count)] = counters["undocumented"].items()
+    assert count == 1 and key.startswith(f"{verb} ")
+    assert GTOKEN not in key and WTOKEN not in key
+    assert counters["routes"] == {}
+    # Nothing reached an account: a wrong path changes no chat and costs no rate slot.
+    assert counters["accounts"] == {}
+    assert admin.chat("wassenger", DEV, USER)["archived"] is False
+    assert admin.undocumented_calls() == counters["undocumented"]
+
+
+def test_documented_routes_are_counted_by_template(admin, http):
+    archive(http, USER)
+    green(http, "unarchiveChat", {"chatId": USER})
+    green(http, "getStateInstance")
+    green(http, "getContactInfo", {"chatId": USER})
+    wass(http, "PUT", USER)
+    wass(http, "DELETE", USER)
+    http.get(f"/v1/chat/{DEV}/chats/{USER}", headers={"Token": WTOKEN})
+    http.get("/v1/devices", headers={"Token": WTOKEN})
+    counters = admin.counters()
+    assert counters["routes"] == {
+        "DELETE /v1/io/{deviceId}/chats/{chatWid}/archive": 1,
+        "GET /v1/chat/{deviceId}/chats/{chatWid}": 1,
+        "GET /v1/devices": 1,
+        "GET /waInstance{idInstance}/getStateInstance/{apiTokenInstance}": 1,
+        "POST /waInstance{idInstance}/archiveChat/{apiTokenInstance}": 1,
+        "POST /waInstance{idInstance}/getContactInfo/{apiTokenInstance}": 1,
+        "POST /waInstance{idInstance}/unarchiveChat/{apiTokenInstance}": 1,
+        "PUT /v1/io/{deviceId}/chats/{chatWid}/archive": 1,
+    }
+    assert counters["undocumented"] == {} and counters["totals"]["undocumented"] == 0
+
+
+# ----- states for a while: asleep, starting, not authorized, blocked, not operative ---------------
+
+
+@pytest.mark.parametrize(
+    ("status", "text", "state"),
+    [
+        ("sleep_mode", "instance in sleepMode", "sleepMode"),
+        ("starting", "instance in starting process try later", "starting"),
+        ("not_authorized", "instance account not authorized", "notAuthorized"),
+        ("blocked", "instance is blocked", "blocked"),
+    ],
+)
+def test_green_state_for_a_while_answers_every_call_then_ends(admin, http, status, text, state):
+    admin.set_status("green-api", GID, status, seconds=0.6)
+    assert admin.account("green-api", GID)["status"] == status
+    for response in (
+        archive(http, USER),
+        green(http, "unarchiveChat", {"chatId": USER}),
+        green(http, "getChats"),
+        green(http, "getContactInfo", {"chatId": USER}),
+    ):
+        assert response.status_code == 400
+        assert message(response) == text
+    assert green(http, "getStateInstance").json() == {"stateInstance": state}
+    assert admin.chat("green-api", GID, USER)["archived"] is False
+    time.sleep(0.7)
+    assert green(http, "getStateInstance").json() == {"stateInstance": "authorized"}
+    assert archive(http, USER).status_code == 200
+    assert admin.account("green-api", GID)["status"] == "authorized"
+
+
+def test_a_state_without_seconds_stays(admin, http):
+    admin.set_status("green-api", GID, "sleep_mode")
+    assert admin.account("green-api", GID)["status_until"] is None
+    time.sleep(0.1)
+    assert green(http, "getStateInstance").json() == {"stateInstance": "sleepMode"}
+    admin.set_status("green-api", GID, "authorized")
+    assert archive(http, USER).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("provider", "account", "changes", "error"),
+    [
+        ("wassenger", DEV, {"status": "sleep_mode"}, "green-api state"),
+        ("green-api", GID, {"status": "not_operative"}, "wassenger state"),
+        ("green-api", GID, {"status_seconds": 5}, "goes with a status"),
+        ("green-api", GID, {"status": "starting", "status_seconds": 0}, "> 0"),
+        ("green-api", GID, {"status": "starting", "status_seconds": True}, "> 0"),
+    ],
+)
+def test_state_switch_refuses_what_it_cannot_hold(admin, provider, account, changes, error):
+    with pytest.raises(SimulatorError, match=error):
+        admin.patch_account(provider, account, **changes)
+    assert admin.account(provider, account)["status"] == "authorized"
+
+
+def test_wassenger_device_not_operative_for_a_while(admin, http):
+    admin.set_status("wassenger", DEV, "not_operative", seconds=0.6)
+    response = wass(http, "PUT", USER)
+    assert response.status_code == 400
+    body = response.json()
+    assert body == {"status": 400, "message": "WhatsApp number is not ready to perform this action"}
+    device = http.get("/v1/devices", headers={"Token": WTOKEN}).json()[0]
+    assert (device["status"], device["session"]["status"]) == ("verified", "offline")
+    assert http.get(f"/v1/chat/{DEV}/chats/{USER}", headers={"Token": WTOKEN}).status_code == 400
+    time.sleep(0.7)
+    device = http.get("/v1/devices", headers={"Token": WTOKEN}).json()[0]
+    assert (device["status"], device["session"]["status"]) == ("operative", "online")
+    assert wass(http, "PUT", USER).status_code == 200
+
+
+# ----- a false "already archived" (GREEN-API #488, #744) -----------------------------------------
+
+
+def test_green_false_already_archived_for_the_next_calls(admin, http):
+    admin.false_already_archived("green-api", GID, count=2)
+    for _ in range(2):
+        response = archive(http, USER)
+        assert response.status_code == 400
+        assert message(response) == f"ArchiveChatError: chat with id {USER} already archive=true"
+    # Nothing was archived, and the chat's record says so.
+    assert admin.chat("green-api", GID, USER)["archived"] is False
+    assert green(http, "getContactInfo", {"chatId": USER}).json()["isArchive"] is False
+    assert archive(http, USER).status_code == 200
+    assert green(http, "getContactInfo", {"chatId": USER}).json()["isArchive"] is True
+    assert admin.account("green-api", GID)["faults"]["false_already_archived"] == 0
+
+
+def test_false_already_archived_for_a_chat_until_cleared(admin, http):
+    admin.false_already_archived("green-api", GID, chats=[USER])
+    admin.false_already_archived("wassenger", DEV, chats=[USER])
+    for _ in range(3):
+        assert "already archive=true" in message(archive(http, USER))
+        assert wass(http, "PUT", USER).status_code == 409
+    assert archive(http, GROUP).status_code == 200  # other chats archive
+    assert admin.chat("green-api", GID, USER)["archived"] is False
+    wassenger_chat = http.get(f"/v1/chat/{DEV}/chats/{USER}", headers={"Token": WTOKEN}).json()
+    assert wassenger_chat["waStatus"] == "active"
+    admin.false_already_archived("green-api", GID)
+    assert archive(http, USER).status_code == 200
+    with pytest.raises(SimulatorError, match="false_already_archived"):
+        admin.patch_account("green-api", GID, faults={"false_already_archived": -1})
+
+
+# ----- the reads behind `verify` ------------------------------------------------------------------
+
+
+def test_green_get_contact_info(admin, http):
+    info = green(http, "getContactInfo", {"chatId": USER}).json()
+    assert info["chatId"] == USER and info["isArchive"] is False
+    archived = green(http, "getContactInfo", {"chatId": "79000000000@c.us"}).json()
+    assert archived["isArchive"] is True
+    missing = green(http, "getContactInfo", {"chatId": "79999999999@c.us"})
+    assert missing.status_code == 400
+    assert message(missing) == "GetContactInfoError: chat with id 79999999999@c.us not found"
+    assert green(http, "getContactInfo", {}).status_code == 400
+    assert green(http, "getContactInfo", {"chatId": USER}, token="nope").status_code == 401
+
+
+def test_wassenger_get_chat(admin, http):
+    chat = http.get(f"/v1/chat/{DEV}/chats/{USER}", headers={"Token": WTOKEN})
+    assert chat.status_code == 200
+    assert chat.json()["waStatus"] == "active" and chat.json()["meta"]["isArchived"] is False
+    wass(http, "PUT", USER)
+    chat = http.get(f"/v1/chat/{DEV}/chats/{USER.replace('@', '%40')}", headers={"Token": WTOKEN})
+    assert chat.json()["waStatus"] == "archived"
+    missing = http.get(f"/v1/chat/{DEV}/chats/79999999999@c.us", headers={"Token": WTOKEN})
+    assert missing.json() == {"status": 404, "message": "Chat not found"}
+    assert http.get(f"/v1/chat/{DEV}/chats/{USER}", headers={"Token": "nope"}).status_code == 401
+
+
+def test_mask_path_masks_a_green_token_after_any_prefix():
+    assert mask_path(f"/nowhere/waInstance{GID}/archiveChat/{GTOKEN}") == (
+        f"/nowhere/waInstance{GID}/archiveChat/***"
+    )

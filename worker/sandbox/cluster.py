@@ -5,7 +5,7 @@ Flower) it started, which stop together.
 
 What each user adds stays with it: the demo its scenario and its footprint in a shared Redis, the
 integration tests their fast settings and simulator helpers (tests/integration/conftest.py), the
-benchmarks their instruments (tests/benchmarks/harness.py).
+benchmarks their instruments (benchmarks/harness.py).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class LocalCluster:
         self.env = environment(redis_url, accounts_file, env)
         self.settings = settings_from(self.env)
         self.app: Celery = create_app(self.settings)
-        self.redis = connect(redis_url)
+        self.redis = connect(redis_url, settings=self.settings)
         self.producer = ArchiveProducer(self.app, self.settings, self.redis)
         self.dead_letters = DeadLetterStore(self.redis, self.settings.key_prefix)
         self.processes: list[CeleryProcess] = []

@@ -25,7 +25,6 @@ from typing import Any
 
 import redis
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from config import GREEN_API, WASSENGER, get_settings
@@ -35,7 +34,7 @@ from worker.sandbox.local import PrivateRedis, redis_answers
 from worker.sandbox.simulator import SimulatorClient, SimulatorError, start_in_thread
 from worker.stores.client import connect, safe_url
 from worker.stores.deadletters import DeadLetterStore
-from worker.stores.keys import ready_queue
+from worker.views.tables import Col, print_table
 
 GREEN_ID = "1101000001"
 WASSENGER_ID = "64a1f0c2b3d4e5f601234567"
@@ -230,7 +229,7 @@ def run_demo(console: Console, timeout: float = 90.0, redis_url: str | None = No
     cluster = None
     state = connect(broker_url)
     footprint = Footprint(
-        queues=[DEMO_NAMESPACE, ready_queue(DEMO_NAMESPACE)],
+        queues=[DEMO_NAMESPACE],
         node=f"{DEMO_NAMESPACE}-{os.getpid()}@{socket.gethostname()}",
     )
     try:
@@ -306,17 +305,17 @@ def _report(
     task_ids: dict[int, str],
     client: SimulatorClient,
 ) -> bool:
-    table = Table(
+    columns: list[Col | str] = [
         "#",
         "account",
         "chat",
-        "scenario",
+        Col("scenario", prose=True),
         "outcome",
         "tries",
-        "simulator now",
+        Col("simulator now", prose=True),
         "ok",
-        title="chat-archiver demo (the instance's first two calls answer 503 and 502)",
-    )
+    ]
+    rows: list[list[Text | str]] = []
     all_agree = True
     for position in task_ids:
         job = JOBS[position - 1]
@@ -330,17 +329,20 @@ def _report(
             attempts = str(result.get("attempts", ""))
             agrees = matches(result["outcome"], reason, truth)
         all_agree &= agrees
-        table.add_row(
-            str(position),
-            Text(f"{job.provider} {job.account}"),
-            Text(job.chat_id),
-            Text(job.story),
-            Text(outcome),  # from the result backend: never rich markup
-            attempts,
-            Text(truth),
-            Text("yes") if agrees else Text("NO", style="red"),
+        rows.append(
+            [
+                str(position),
+                Text(f"{job.provider} {job.account}"),
+                Text(job.chat_id),
+                Text(job.story),
+                Text(outcome),  # from the result backend: never rich markup
+                attempts,
+                Text(truth),
+                Text("yes") if agrees else Text("NO", style="red"),
+            ]
         )
-    console.print(table)
+    title = "chat-archiver demo (the instance's first two calls answer 503 and 502)"
+    print_table(console, columns, rows, title=title)
     if all_agree:
         console.out("Every outcome agrees with the simulator.")
     else:
@@ -349,12 +351,12 @@ def _report(
 
 
 def _report_dead_letters(console: Console, store: DeadLetterStore) -> None:
-    table = Table("id", "reason", "account", "chat", "detail", title="dead letters")
+    rows = []
     for entry in store.iter():
         chat = str(entry.job.get("chat_id"))
         # The id as `dlq list` prints it: `dlq show` takes it (a prefix of 6+ characters).
-        table.add_row(
-            *(Text(v) for v in (entry.id[:8], entry.reason, entry.account, chat)),
-            Text(entry.detail),
+        rows.append(
+            [Text(v) for v in (entry.id[:8], entry.reason, entry.account, chat, entry.detail)]
         )
-    console.print(table)
+    columns: list[Col | str] = ["id", "reason", "account", "chat", Col("detail", prose=True)]
+    print_table(console, columns, rows, title="dead letters")

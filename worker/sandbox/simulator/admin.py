@@ -4,8 +4,10 @@
     GET    /_sim/accounts                                 [account info, ...]
     DELETE /_sim/accounts                                 remove every account
     PUT    /_sim/accounts/{provider}/{id}                 create or replace (body: account spec)
-    PATCH  /_sim/accounts/{provider}/{id}                 token, status, faults, rate_limits,
-                                                          retry_after, settings
+    PATCH  /_sim/accounts/{provider}/{id}                 token, status (+ status_seconds: the
+                                                          state ends after that long), faults,
+                                                          rate_limits, retry_after, settings,
+                                                          journals (simulator/journals.py)
     GET    /_sim/accounts/{provider}/{id}                 account info
     DELETE /_sim/accounts/{provider}/{id}                 remove one account
     POST   /_sim/accounts/{provider}/{id}/chats           {"chats": [...], "generate": {...}}
@@ -14,8 +16,18 @@
     GET    /_sim/accounts/{provider}/{id}/summary[?days=N]
     GET    /_sim/accounts/{provider}/{id}/inactive?days=N {"days": N, "chat_ids": [...]}
     POST   /_sim/scenario                                 {"accounts": [...]}: create them all
-    GET    /_sim/counters
+    GET    /_sim/counters                                 calls per account and method, and
+                                                          per route: `routes` (documented) and
+                                                          `undocumented` (any other path)
     POST   /_sim/counters/reset
+
+Switches for the providers' awkward states, through PATCH:
+    {"status": "sleep_mode", "status_seconds": 20}        GREEN-API asleep for 20 s (also
+                                                          not_authorized, starting, blocked...;
+                                                          Wassenger: not_operative...)
+    {"faults": {"false_already_archived": 3}}             the next 3 archive calls answer
+                                                          "already archived" and archive nothing
+    {"faults": {"false_already_archived_chats": [id]}}    so does every archive call for these
 
 Errors: 400 `{"error": "..."}` for a spec the simulator cannot hold, 404 `{"error": "..."}` for an
 unknown account or chat. Account info never contains the token.

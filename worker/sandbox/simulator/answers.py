@@ -7,6 +7,7 @@ tested without sockets and so the server can apply injected latency after the st
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -61,3 +62,16 @@ def raw_json(status: int, body: str | bytes) -> Answer:
     """A JSON answer serialised beforehand (large listings join cached parts)."""
     data = body.encode() if isinstance(body, str) else body
     return Answer(status, data, JSON_TYPE)
+
+
+# The GREEN-API token segment wherever a `/waInstance{id}/{method}/` prefix sits in the path (an
+# api_url with a path puts one before it), and token query values.
+_GREEN_TOKEN = re.compile(r"(/waInstance[^/]*/[^/]*/)[^/?]+")
+_TOKEN_QUERY = re.compile(r"(?i)([?&](?:token|apitokeninstance)=)[^&]*")
+
+
+def mask_path(path: str) -> str:
+    """The path as it may be logged or counted: token segment and token query values replaced
+    by ***."""
+    path = _GREEN_TOKEN.sub(r"\1***", path)
+    return _TOKEN_QUERY.sub(r"\1***", path)

@@ -57,12 +57,31 @@ class SimulatorClient:
 
     def put_account(self, provider: str, account_id: str, **spec: Any) -> dict[str, Any]:
         """Create or replace an account: token, status, rate_limits, retry_after, faults, chats,
-        generate, settings."""
+        generate, settings, journals."""
         return self._call("PUT", self._account(provider, account_id), json=spec)
 
     def patch_account(self, provider: str, account_id: str, **changes: Any) -> dict[str, Any]:
-        """Change token, status, faults, rate_limits, retry_after or settings of an account."""
+        """Change token, status, faults, rate_limits, retry_after, settings or journals of an
+        account."""
         return self._call("PATCH", self._account(provider, account_id), json=changes)
+
+    def set_status(
+        self, provider: str, account_id: str, status: str, seconds: float | None = None
+    ) -> dict[str, Any]:
+        """Put the account in a state (``sleep_mode``, ``starting``, ``not_operative``...), for
+        ``seconds`` when given: it is ``authorized`` again after that, by itself."""
+        changes: dict[str, Any] = {"status": status}
+        if seconds is not None:
+            changes["status_seconds"] = seconds
+        return self.patch_account(provider, account_id, **changes)
+
+    def false_already_archived(
+        self, provider: str, account_id: str, count: int = 0, chats: list[str] | None = None
+    ) -> dict[str, Any]:
+        """The next ``count`` archive calls, and every one for ``chats``, answer "already
+        archived" without archiving (GREEN-API's #488/#744)."""
+        faults = {"false_already_archived": count, "false_already_archived_chats": chats or []}
+        return self.patch_account(provider, account_id, faults=faults)
 
     def account(self, provider: str, account_id: str) -> dict[str, Any]:
         return self._call("GET", self._account(provider, account_id))
@@ -109,6 +128,10 @@ class SimulatorClient:
 
     def counters(self) -> dict[str, Any]:
         return self._call("GET", "/_sim/counters")
+
+    def undocumented_calls(self) -> dict[str, int]:
+        """Requests to paths the providers do not document, by verb and (masked) path."""
+        return dict(self.counters()["undocumented"])
 
     def reset_counters(self) -> None:
         self._call("POST", "/_sim/counters/reset")

@@ -68,6 +68,9 @@ class MethodCounter:
     # For the first refused calls: the ages in ms of the calls the provider's window held then,
     # oldest first. Their spacing shows which call came early or late against its neighbours.
     refusals: list[list[float]] = field(default_factory=list)
+    # When the last call arrived (unix time): a benchmark on the same host times a job from its
+    # enqueue to its provider call with it.
+    last_at: float = 0.0
 
     def refused(self, window_ages: list[float]) -> None:
         self.rate_limited += 1
@@ -85,20 +88,41 @@ class MethodCounter:
             "rate_limited": self.rate_limited,
             "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
             "peak_1s": self.peak_1s,
+            "last_at": self.last_at,
             **({"refusals_ms": [list(ages) for ages in self.refusals]} if self.refusals else {}),
         }
+
+
+# Distinct undocumented paths kept (a scan of random paths must not grow the counters forever).
+UNDOCUMENTED_KEPT = 200
 
 
 class Counters:
     """Counters keyed by account label (`"green-api:7105187566"`) and provider method name.
 
     Requests that never reach an account (unknown instance or device, unknown path) are counted in
-    `unmatched` only, because there is no account to charge them to.
+    `unmatched` only, because there is no account to charge them to. Every request is also
+    counted by route: `routes` by the documented route it matched (`"POST
+    /waInstance{idInstance}/archiveChat/{apiTokenInstance}"`), `undocumented` by verb and path
+    (token masked) when it matched none, so a test can show that nothing called a path the
+    providers do not document.
     """
 
     def __init__(self) -> None:
         self._by_account: dict[str, dict[str, MethodCounter]] = {}
         self.unmatched = 0
+        self.routes: dict[str, int] = {}
+        self.undocumented: dict[str, int] = {}
+
+    def route(self, template: str) -> None:
+        self.routes[template] = self.routes.get(template, 0) + 1
+
+    def no_route(self, verb: str, masked_path: str) -> None:
+        """A request no documented route serves (the path already masked)."""
+        self.unmatched += 1
+        key = f"{verb} {masked_path[:200]}"
+        if key in self.undocumented or len(self.undocumented) < UNDOCUMENTED_KEPT:
+            self.undocumented[key] = self.undocumented.get(key, 0) + 1
 
     def method(self, account: str, method: str) -> MethodCounter:
         methods = self._by_account.get(account)
@@ -115,6 +139,8 @@ class Counters:
     def reset(self) -> None:
         self._by_account.clear()
         self.unmatched = 0
+        self.routes.clear()
+        self.undocumented.clear()
 
     def snapshot(self) -> dict[str, Any]:
         accounts: dict[str, dict[str, Any]] = {}
@@ -127,5 +153,12 @@ class Counters:
                 rate_limited += counter.rate_limited
         return {
             "accounts": accounts,
-            "totals": {"calls": calls, "rate_limited": rate_limited, "unmatched": self.unmatched},
+            "totals": {
+                "calls": calls,
+                "rate_limited": rate_limited,
+                "unmatched": self.unmatched,
+                "undocumented": sum(self.undocumented.values()),
+            },
+            "routes": dict(sorted(self.routes.items())),
+            "undocumented": dict(sorted(self.undocumented.items())),
         }

@@ -1,48 +1,68 @@
 """GREEN-API as the simulator serves it: `/waInstance{idInstance}/{method}/{apiTokenInstance}`.
 
-Body formats (one per error, chosen here because GREEN-API does not document whether its error
-identifiers come as text or JSON; the adapter matches substrings case-insensitively):
+Strict, like the real API: only the methods and HTTP verbs below. Any other path, method or verb
+gets the router's plain-text 404 (common-errors lists "404 Not Found" for a request method it
+does not serve), counted in the counters' `undocumented`.
 
-Plain text (`text/plain`), like the gateway in front of the real API:
-    401 `Unauthorized`                wrong token (the presented token is never echoed)
-    403 `Forbidden`                   unknown idInstance
-    404 `Not Found`                   unknown method or path
-    405 `Method Not Allowed`          wrong HTTP verb for a known method
-    429 `Too Many Requests`           over the per-method limit (no Retry-After, as documented)
-    499 `Client Closed Request`, 502 `Bad Gateway`, 503 `Service Unavailable`,
-    504 `Gateway Timeout`             injected faults and outages (other injected codes: their
-                                      standard reason phrase)
-JSON `{"code": <status>, "message": <text>}` (`application/json`) for what the API itself says:
-    400 `ArchiveChatError: already archive=true`
-    400 `UnarchiveChatError: already archive=false`
-    400 `ArchiveChatError: chat with id {chatId} not found` (prefix per method: ArchiveChatError,
-        UnarchiveChatError, GetChatHistoryError)
-    400 `ArchiveChatError: cannot archive chat cause last message not found in chat`
-    400 `Validation failed. Details: chatId: is required`   chatId missing or null, or no body
-    400 `Validation failed. Details: chatId: must be a chat id ending in @c.us, @g.us or @lid`
-    400 `Validation failed. Details: body: invalid JSON`
+    POST archiveChat, unarchiveChat, getChatHistory, getContactInfo
+    GET  getChats (also POST: newer docs send `count` in a body), lastIncomingMessages,
+         lastOutgoingMessages, getStateInstance, getSettings
+
+Bodies, each with its source; GREEN-API does not say whether its error identifiers come as text
+or JSON, so the simulator sends what the API itself says as JSON `{"code": <status>, "message":
+<text>}` and what a gateway says as plain text (the adapter matches substrings either way).
+
+[ce] https://green-api.com/en/docs/api/common-errors/ (read in a web copy; the WhatsApp API's)
+[ac] https://green-api.com/en/docs/api/service/archiveChat  [uc] .../service/unarchiveChat
+[gs] https://green-api.com/en/docs/api/account/GetStateInstance
+[gc] https://green-api.com/en/docs/api/service/GetContactInfo
+[rl] https://green-api.com/en/docs/api/ratelimiter/
+[chosen] not documented: the simulator's choice, so the adapter's fail-safe rows get exercised
+
+Plain text (`text/plain`):
+    401 `Unauthorized`                wrong token, never echoed [ce]
+    403 `Forbidden`                   unknown idInstance [ce]
+    404 `Not Found`                   unknown method, path or verb [ce]
+    429 `Too Many Requests`           over the per-method limit, no Retry-After [ce][rl]
+    499 `Client Closed Request`, 502 `Bad Gateway` [ce]; 503 `Service Unavailable`,
+    504 `Gateway Timeout`             injected faults and outages (others: their reason phrase)
+JSON `{"code": <status>, "message": <text>}`:
+    400 `ArchiveChatError: chat with id {chatId} already archive=true` [ac]
+    400 `UnarchiveChatError: chat with id {chatId} already archive=false` [uc]
+    400 `ArchiveChatError: chat with id {chatId} not found` (UnarchiveChatError,
+        GetChatHistoryError, GetContactInfoError [chosen] the same way) [ac][uc]
+    400 `ArchiveChatError: cannot archive chat cause last message not found in chat` [ac]
+    400 `Validation failed. Details: ...` (the details [chosen]; the prefix [ac])
     500 `interface conversion: interface {} is float64, not string`   chatId a JSON number (other
-        JSON types name Go's type: `bool`, `map[string]interface {}`, `[]interface {}`)
+        JSON types name Go's type: `bool`, `map[string]interface {}`, `[]interface {}`) [ac]
     500 `Internal Server Error`                             injected 500
-    400 `instance in starting process try later`           status starting
+    400 `instance in starting process try later`           status starting [ce]
     400 `instance account not authorized`                  status not_authorized,
-                                                           device_unregistered
+                                                           device_unregistered [ce]
     400 `Instance account is expired. Renew the instance plan in the console`
-                                                           status expired, plan_required
-    400 `Instance is deleted`                              status deleted
+                                                           status expired, plan_required [ce]
+    400 `Instance is deleted`                              status deleted [ce]
+    400 `instance in sleepMode` [chosen]                   status sleep_mode
+    400 `instance is blocked` [chosen]                     status blocked
     400 `Bad Request`                                      injected 400
-466 quota (`application/json`), status quota_exceeded, archiveChat/unarchiveChat only:
+466 quota (`application/json`), status quota_exceeded, archiveChat/unarchiveChat only [ce]:
     {"invokeStatus": {"method": <method>, "used": 100, "total": 100, "status": "QUOTE_EXCEEDED",
      "description": "Monthly quota has been exceeded. ..."},
      "correspondentsStatus": {"method": "correspondents", "used": 3, "total": 3,
      "status": "CORRESPONDENTS_QUOTE_EXCEEDED",
      "description": "Monthly quota has been exceeded. ..."}}
+getStateInstance: `{"stateInstance": "authorized" | "notAuthorized" | "starting" | "sleepMode" |
+    "blocked"}` [gs] for statuses authorized (and quota_exceeded), not_authorized
+    (device_unregistered), starting, sleep_mode, blocked; expired, plan_required and deleted
+    answer their 400 there too.
+getContactInfo: `{"chatId", "name", "contactName", "isArchive", "isMute", "isDisappearing", ...}`
+    [gc]; `isArchive` is the chat's true state, also while a false "already archived" is on.
 
-Order of checks for a known instance: outage (503, to every method) -> token (401) -> sliding
-rate limit (429) -> account status -> for archive/unarchive: `echo_next` (400 quoting the path,
-token included: simulator/echo.py), `fail_next`, then `error_ratio` -> the method itself.
-getStateInstance reports not_authorized/starting as a state instead of an error; expired,
-plan_required and deleted answer their 400 there too.
+Order of checks for a known route: unknown instance (403) -> outage (503, to every method) ->
+token (401) -> sliding rate limit (429) -> account status (a timed one ends by itself) -> for
+archive/unarchive: `echo_next` (400 quoting the path, token included: simulator/echo.py),
+`fail_next`, then `error_ratio` -> the method itself (archiveChat: a false "already archived"
+first when one is set).
 """
 
 from __future__ import annotations
@@ -58,11 +78,13 @@ from worker.sandbox.simulator.answers import (
     SimRequest,
     empty,
     json_answer,
+    mask_path,
     raw_json,
     reason_phrase,
     text,
 )
 from worker.sandbox.simulator.echo import echo
+from worker.sandbox.simulator.journals import settings_of
 from worker.sandbox.simulator.state import GREEN_API, Account, Chat, SimulatorState
 
 ARCHIVE_METHODS = frozenset({"archiveChat", "unarchiveChat"})
@@ -74,6 +96,7 @@ METHOD_VERBS: dict[str, frozenset[str]] = {
     "lastIncomingMessages": frozenset({"GET"}),
     "lastOutgoingMessages": frozenset({"GET"}),
     "getChatHistory": frozenset({"POST"}),
+    "getContactInfo": frozenset({"POST"}),
     "getStateInstance": frozenset({"GET"}),
     "getSettings": frozenset({"GET"}),
 }
@@ -86,12 +109,12 @@ _ERROR_PREFIX = {
     "archiveChat": "ArchiveChatError",
     "unarchiveChat": "UnarchiveChatError",
     "getChatHistory": "GetChatHistoryError",
+    "getContactInfo": "GetContactInfoError",
 }
 _PLAIN_FAULTS = {
     401: "Unauthorized",
     403: "Forbidden",
     404: "Not Found",
-    405: "Method Not Allowed",
     429: "Too Many Requests",
     499: "Client Closed Request",
     502: "Bad Gateway",
@@ -105,28 +128,18 @@ _STATE_INSTANCE = {
     "not_authorized": "notAuthorized",
     "device_unregistered": "notAuthorized",
     "starting": "starting",
+    "sleep_mode": "sleepMode",
+    "blocked": "blocked",
+}
+# What every call answers in a state GREEN-API documents no answer for (see the docstring).
+_UNDOCUMENTED_STATE_ERRORS = {
+    "sleep_mode": "instance in sleepMode",
+    "blocked": "instance is blocked",
 }
 _QUOTA_TEXT = (
     "Monthly quota has been exceeded. Please go to your personal account and change the tariff "
     "to business https://console.green-api.com"
 )
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "wid": "",
-    "webhookUrl": "",
-    "delaySendMessagesMilliseconds": 5000,
-    "markIncomingMessagesReaded": "no",
-    "markIncomingMessagesReadedOnReply": "no",
-    "outgoingWebhook": "yes",
-    "outgoingMessageWebhook": "yes",
-    "outgoingAPIMessageWebhook": "yes",
-    "incomingWebhook": "yes",
-    "deviceWebhook": "no",
-    "stateWebhook": "no",
-    "keepOnlineStatus": "no",
-    "pollMessageWebhook": "no",
-    "incomingBlockWebhook": "yes",
-    "incomingCallWebhook": "no",
-}
 
 
 def api_error(status: int, message: str) -> Answer:
@@ -167,9 +180,8 @@ def fault(status: int, method: str) -> Answer:
     return text(status, _PLAIN_FAULTS.get(status) or reason_phrase(status))
 
 
-def status_error(account: Account, method: str) -> Answer | None:
+def status_error(status: str, method: str) -> Answer | None:
     """The account-level error `method` answers in the account's status, or None."""
-    status = account.status
     if status == "authorized":
         return None
     if status == "deleted":
@@ -182,9 +194,15 @@ def status_error(account: Account, method: str) -> Answer | None:
         return api_error(400, "instance in starting process try later")
     if status in ("not_authorized", "device_unregistered"):
         return api_error(400, "instance account not authorized")
+    if status in _UNDOCUMENTED_STATE_ERRORS:
+        return api_error(400, _UNDOCUMENTED_STATE_ERRORS[status])
     if status == "quota_exceeded" and method in ARCHIVE_METHODS:
         return quota_exceeded(method)
     return None
+
+
+def route(verb: str, method: str) -> str:
+    return f"{verb} /waInstance{{idInstance}}/{method}/{{apiTokenInstance}}"
 
 
 def handle(state: SimulatorState, request: SimRequest) -> Answer:
@@ -192,22 +210,21 @@ def handle(state: SimulatorState, request: SimRequest) -> Answer:
     # ["", "waInstance{id}", method, token] with an optional trailing slash
     if len(parts) == 5 and parts[4] == "":
         parts.pop()
-    if len(parts) != 4 or not parts[1].startswith("waInstance"):
+    verbs = METHOD_VERBS.get(parts[2]) if len(parts) == 4 else None
+    instance_id = parts[1][10:] if len(parts) > 1 else ""
+    if verbs is None or request.verb not in verbs or not instance_id.isdigit():
         with state.lock:
-            state.counters.unmatched += 1
+            state.counters.no_route(request.verb, mask_path(request.path))
         return text(404, "Not Found")
-    instance_id, method, token = parts[1][10:], parts[2], unquote(parts[3])
-    verbs = METHOD_VERBS.get(method)
+    method, token = parts[2], unquote(parts[3])
     with state.lock:
-        if verbs is None or not instance_id.isdigit():
-            state.counters.unmatched += 1
-            return text(404, "Not Found")
+        state.counters.route(route(request.verb, method))
         account = state.accounts.get((GREEN_API, instance_id))
         if account is None:
             state.counters.unmatched += 1
             return text(403, "Forbidden")
         counter = state.counter(account, method)
-        answer = _answer(state, account, method, token, verbs, request, counter)
+        answer = _answer(state, account, method, token, request, counter)
         state.counters.record_status(counter, answer.status)
         answer.delay += account.faults.latency_ms / 1000.0
         return answer
@@ -218,7 +235,6 @@ def _answer(
     account: Account,
     method: str,
     token: str,
-    verbs: frozenset[str],
     request: SimRequest,
     counter: Any,
 ) -> Answer:
@@ -228,11 +244,10 @@ def _answer(
         return fault(503, method)
     if token != account.token:
         return text(401, "Unauthorized")
-    if request.verb not in verbs:
-        return text(405, "Method Not Allowed")
     if not state.admit(account, method, counter, time.monotonic()):
         return text(429, "Too Many Requests")
-    problem = status_error(account, method)
+    status = account.current_status(now)
+    problem = status_error(status, method)
     if problem is not None:
         return problem
     if method in ARCHIVE_METHODS:
@@ -253,13 +268,11 @@ def _answer(
         return _last_messages(account, direction, request.query, now)
     if method == "getChatHistory":
         return _chat_history(account, request.body)
+    if method == "getContactInfo":
+        return _contact_info(account, request.body)
     if method == "getStateInstance":
-        instance_state = _STATE_INSTANCE.get(account.status, "notAuthorized")
-        return json_answer(200, {"stateInstance": instance_state})
-    settings = dict(DEFAULT_SETTINGS)
-    settings["wid"] = f"{account.id}@c.us"
-    settings.update(account.settings)
-    return json_answer(200, settings)
+        return json_answer(200, {"stateInstance": _STATE_INSTANCE.get(status, "notAuthorized")})
+    return json_answer(200, settings_of(account.id, account.settings))
 
 
 def _chat_id(body: bytes) -> tuple[str | None, Answer | None]:
@@ -293,14 +306,14 @@ def _archive(account: Account, method: str, body: bytes) -> Answer:
     if chat is None:
         return api_error(400, f"{prefix}: chat with id {chat_id} not found")
     if method == "archiveChat":
-        if chat.archived:
-            return api_error(400, f"{prefix}: already archive=true")
+        if chat.archived or account.faults.falsely_already_archived(chat.id):
+            return api_error(400, f"{prefix}: chat with id {chat.id} already archive=true")
         if not chat.has_incoming:
             return api_error(400, f"{prefix}: {NO_MESSAGES}")
         chat.archived = True
     else:
         if not chat.archived:
-            return api_error(400, f"{prefix}: already archive=false")
+            return api_error(400, f"{prefix}: chat with id {chat.id} already archive=false")
         chat.archived = False
     return empty(200)
 
@@ -364,7 +377,9 @@ def _last_messages(account: Account, direction: str, query: str, now: float) -> 
         if parsed is None or parsed < 0:
             return api_error(400, "Validation failed. Details: minutes: must be a positive integer")
         minutes = parsed
-    chats = account.index.window(direction, now - minutes * 60.0)[:MAX_LAST_MESSAGES]
+    # Only what the journal recorded: while its setting was on (simulator/journals.py).
+    since, until = account.journals.of(direction).span(now - minutes * 60.0)
+    chats = account.index.window(direction, since, until)[:MAX_LAST_MESSAGES]
     attr = "last_incoming" if direction == "incoming" else "last_outgoing"
     messages = [_message(chat, direction, getattr(chat, attr)) for chat in chats]
     return json_answer(200, messages)
@@ -388,3 +403,32 @@ def _chat_history(account: Account, body: bytes) -> Answer:
         messages.append(_message(chat, "outgoing", chat.last_outgoing))
     messages.sort(key=lambda m: m["timestamp"], reverse=True)
     return json_answer(200, messages[:count])
+
+
+def _contact_info(account: Account, body: bytes) -> Answer:
+    chat_id, error = _chat_id(body)
+    if error is not None:
+        return error
+    chat = account.chats.get(chat_id)  # type: ignore[arg-type]
+    if chat is None:
+        return api_error(400, f"GetContactInfoError: chat with id {chat_id} not found")
+    return json_answer(
+        200,
+        {
+            "avatar": "",
+            "name": chat.name,
+            "contactName": "",
+            "email": "",
+            "category": "",
+            "description": "",
+            "products": [],
+            "chatId": chat.id,
+            "lastSeen": None,
+            "isArchive": chat.archived,
+            "isDisappearing": False,
+            "isMute": False,
+            "messageExpiration": 0,
+            "muteExpiration": None,
+            "isBusiness": False,
+        },
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import signal
 import socket
 import sys
@@ -33,20 +32,17 @@ from tornado.netutil import bind_sockets
 
 from worker.sandbox.simulator import green_api, wassenger
 from worker.sandbox.simulator.admin import admin_routes
-from worker.sandbox.simulator.answers import Answer, SimRequest, reason_phrase, text
+from worker.sandbox.simulator.answers import (
+    Answer,
+    SimRequest,
+    mask_path,
+    reason_phrase,
+    text,
+)
 from worker.sandbox.simulator.state import SimulatorState, load_scenario
 
 ACCESS_LOG = logging.getLogger("worker.sandbox.simulator.access")
 LOG = logging.getLogger("worker.sandbox.simulator")
-
-_GREEN_TOKEN = re.compile(r"^(/waInstance[^/]*/[^/]*/)[^/?]+")
-_TOKEN_QUERY = re.compile(r"(?i)([?&](?:token|apitokeninstance)=)[^&]*")
-
-
-def mask_path(path: str) -> str:
-    """The path as it may be logged: token segment and token query values replaced by ***."""
-    path = _GREEN_TOKEN.sub(r"\1***", path)
-    return _TOKEN_QUERY.sub(r"\1***", path)
 
 
 class Simulator(httputil.HTTPServerConnectionDelegate):
@@ -68,8 +64,9 @@ class Simulator(httputil.HTTPServerConnectionDelegate):
             return green_api.handle(self.state, request)
         if path.startswith("/v1/"):
             return wassenger.handle(self.state, request)
+        # Like a real router: plain text, never an API error naming what was asked for.
         with self.state.lock:
-            self.state.counters.unmatched += 1
+            self.state.counters.no_route(request.verb, mask_path(path))
         return text(404, "Not Found")
 
     def log(self, verb: str, uri: str, status: int, started: float) -> None:

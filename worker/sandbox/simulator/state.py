@@ -40,6 +40,7 @@ from typing import Any
 
 from worker.sandbox.simulator.counters import Counters, MethodCounter, SlidingWindow
 from worker.sandbox.simulator.echo import ECHO_FORMS
+from worker.sandbox.simulator.journals import Journals, check_settings
 
 GREEN_API = "green-api"
 WASSENGER = "wassenger"
@@ -54,7 +55,14 @@ STATUSES = (
     "quota_exceeded",
     "device_unregistered",
     "plan_required",
+    # GREEN-API's getStateInstance values sleepMode and blocked.
+    "sleep_mode",
+    "blocked",
+    # A Wassenger device that is not operative (its session offline).
+    "not_operative",
 )
+# Statuses that exist for one provider only.
+PROVIDER_ONLY = {"sleep_mode": "green-api", "blocked": "green-api", "not_operative": "wassenger"}
 KINDS = ("user", "group", "channel")
 
 # Calls per sliding second, from tasks/providers/FACTS.md. None or 0 disables the limit.
@@ -68,8 +76,9 @@ DEFAULT_RATE_LIMITS: dict[str, dict[str, int | None]] = {
         "getChatHistory": 1,
         "getStateInstance": 1,
         "getSettings": 1,
+        "getContactInfo": 1,
     },
-    WASSENGER: {"archive": 10, "unarchive": 10, "listChats": 5, "listDevices": 5},
+    WASSENGER: {"archive": 10, "unarchive": 10, "getChat": 5, "listChats": 5, "listDevices": 5},
 }
 
 DEFAULT_ERROR_STATUSES = (500, 502, 503)
@@ -321,6 +330,11 @@ class Faults:
     fail_next: deque[int] = field(default_factory=deque)
     # Forms of simulator/echo.py: the next archive calls answer 400 quoting the request.
     echo_next: deque[str] = field(default_factory=deque)
+    # GREEN-API's known false "already archived" (green-api/issues #488, #744): the next N
+    # archive calls, and every archive call for these chats, answer "already archived" and
+    # leave the chat as it is.
+    false_already_archived: int = 0
+    false_already_archived_chats: set[str] = field(default_factory=set)
     outage_until: float | None = None
     latency_ms: float = 0.0
     timeout_after_success_ms: float = 0.0
@@ -333,6 +347,8 @@ class Faults:
             "error_statuses",
             "fail_next",
             "echo_next",
+            "false_already_archived",
+            "false_already_archived_chats",
             "outage_until",
             "outage_seconds",
             "latency_ms",
@@ -362,6 +378,16 @@ class Faults:
             if not isinstance(forms, list) or not all(form in ECHO_FORMS for form in forms):
                 raise SpecError(f"faults.echo_next is a list of: {', '.join(ECHO_FORMS)}")
             self.echo_next = deque(forms)
+        if "false_already_archived" in spec:
+            count = int(spec["false_already_archived"] or 0)
+            if count < 0:
+                raise SpecError("faults.false_already_archived is a count >= 0")
+            self.false_already_archived = count
+        if "false_already_archived_chats" in spec:
+            chats = spec["false_already_archived_chats"] or []
+            if not isinstance(chats, list) or not all(isinstance(c, str) for c in chats):
+                raise SpecError("faults.false_already_archived_chats is a list of chat ids")
+            self.false_already_archived_chats = set(chats)
         if "outage_until" in spec:
             until = spec["outage_until"]
             self.outage_until = None if until is None else float(until)
@@ -383,6 +409,15 @@ class Faults:
         """The form an archive call must echo its request in, or None."""
         return self.echo_next.popleft() if self.echo_next else None
 
+    def falsely_already_archived(self, chat_id: str) -> bool:
+        """Whether this archive call must answer "already archived" without archiving."""
+        if chat_id in self.false_already_archived_chats:
+            return True
+        if self.false_already_archived > 0:
+            self.false_already_archived -= 1
+            return True
+        return False
+
     def next_failure(self) -> int | None:
         """The status an archive call must fail with, or None to let it through."""
         if self.fail_next:
@@ -397,6 +432,8 @@ class Faults:
             "error_statuses": list(self.error_statuses),
             "fail_next": list(self.fail_next),
             "echo_next": list(self.echo_next),
+            "false_already_archived": self.false_already_archived,
+            "false_already_archived_chats": sorted(self.false_already_archived_chats),
             "outage_until": self.outage_until,
             "latency_ms": self.latency_ms,
             "timeout_after_success_ms": self.timeout_after_success_ms,
@@ -458,13 +495,14 @@ class ChatIndex:
         self.outgoing_keys: list[float] = [_neg_outgoing(c) for c in self.outgoing]
         self.filtered: dict[tuple[Any, ...], list[Chat]] = {}
 
-    def window(self, direction: str, since: float) -> list[Chat]:
-        """Chats whose last message of `direction` is at or after `since`, newest first."""
+    def window(self, direction: str, since: float, until: float = math.inf) -> list[Chat]:
+        """Chats whose last message of `direction` is at or after `since` and before `until`,
+        newest first."""
         if direction == "incoming":
             chats, keys = self.incoming, self.incoming_keys
         else:
             chats, keys = self.outgoing, self.outgoing_keys
-        return chats[: bisect.bisect_right(keys, -since)]
+        return chats[bisect.bisect_right(keys, -until) : bisect.bisect_right(keys, -since)]
 
     def wassenger_view(
         self, descending: bool, statuses: frozenset[str] | None, types: frozenset[str] | None
@@ -495,11 +533,14 @@ class Account:
     id: str
     token: str
     status: str = "authorized"
+    # A status set for a while (`status_seconds`): the account is authorized again after this.
+    status_until: float | None = None
     chats: dict[str, Chat] = field(default_factory=dict)
     rate_limits: dict[str, int | None] = field(default_factory=dict)
     retry_after: float | None = None
     faults: Faults = field(default_factory=Faults)
     settings: dict[str, Any] = field(default_factory=dict)
+    journals: Journals = field(default_factory=Journals)
     limiter: dict[str, SlidingWindow] = field(default_factory=dict, repr=False)
     _index: ChatIndex | None = field(default=None, repr=False)
 
@@ -515,6 +556,13 @@ class Account:
 
     def build_index(self) -> ChatIndex:
         return self.index
+
+    def current_status(self, now: float) -> str:
+        """The status now: a timed one ends by itself (an instance wakes up, a device comes
+        back), as the provider's own would."""
+        if self.status_until is not None and now >= self.status_until:
+            self.status, self.status_until = "authorized", None
+        return self.status
 
     def chats_changed(self) -> None:
         self._index = None
@@ -533,12 +581,14 @@ class Account:
         return {
             "provider": self.provider,
             "id": self.id,
-            "status": self.status,
+            "status": self.current_status(time.time()),
+            "status_until": self.status_until,
             "chats": len(self.chats),
             "rate_limits": dict(self.rate_limits),
             "retry_after": self.retry_after,
             "faults": self.faults.to_dict(),
             "settings": dict(self.settings),
+            "journals": self.journals.to_dict(),
         }
 
 
@@ -547,12 +597,14 @@ _ACCOUNT_KEYS = {
     "id",
     "token",
     "status",
+    "status_seconds",
     "rate_limits",
     "retry_after",
     "faults",
     "chats",
     "generate",
     "settings",
+    "journals",
 }
 
 
@@ -596,6 +648,8 @@ class SimulatorState:
         now = time.time()
         account = Account(provider=provider, id=account_id, token=token)
         account.rate_limits = dict(DEFAULT_RATE_LIMITS[provider])
+        settings = spec.get("settings")
+        account.journals.created(settings if isinstance(settings, dict) else {}, now)
         self._apply_changes(account, spec, now)
         chats: list[Chat] = []
         if spec.get("generate"):
@@ -613,7 +667,16 @@ class SimulatorState:
     def patch_account(self, provider: str, account_id: str, changes: dict[str, Any]) -> Account:
         if not isinstance(changes, dict):
             raise SpecError("a patch is a JSON object")
-        allowed = {"token", "status", "rate_limits", "retry_after", "faults", "settings"}
+        allowed = {
+            "token",
+            "status",
+            "status_seconds",
+            "rate_limits",
+            "retry_after",
+            "faults",
+            "settings",
+            "journals",
+        }
         unknown = set(changes) - allowed
         if unknown:
             raise SpecError(f"fields a patch cannot change: {', '.join(sorted(unknown))}")
@@ -635,11 +698,20 @@ class SimulatorState:
             return account
 
     def _apply_changes(self, account: Account, spec: dict[str, Any], now: float) -> None:
+        if "status_seconds" in spec and "status" not in spec:
+            raise SpecError("status_seconds goes with a status")
         if "status" in spec:
             status = spec["status"]
             if status not in STATUSES:
                 raise SpecError(f"status must be one of {', '.join(STATUSES)}")
+            only = PROVIDER_ONLY.get(status)
+            if only is not None and only != account.provider:
+                raise SpecError(f"status {status} is a {only} state")
+            seconds = spec.get("status_seconds")
+            if seconds is not None and (isinstance(seconds, bool) or float(seconds) <= 0):
+                raise SpecError("status_seconds is a number of seconds > 0")
             account.status = status
+            account.status_until = None if seconds is None else now + float(seconds)
         if "rate_limits" in spec:
             account.rate_limits.update(_rate_limits(account.provider, spec["rate_limits"] or {}))
         if "retry_after" in spec:
@@ -651,7 +723,12 @@ class SimulatorState:
             settings = spec["settings"] or {}
             if not isinstance(settings, dict):
                 raise SpecError("settings is a JSON object")
+            check_settings(settings)
+            before = dict(account.settings)
             account.settings.update(settings)
+            account.journals.settings_changed(before, account.settings, now)
+        if "journals" in spec:
+            account.journals.update(spec["journals"] or {}, now)
 
     def add_chats(
         self,
@@ -747,7 +824,7 @@ class SimulatorState:
             result: dict[str, Any] = {
                 "provider": account.provider,
                 "id": account.id,
-                "status": account.status,
+                "status": account.current_status(time.time()),
                 "chats": len(account.chats),
                 "archived": archived,
                 "not_archived": len(account.chats) - archived,
@@ -764,6 +841,7 @@ class SimulatorState:
     def counter(self, account: Account, method: str) -> MethodCounter:
         counter = self.counters.method(account.label, method)
         counter.calls += 1
+        counter.last_at = time.time()
         return counter
 
     def admit(self, account: Account, method: str, counter: MethodCounter, now: float) -> bool:

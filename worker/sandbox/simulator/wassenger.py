@@ -1,24 +1,38 @@
 """Wassenger as the simulator serves it, under `/v1`, authenticated by the `Token` header only.
 
-Routes:
-    GET    /v1/devices                                   devices of the API key
-    GET    /v1/chat/{deviceId}/chats?sort=&page=&size=&status=&type=
-    PUT    /v1/chat/{deviceId}/chats/{chatId}/archive    archive (no body)
-    DELETE /v1/chat/{deviceId}/chats/{chatId}/archive    unarchive
-(`/v1/io/{deviceId}/...`, the older prefix Wassenger's prose mentions, is accepted as a synonym.)
+Strict, like the real API: only these routes and verbs; any other path or verb gets a router's
+plain-text 404 `Not Found` (never an API error naming the chat), counted in the counters'
+`undocumented`:
+
+    GET    /v1/devices                                   devices of the API key [sk][bot]
+    GET    /v1/chat/{deviceId}/chats?sort=&page=&size=&status=&type=   chats, a page [spec]
+    GET    /v1/chat/{deviceId}/chats/{chatWid}           one chat (its resource link) [spec]
+    PUT    /v1/io/{deviceId}/chats/{chatWid}/archive     archive, no body [inbox]
+    DELETE /v1/io/{deviceId}/chats/{chatWid}/archive     unarchive ("restore") [inbox]
 The chat id may come with a raw or a percent-encoded `@`.
 
-Every error is JSON `{"status": <code>, "message": <text>[, "errorCode": <code>]}`:
+[inbox] wassengerhq/whatsapp-skills skills/wassenger-inbox/SKILL.md, recipe 5 (Wassenger's own)
+[sk]    wassengerhq/whatsapp-skills skills/wassenger-setup/SKILL.md (Token header, /v1/devices)
+[bot]   wassengerhq/whatsapp-chatgpt-bot main.js: a usable device has status "operative" and
+        session.status "online"
+[spec]  Wassenger's Swagger 2.0 spec, copy in logg926/wassenger-metrics specification1.json:
+        the error object `{"status", "message", "errorCode"?}`, device and session status
+        enums, chat fields `waStatus`, `status`; `/v1/chat/{device}/chats/{wid}` as a chat's link
+[chosen] not documented: the simulator's choice (the adapter must not depend on the words)
+
+Every API error is Wassenger's error object [spec] `{"status": <code>, "message": <text>[,
+"errorCode": <code>]}`; all texts are [chosen]:
     401 `Unauthorized: invalid API key` errorCode `auth:invalid_token` (missing or wrong Token)
     404 `Device not found`                                 unknown device id
     404 `Chat not found`                                   unknown chat
-    404 `Not found`                                        unknown path
-    405 `Method not allowed`
     400 `Invalid chat ID`                                  not ...@c.us|@g.us|@lid|@newsletter
     400 `Invalid sort: ...` / `Invalid page: ...` / `Invalid size: ...` (size is 1..500)
     409 `Chat is already archived` errorCode `chat:already_archived`
     409 `Chat is not archived`     errorCode `chat:not_archived`     (unarchive)
     400 `Device not registered or offline`                 status device_unregistered
+    400 `WhatsApp number is not ready to perform this action`  status not_operative (names
+                                                           neither device nor session: the
+                                                           adapter has to read /v1/devices)
     402 `Device plan does not support this feature` errorCode `billing:plan_required`
     402 `Monthly quota exceeded for this device` errorCode `billing:quota_exceeded`
     403 `Forbidden: device session is not authorized` errorCode `auth:forbidden` (not_authorized)
@@ -30,8 +44,9 @@ Every error is JSON `{"status": <code>, "message": <text>[, "errorCode": <code>]
 Account-status errors apply to the chat endpoints; `/v1/devices` reports the status instead.
 
 Order of checks: device (404) -> outage (503) -> token (401) -> sliding rate limit (429) ->
-account status -> for archive/unarchive: `echo_next` (400 quoting the Token header:
-worker/sandbox/simulator/echo.py), `fail_next`, then `error_ratio` -> the request itself.
+account status (a timed one ends by itself) -> for archive/unarchive: `echo_next` (400 quoting
+the Token header: worker/sandbox/simulator/echo.py), `fail_next`, then `error_ratio` -> the
+request itself (archive: a false "already archived" first when one is set).
 """
 
 from __future__ import annotations
@@ -42,7 +57,14 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from worker.sandbox.simulator.answers import Answer, SimRequest, json_answer, reason_phrase
+from worker.sandbox.simulator.answers import (
+    Answer,
+    SimRequest,
+    json_answer,
+    mask_path,
+    reason_phrase,
+    text,
+)
 from worker.sandbox.simulator.echo import echo
 from worker.sandbox.simulator.state import (
     WASSENGER,
@@ -63,11 +85,20 @@ DEVICE_VIEW: dict[str, tuple[str, str, str]] = {
     "authorized": ("operative", "online", "io"),
     "quota_exceeded": ("operative", "online", "io"),
     "plan_required": ("operative", "online", "chat"),
-    "starting": ("operative", "starting", "io"),
+    "starting": ("operative", "loading", "io"),
     "not_authorized": ("operative", "authorize", "io"),
     "device_unregistered": ("pending", "offline", "io"),
+    "not_operative": ("verified", "offline", "io"),
     "expired": ("disabled", "offline", "io"),
     "deleted": ("removed", "offline", "io"),
+}
+
+# Routes: (verb, path shape) -> (method name for counters and limits, route template).
+_ROUTES: dict[tuple[str, str, int], tuple[str, str]] = {
+    ("GET", "chat", 5): ("listChats", "GET /v1/chat/{deviceId}/chats"),
+    ("GET", "chat", 6): ("getChat", "GET /v1/chat/{deviceId}/chats/{chatWid}"),
+    ("PUT", "io", 7): ("archive", "PUT /v1/io/{deviceId}/chats/{chatWid}/archive"),
+    ("DELETE", "io", 7): ("unarchive", "DELETE /v1/io/{deviceId}/chats/{chatWid}/archive"),
 }
 
 
@@ -95,12 +126,13 @@ def fault(status: int, account: Account) -> Answer:
     return error(status, reason_phrase(status))
 
 
-def status_error(account: Account) -> Answer | None:
-    status = account.status
+def status_error(status: str) -> Answer | None:
     if status == "authorized":
         return None
     if status == "device_unregistered":
         return error(400, "Device not registered or offline")
+    if status == "not_operative":
+        return error(400, "WhatsApp number is not ready to perform this action")
     if status == "plan_required":
         return error(402, "Device plan does not support this feature", "billing:plan_required")
     if status == "quota_exceeded":
@@ -137,7 +169,8 @@ def chat_json(chat: Chat) -> dict[str, Any]:
 
 
 def device_json(account: Account) -> dict[str, Any]:
-    status, session, product = DEVICE_VIEW.get(account.status, ("operative", "offline", "io"))
+    current = account.current_status(time.time())
+    status, session, product = DEVICE_VIEW.get(current, ("operative", "offline", "io"))
     digits = int(account.id, 16) % 10**8
     return {
         "id": account.id,
@@ -155,27 +188,24 @@ def handle(state: SimulatorState, request: SimRequest) -> Answer:
         parts.pop()
     token = request.headers.get("token")
     # ["", "v1", "devices"]
-    if len(parts) == 3 and parts[2] == "devices":
-        if request.verb != "GET":
-            return _unmatched(state, error(405, "Method not allowed"))
+    if len(parts) == 3 and parts[2] == "devices" and request.verb == "GET":
+        with state.lock:
+            state.counters.route("GET /v1/devices")
         return _devices(state, token)
-    # ["", "v1", "chat", device, "chats"] or [..., "chats", chatId, "archive"]
-    if len(parts) not in (5, 7) or parts[2] not in ("chat", "io") or parts[4] != "chats":
-        return _unmatched(state, error(404, "Not found"))
-    if len(parts) == 5:
-        if request.verb != "GET":
-            return _unmatched(state, error(405, "Method not allowed"))
-        method = "listChats"
-    else:
-        if parts[6] != "archive":
-            return _unmatched(state, error(404, "Not found"))
-        if request.verb == "PUT":
-            method = "archive"
-        elif request.verb == "DELETE":
-            method = "unarchive"
-        else:
-            return _unmatched(state, error(405, "Method not allowed"))
+    # ["", "v1", "chat"|"io", device, "chats", chatWid?, "archive"?]
+    found = _ROUTES.get((request.verb, parts[2] if len(parts) > 2 else "", len(parts)))
+    if (
+        found is None
+        or parts[4] != "chats"
+        or (len(parts) == 7 and parts[6] != "archive")
+        or (len(parts) > 5 and not parts[5])
+    ):
+        with state.lock:
+            state.counters.no_route(request.verb, mask_path(request.path))
+        return text(404, "Not Found")
+    method, template = found
     with state.lock:
+        state.counters.route(template)
         account = state.get(WASSENGER, parts[3])
         if account is None:
             state.counters.unmatched += 1
@@ -187,12 +217,6 @@ def handle(state: SimulatorState, request: SimRequest) -> Answer:
         return answer
 
 
-def _unmatched(state: SimulatorState, answer: Answer) -> Answer:
-    with state.lock:
-        state.counters.unmatched += 1
-    return answer
-
-
 def _answer(
     state: SimulatorState,
     account: Account,
@@ -202,32 +226,36 @@ def _answer(
     parts: list[str],
     query: str,
 ) -> Answer:
+    now = time.time()
     faults = account.faults
-    if faults.in_outage(time.time()):
+    if faults.in_outage(now):
         return fault(503, account)
     if token != account.token:
         return unauthorized()
     if not state.admit(account, method, counter, time.monotonic()):
         return too_many(account.retry_after)
-    problem = status_error(account)
+    problem = status_error(account.current_status(now))
     if problem is not None:
         return problem
     if method == "listChats":
         return _list_chats(account, query)
+    chat_id = unquote(parts[5])
+    if method == "getChat":
+        chat = account.chats.get(chat_id)
+        return error(404, "Chat not found") if chat is None else json_answer(200, chat_json(chat))
     form = faults.next_echo()
     if form is not None:
         return echo(form, f"Token: {token}", account.id, token or "")
     failure = faults.next_failure()
     if failure is not None:
         return fault(failure, account)
-    chat_id = unquote(parts[5])
     if not CHAT_ID.fullmatch(chat_id):
         return error(400, "Invalid chat ID")
     chat = account.chats.get(chat_id)
     if chat is None:
         return error(404, "Chat not found")
     if method == "archive":
-        if chat.archived:
+        if chat.archived or faults.falsely_already_archived(chat.id):
             return error(409, "Chat is already archived", "chat:already_archived")
         chat.archived = True
     else:
