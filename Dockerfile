@@ -16,7 +16,7 @@ COPY config ./config
 COPY worker ./worker
 COPY tasks ./tasks
 # The package alone (--no-deps): its dependencies are installed in the final stage, in a layer of
-# their own. No extras: [test] and [dev] are for the repository, not the image.
+# their own, from the lock. No extras: [test] and [dev] are for the repository, not the image.
 RUN pip install --no-deps --prefix=/install .
 
 
@@ -32,12 +32,12 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app \
         --shell /usr/sbin/nologin app
 
-# Dependencies first, from pyproject.toml alone: this layer is rebuilt only when the dependency
-# list changes, not on every code change.
-COPY pyproject.toml /tmp/pyproject.toml
-RUN python -c "import tomllib; deps = tomllib.load(open('/tmp/pyproject.toml', 'rb'))['project']['dependencies']; open('/tmp/requirements.txt', 'w').write('\n'.join(deps))" \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/pyproject.toml /tmp/requirements.txt
+# Dependencies first, exactly as requirements-runtime.lock pins them (the lock's pins less the
+# extras, each file's hash checked; `make lock` writes it): this layer is rebuilt only when the
+# lock changes, not on every code change, and two builds a week apart install the same releases.
+COPY requirements-runtime.lock /tmp/requirements-runtime.lock
+RUN pip install --require-hashes -r /tmp/requirements-runtime.lock \
+    && rm /tmp/requirements-runtime.lock
 
 # Then the package itself: a few hundred kilobytes, the only layer a code change rebuilds.
 COPY --from=build /install /usr/local

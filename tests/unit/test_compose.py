@@ -15,7 +15,7 @@ import json
 import re
 import shlex
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -34,6 +34,7 @@ from redis.connection import parse_url
 
 from config.accounts import AccountRegistry, load_accounts
 from config.settings import Settings
+from tests.unit.test_observability import DASHBOARD, PROMETHEUS_CONFIG, RULE_TESTS, RULES
 from worker.contract.jobs import ArchiveJob
 from worker.sandbox.simulator import SimulatorState, load_scenario
 from worker.sandbox.simulator.admin import admin_routes
@@ -54,6 +55,7 @@ APP_SERVICES = sorted(name for name, service in SERVICES.items() if "build" in s
 ARCHIVER_SERVICES = [name for name in APP_SERVICES if name != "simulator"]
 CORE_SERVICES = {"redis", "worker", "beat", "flower", "metrics"}
 DEMO_SERVICES = {"simulator", "producer"}
+OBSERVABILITY_SERVICES = {"prometheus", "grafana"}
 
 ENV_PREFIX = Settings.model_config["env_prefix"]
 SETTINGS_VARIABLES = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields}
@@ -121,6 +123,30 @@ def host_path(service: dict[str, Any], container_path: str) -> Path:
     target = deploy_mount(service).rstrip("/") + "/"
     assert container_path.startswith(target), f"{container_path} is not under {target}"
     return DEPLOY / container_path[len(target) :]
+
+
+def bind_mounts(service: dict[str, Any]) -> list[tuple[Path, str, list[str]]]:
+    """(host path, container path, options) of each bind mount: a source that is a path, not a
+    volume name."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, target, *options = volume.split(":")
+        if source.startswith((".", "/")):
+            mounts.append(((ROOT / source).resolve(), target, options))
+    return mounts
+
+
+def mounted_path(service: dict[str, Any], container_path: str) -> Path:
+    """The host path a service sees at container_path, through the deepest bind mount above it."""
+    path = PurePosixPath(container_path)
+    found = [
+        (PurePosixPath(target), host)
+        for host, target, _ in bind_mounts(service)
+        if path == PurePosixPath(target) or PurePosixPath(target) in path.parents
+    ]
+    assert found, f"{container_path} is on no bind mount of the service"
+    target, host = max(found, key=lambda mount: len(mount[0].parts))
+    return host.joinpath(*path.relative_to(target).parts)
 
 
 def option_value(argv: list[str], name: str) -> str | None:
@@ -220,6 +246,8 @@ def check_console_script(where: str, argv: list[str], service: dict[str, Any] | 
     command: click.Command = group
     args = argv[1:]
     while isinstance(command, click.Group):
+        if command.invoke_without_command and (not args or args[0].startswith("-")):
+            break  # a group that runs by itself too (`chat-archiver sweep --dry-run`)
         assert args, f"{where}: {CONSOLE_SCRIPT} needs a command"
         name, args = args[0], args[1:]
         found = command.get_command(click.Context(command), name)
@@ -869,3 +897,145 @@ def test_worker_concurrency_is_set_from_the_env_file_with_a_default() -> None:
     default = int(concurrency.type.convert(interpolate(value, {}), concurrency, context))
     assert shipped == int(ENV["WORKER_CONCURRENCY"]) and shipped >= 2
     assert default >= 2
+
+
+# --- the observability profile ------------------------------------------------------------------
+
+
+def _prometheus_port() -> str:
+    address = option_value(SERVICES["prometheus"]["command"], "--web.listen-address")
+    assert address, "Prometheus' listen address is set, so the tests know its port"
+    return address.rsplit(":", 1)[1]
+
+
+def _grafana_port() -> str:
+    return str(SERVICES["grafana"]["environment"]["GF_SERVER_HTTP_PORT"])
+
+
+def _wget_url(name: str) -> tuple[str, str]:
+    argv = healthcheck_argv(SERVICES[name])
+    assert argv[0] == "wget", f"{name}: the stock image has busybox wget, not curl"
+    [url] = [arg for arg in argv if arg.startswith("http://")]
+    parts = urlsplit(url)
+    assert parts.hostname == "127.0.0.1", f"{name}: a health check asks the container itself"
+    return str(parts.port), parts.path
+
+
+def test_observability_profile_holds_prometheus_and_grafana_only() -> None:
+    profiled = {
+        n for n, service in SERVICES.items() if "observability" in service.get("profiles", [])
+    }
+    assert profiled == OBSERVABILITY_SERVICES
+    for name in OBSERVABILITY_SERVICES:
+        assert SERVICES[name]["profiles"] == ["observability"]
+
+
+def test_no_other_service_depends_on_an_observability_service() -> None:
+    for name in CORE_SERVICES | DEMO_SERVICES:
+        depends = set(SERVICES[name].get("depends_on", {}))
+        assert not depends & OBSERVABILITY_SERVICES, name
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_bind_mount_exists_and_is_read_only(name: str) -> None:
+    for host, target, options in bind_mounts(SERVICES[name]):
+        # A missing source would be created on the host as an empty directory.
+        assert host.exists(), f"{name}: {target} mounts {host.relative_to(ROOT)}, which is missing"
+        assert options == ["ro"], f"{name}: {host.relative_to(ROOT)} is mounted {options}"
+
+
+def test_stock_images_are_pinned() -> None:
+    for name, service in SERVICES.items():
+        if "build" in service:
+            continue
+        tag = service["image"].partition(":")[2]
+        assert tag and tag != "latest", f"{name}: {service['image']} is not pinned"
+
+
+@pytest.mark.parametrize("name", sorted(OBSERVABILITY_SERVICES))
+def test_observability_keeps_its_data_on_a_declared_named_volume(name: str) -> None:
+    named = [v.split(":")[0] for v in SERVICES[name]["volumes"] if not v.startswith((".", "/"))]
+    assert named and set(named) <= set(COMPOSE.get("volumes") or {}), name
+
+
+def test_prometheus_loads_the_config_and_the_rules_that_are_tested() -> None:
+    command = SERVICES["prometheus"]["command"]
+    config = option_value(command, "--config.file") or ""
+    assert mounted_path(SERVICES["prometheus"], config) == PROMETHEUS_CONFIG
+    # Prometheus reads rule_files relative to its config file, in the container.
+    rule_files = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))["rule_files"]
+    loaded = [
+        mounted_path(SERVICES["prometheus"], str(PurePosixPath(config).parent / name))
+        for name in rule_files
+    ]
+    assert loaded == [RULES]
+    tests = yaml.safe_load(RULE_TESTS.read_text(encoding="utf-8"))
+    assert [RULE_TESTS.parent / name for name in tests["rule_files"]] == loaded
+
+
+def test_prometheus_keeps_its_time_series_on_its_volume() -> None:
+    path = option_value(SERVICES["prometheus"]["command"], "--storage.tsdb.path")
+    assert any(v.endswith(f":{path}") for v in SERVICES["prometheus"]["volumes"]), path
+
+
+def test_prometheus_scrapes_the_exporter_and_flower_where_they_listen() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text(encoding="utf-8"))
+    targets = {
+        job["job_name"]: (
+            job.get("metrics_path", "/metrics"),
+            [t for static in job["static_configs"] for t in static["targets"]],
+        )
+        for job in config["scrape_configs"]
+    }
+    assert targets["chat-archiver"] == ("/metrics", [f"metrics:{_service_port('metrics')}"])
+    assert targets["flower"] == ("/metrics", [f"flower:{_service_port('flower')}"])
+    assert "/metrics" in http_routes_of(flower_handlers)
+
+
+def test_prometheus_healthcheck_asks_its_ready_route() -> None:
+    assert _wget_url("prometheus") == (_prometheus_port(), "/-/ready")
+
+
+def test_grafana_healthcheck_asks_its_health_route() -> None:
+    assert _wget_url("grafana") == (_grafana_port(), "/api/health")
+
+
+@pytest.mark.parametrize("name", sorted(OBSERVABILITY_SERVICES))
+def test_observability_is_published_on_loopback_at_its_port(name: str) -> None:
+    port = _prometheus_port() if name == "prometheus" else _grafana_port()
+    assert published_ports(SERVICES[name]) == [("127.0.0.1", port)]
+
+
+def _grafana_provisioning(kind: str) -> list[dict[str, Any]]:
+    folder = mounted_path(SERVICES["grafana"], f"/etc/grafana/provisioning/{kind}")
+    files = sorted(folder.glob("*.yml")) + sorted(folder.glob("*.yaml"))
+    assert files, f"deploy/grafana/provisioning/{kind} holds no provisioning file"
+    return [yaml.safe_load(path.read_text(encoding="utf-8")) for path in files]
+
+
+def test_grafana_uses_the_prometheus_service_as_its_data_source() -> None:
+    [provisioning] = _grafana_provisioning("datasources")
+    [source] = provisioning["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    parts = urlsplit(source["url"])
+    assert (parts.hostname, str(parts.port)) == ("prometheus", _prometheus_port())
+    assert "prometheus" in SERVICES
+
+
+def test_grafana_loads_the_dashboard_that_is_tested() -> None:
+    [provisioning] = _grafana_provisioning("dashboards")
+    [provider] = provisioning["providers"]
+    assert provider["type"] == "file"
+    folder = mounted_path(SERVICES["grafana"], provider["options"]["path"])
+    assert sorted(folder.glob("*.json")) == [DASHBOARD]
+    home = SERVICES["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert mounted_path(SERVICES["grafana"], home) == DASHBOARD
+
+
+def test_grafana_admin_password_comes_from_the_env_file() -> None:
+    environment = SERVICES["grafana"]["environment"]
+    value = environment["GF_SECURITY_ADMIN_PASSWORD"]
+    assert value.startswith("${GRAFANA_ADMIN_PASSWORD:?"), "required, never a default in the file"
+    assert interpolate(value, ENV) == ENV["GRAFANA_ADMIN_PASSWORD"]
+    assert environment["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert environment["GF_USERS_ALLOW_SIGN_UP"] == "false"

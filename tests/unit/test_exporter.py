@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 from tests.conftest import (
     GREEN_ID,
@@ -20,8 +22,9 @@ from tests.conftest import (
     use_environment,
 )
 from worker.services import accounts_file, get_accounts
+from worker.stores.clock import PinnedClock
 from worker.stores.deadletters import DeadLetter
-from worker.stores.metrics import MetricsRecorder
+from worker.stores.jobs import Tick
 from worker.views.exporter import ArchiverCollector
 
 
@@ -34,15 +37,16 @@ def test_queue_depths_come_from_the_broker(
     assert env.services.broker is not env.services.redis
     env.services.broker.rpush("archive", "a", "b")
     env.services.broker.rpush("archive\x06\x169", "a priority message")
-    env.services.broker.rpush("archive.ready", "c")
-    env.services.broker.hset("unacked", "tag", "message")
+    # Two nodes' ready queues (nodes are named in the state Redis, their queues in the broker's).
+    env.services.redis.zadd(KEYS.nodes, {"w1@h#1": 1, "w2@h#2": 2})
+    env.services.broker.rpush("archive.ready.w1@h#1", "c")
+    env.services.broker.rpush("archive.ready.w2@h#2", "d", "e")
     env.services.redis.rpush("archive", "not a queue of the broker's")
     env.services.redis.rpush(KEYS.wait(f"green-api:{GREEN_ID}"), "j1", "j2")
 
     families = {f.name: f for f in ArchiverCollector(env.services, get_accounts()).collect()}
     depths = {s.labels["queue"]: s.value for s in families["chat_archiver_queue_depth"].samples}
-    assert depths == {"archive": 3, "archive.ready": 1}
-    assert families["chat_archiver_jobs_unacked"].samples[0].value == 1
+    assert depths == {"archive": 3, "archive.ready": 3}
     [waiting] = families["chat_archiver_jobs_waiting"].samples
     assert waiting.labels == {"provider": "green-api", "account": GREEN_ID} and waiting.value == 2
 
@@ -61,11 +65,13 @@ def test_every_metric_names_an_account_the_same_way(archiver_env: Env) -> None:
         )
     )
     services.dead_letters.add(DeadLetter(reason="invalid_request", job={}, detail="no job"))
-    field = MetricsRecorder.outcome_args("green-api", GREEN_ID, "archived", None, "7@c.us")[0]
-    services.redis.hincrby(services.metrics.outcomes_key, field, 3)
-    services.circuit.trip(green, "unauthorized", "HTTP 401", probing=False, chain="c1")
+    pipe = services.redis.pipeline()
+    for _ in range(3):
+        services.metrics.queue_outcome(pipe, "green-api", GREEN_ID, "archived", None)
+    pipe.execute()
+    services.circuit.trip(green, "unauthorized", "HTTP 401", probing=False)
     services.redis.rpush(services.keys.parked(green.key), "t1")  # a job parked behind it
-    services.limiter.acquire(green, "archiveChat", max_wait=1.0)
+    services.limiter.penalize(green, "archiveChat", 1.0)  # a 429: its limit shows
     services.redis.rpush(services.keys.wait(green.key), "t2")  # a job waiting its turn
 
     families = {f.name: f for f in ArchiverCollector(services, accounts).collect()}
@@ -134,8 +140,8 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
     paused = accounts.find("green-api", "7100001100")  # in the third batch
     busy = accounts.find("green-api", "7100000700")  # in the second
     assert paused is not None and busy is not None
-    services.circuit.trip(paused, "unauthorized", "HTTP 401", probing=False, chain="c1")
-    services.limiter.acquire(busy, "archiveChat", max_wait=1.0)
+    services.circuit.trip(paused, "unauthorized", "HTTP 401", probing=False)
+    services.limiter.penalize(busy, "archiveChat", 1.0)  # it answered 429 once
 
     counter = round_trips()
     families = {f.name: f for f in ArchiverCollector(services, accounts).collect()}
@@ -149,18 +155,8 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
         {"provider": "green-api", "account": "7100001100", "reason": "unauthorized"}
     ]
     assert len(families["chat_archiver_account_paused"].samples) == 1_200
-    granted = [
-        s.labels
-        for s in families["chat_archiver_limiter_permits"].samples
-        if s.labels["result"] == "granted" and s.value
-    ]
-    assert granted == [
-        {
-            "provider": "green-api",
-            "account": "7100000700",
-            "method": "archiveChat",
-            "result": "granted",
-        }
+    assert valued("chat_archiver_provider_rate_limited") == [
+        {"provider": "green-api", "account": "7100000700", "method": "archiveChat"}
     ]
     assert valued("chat_archiver_limiter_late_calls") == []  # nothing went out late
 
@@ -168,10 +164,11 @@ def test_a_scrape_reads_thousands_of_accounts_in_batches(
 def test_late_calls_are_counted_per_limit(archiver_env: Env) -> None:
     services, accounts = archiver_env.services, archiver_env.accounts
     account = accounts.get("green-api", GREEN_ID)
-    asked = time.monotonic()
     permit = services.limiter.acquire(account, "archiveChat", max_wait=1.0)
-    time.sleep(0.03)  # the call goes 30 ms after its slot
-    assert services.limiter.keep_distance(account, "archiveChat", asked, permit) > 0
+    deadline = time.monotonic() + permit.wait
+    time.sleep(permit.wait + 0.03)  # the call goes 30 ms after its slot
+    late = time.monotonic() - deadline
+    assert services.limiter.keep_distance(account, "archiveChat", late, permit.slot) > 0
     families = {f.name: f for f in ArchiverCollector(services, accounts).collect()}
     [sample] = families["chat_archiver_limiter_late_calls"].samples
     assert sample.labels == {"provider": "green-api", "account": GREEN_ID, "method": "archiveChat"}
@@ -194,3 +191,68 @@ def test_an_account_added_to_the_file_shows_at_the_next_scrape(
     with archiver_env.accounts_file.open("a") as file:
         file.write("\n" + green_accounts_toml(7_105_000_042, 1))
     assert paused_accounts() == {GREEN_ID, WASSENGER_ID, "7105000042"}
+
+
+def test_workers_alive_counts_nodes_heard_within_two_leases(archiver_env: Env) -> None:
+    """A node renews its heartbeat every third of a lease; after two leases without one the
+    janitor takes it for gone, and the gauge stops counting it at the same moment."""
+    services = archiver_env.services
+    clock = PinnedClock()
+    services.use_clock(clock)
+    lease = services.settings.lease_timeout
+    collector = ArchiverCollector(services, get_accounts())
+
+    def alive() -> float:
+        families = {f.name: f for f in collector.collect()}
+        [sample] = families["chat_archiver_workers_alive"].samples
+        return sample.value
+
+    def heartbeat(node: str, janitor: bool = False) -> Tick:
+        return services.jobs.tick(
+            node, [], janitor_ms=1000 if janitor else 0, node_timeout=2 * lease, unknown_grace=60
+        )
+
+    assert alive() == 0  # no node ever started
+    heartbeat("celery@a")
+    clock.advance(lease)
+    heartbeat("celery@b")
+    assert alive() == 2
+    clock.advance(lease)  # a's last heartbeat is exactly two leases old: still counted
+    assert alive() == 2
+    clock.advance(0.001)
+    assert alive() == 1
+    assert services.jobs.live_nodes(2 * lease) == 1
+    # The janitor agrees (b's own turn heartbeats b again).
+    assert heartbeat("celery@b", janitor=True).dead_nodes == ["celery@a"]
+
+
+def test_sweeps_are_counted_by_account_and_result(archiver_env: Env) -> None:
+    """The sweep writes provider|account|result -> count; Prometheus sees a counter,
+    chat_archiver_sweeps_total, with the account named as on every other metric."""
+    services = archiver_env.services
+    key = services.keys.metrics_sweeps
+    assert key == "chat-archiver:metrics:sweeps"
+    services.redis.hincrby(key, f"green-api|{GREEN_ID}|completed", 3)
+    services.redis.hincrby(key, f"green-api|{GREEN_ID}|held", 1)
+    services.redis.hincrby(key, f"wassenger|{WASSENGER_ID}|failed", 2)
+    services.redis.hincrby(key, "not a field of ours", 1)
+
+    collector = ArchiverCollector(services, get_accounts())
+    families = {f.name: f for f in collector.collect()}
+    found = {
+        (s.labels["provider"], s.labels["account"], s.labels["result"]): s.value
+        for s in families["chat_archiver_sweeps"].samples
+    }
+    assert found == {
+        ("green-api", GREEN_ID, "completed"): 3,
+        ("green-api", GREEN_ID, "held"): 1,
+        ("wassenger", WASSENGER_ID, "failed"): 2,
+    }
+    registry = CollectorRegistry()
+    registry.register(collector)
+    text = generate_latest(registry).decode()
+    assert "# TYPE chat_archiver_sweeps_total counter" in text
+    assert (
+        f'chat_archiver_sweeps_total{{account="{WASSENGER_ID}",provider="wassenger",'
+        'result="failed"} 2.0' in text
+    )

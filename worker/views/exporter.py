@@ -34,11 +34,10 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from config import AccountRegistry
-from worker.dispatch.router import intake_lists
 from worker.services import Services
 from worker.stores.client import safe_url
-from worker.stores.keys import KOMBU_UNACKED, ready_queue
 from worker.stores.metrics import LATENCY_BUCKETS
+from worker.views.status import queue_depths
 
 logger = logging.getLogger("chat_archiver.metrics")
 
@@ -75,6 +74,8 @@ class ArchiverCollector(Collector):
         yield from self._limiter()
         yield from self._latency()
         yield from self._circuits()
+        yield from self._workers()
+        yield from self._sweeps()
 
     def _outcomes(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(
@@ -98,17 +99,14 @@ class ArchiverCollector(Collector):
 
     def _queues(self) -> Iterator[GaugeMetricFamily]:
         settings = self.services.settings
-        pipe = self.services.broker.pipeline(transaction=False)
-        for name in intake_lists(settings.queue):
-            pipe.llen(name)
-        pipe.llen(ready_queue(settings.queue))
-        pipe.hlen(KOMBU_UNACKED)  # kombu's: delivered, not yet acknowledged (running or held)
-        *intake, ready, unacked = pipe.execute()
+        depths = queue_depths(self.services)
         family = GaugeMetricFamily(
-            "chat_archiver_queue_depth", "Messages in a queue", labels=["queue"]
+            "chat_archiver_queue_depth",
+            "Messages in a queue: the intake (raw producers), and the nodes' ready queues",
+            labels=["queue"],
         )
-        family.add_metric([settings.queue], sum(intake))
-        family.add_metric([ready_queue(settings.queue)], ready)
+        family.add_metric([settings.queue], depths["intake"])
+        family.add_metric([f"{settings.queue}.ready"], depths["ready"])
         yield family
         store = self.services.jobs
         counts = store.counts()
@@ -129,23 +127,13 @@ class ArchiverCollector(Collector):
                 provider, _, account_id = key.partition(":")
                 waiting.add_metric([provider, account_id], count)
         yield waiting
-        yield GaugeMetricFamily(
-            "chat_archiver_jobs_unacked",
-            "Jobs delivered to workers and not yet acknowledged",
-            value=unacked,
-        )
 
     def _limiter(self) -> Iterator[CounterMetricFamily]:
         labels = [*ACCOUNT_LABELS, "method"]
-        waited = CounterMetricFamily(
-            "chat_archiver_limiter_wait_seconds",
-            "Time spent waiting for rate-limit permits",
+        deferred = CounterMetricFamily(
+            "chat_archiver_limiter_deferred",
+            "Permits refused to retries and listing calls (the job waited for its turn)",
             labels=labels,
-        )
-        permits = CounterMetricFamily(
-            "chat_archiver_limiter_permits",
-            "Rate-limit permits asked for, by result",
-            labels=[*labels, "result"],
         )
         limited = CounterMetricFamily(
             "chat_archiver_provider_rate_limited", "429 answers from the provider", labels=labels
@@ -160,15 +148,13 @@ class ArchiverCollector(Collector):
         for (account, method), state in zip(
             limits, self.services.limiter.states(limits), strict=True
         ):
-            if not (state.granted or state.deferred or state.rate_limited):
+            if not (state.deferred or state.rate_limited or state.late):
                 continue
             values = [account.provider, account.id, method]
-            waited.add_metric(values, state.waited_seconds)
-            permits.add_metric([*values, "granted"], state.granted)
-            permits.add_metric([*values, "deferred"], state.deferred)
+            deferred.add_metric(values, state.deferred)
             limited.add_metric(values, state.rate_limited)
             late.add_metric(values, state.late)
-        yield from (waited, permits, limited, late)
+        yield from (deferred, limited, late)
 
     def _latency(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(
@@ -201,6 +187,30 @@ class ArchiverCollector(Collector):
             open_.add_metric([*labels, state.reason or ""], 1 if state.state == "open" else 0)
             parked.add_metric(labels, state.parked)
         yield from (open_, parked)
+
+    def _workers(self) -> Iterator[GaugeMetricFamily]:
+        # Each node renews its heartbeat every third of a lease; the janitor takes a node for gone
+        # after two leases without one (worker/dispatch/janitor.py), and so does this count.
+        services = self.services
+        alive = services.jobs.live_nodes(2 * services.settings.lease_timeout)
+        yield GaugeMetricFamily(
+            "chat_archiver_workers_alive",
+            "Worker nodes whose heartbeat is within two lease timeouts",
+            value=alive,
+        )
+
+    def _sweeps(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "chat_archiver_sweeps",
+            "Sweeps run, by result (completed, dry_run, skipped, held, failed)",
+            labels=[*ACCOUNT_LABELS, "result"],
+        )
+        counts = self.services.redis.hgetall(self.services.keys.metrics_sweeps)
+        for field, count in sorted(counts.items()):
+            labels = str(field).split("|")
+            if len(labels) == 3:  # provider|account|result; anything else is not ours to show
+                family.add_metric(labels, int(count))
+        yield family
 
 
 # --- serving --------------------------------------------------------------------------------
