@@ -12,15 +12,12 @@ import redis
 
 from tests.conftest import CANARY, GREEN_ID, KEYS, accounts_toml
 from tests.support import run_cli
-from worker.contract import envelope
 from worker.sandbox.local import CeleryProcess
 from worker.stores.deadletters import DeadLetter, DeadLetterStore
-from worker.stores.jobs import JobStore, NewJob
-from worker.stores.keys import Keys
 
 pytestmark = pytest.mark.integration
 
-GREEN_QUEUE = "archive"  # producers publish to the intake, whatever the account
+JOBS = "chat-archiver:jobs"  # the job store, where the producer puts every job
 
 
 @pytest.fixture
@@ -55,7 +52,7 @@ def test_enqueue_one_job_prints_its_id(env: dict[str, str], redis_url: str) -> N
     )
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.strip()) == 36  # a task id
-    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 1
+    assert redis.Redis.from_url(redis_url).hlen(JOBS) == 1
 
 
 def test_enqueue_refuses_a_bad_job_in_one_line(env: dict[str, str], redis_url: str) -> None:
@@ -67,7 +64,7 @@ def test_enqueue_refuses_a_bad_job_in_one_line(env: dict[str, str], redis_url: s
         "Error: chat_id: '+7 900' is not a green-api chat id "
         "(79001234567@c.us, 120363043968066561@g.us or 123456789012345@lid)"
     )
-    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 0
+    assert redis.Redis.from_url(redis_url).hlen(JOBS) == 0
 
 
 def test_enqueue_csv_reports_refused_lines(
@@ -90,7 +87,7 @@ def test_enqueue_csv_reports_refused_lines(
     assert lines[1] == "line 5: more cells than the header names"
     assert lines[2].startswith("line 6: account: '7105187566' is not a wassenger device id")
     assert lines[-1] == "read 5 rows: enqueued 2, already pending 0, refused 3"
-    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
+    assert redis.Redis.from_url(redis_url).hlen(JOBS) == 2
 
 
 def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
@@ -103,7 +100,7 @@ def test_enqueue_jsonl_from_stdin(env: dict[str, str], redis_url: str) -> None:
     assert done.returncode == 1
     assert done.stdout.splitlines()[0].startswith("line 2: not a JSON object")
     assert done.stdout.strip().endswith("read 3 rows: enqueued 2, already pending 0, refused 1")
-    assert redis.Redis.from_url(redis_url).llen(GREEN_QUEUE) == 2
+    assert redis.Redis.from_url(redis_url).hlen(JOBS) == 2
 
 
 def test_dlq_show_and_purge_with_confirmation(env: dict[str, str], redis_url: str) -> None:
@@ -156,15 +153,12 @@ def test_status_reads_the_queues_from_the_broker(env: dict[str, str], redis_url:
     # State and broker in different databases: the queues are in the broker's.
     broker_url = redis_url.rsplit("/", 1)[0] + "/1"
     env = {**env, "ARCHIVER_BROKER_URL": broker_url, "ARCHIVER_REDIS_URL": redis_url}
-    chat = ("--chat-id", "79001234567@c.us")
-    assert (
-        run(env, "enqueue", "--provider", "green-api", "--account", GREEN_ID, *chat).returncode == 0
-    )
+    # A raw producer's message, not yet stored by a router: in the broker's intake.
+    redis.Redis.from_url(broker_url).lpush("archive", b"{}")
     # A job stored for an account no worker's accounts file knows: it waits, and status says so.
-    state = redis.Redis.from_url(redis_url, decode_responses=True)
-    store = JobStore(state, Keys("chat-archiver"), lease=30)
-    message = envelope.build("archive.chat", "j-unknown", {"provider": "green-api"}, "x")
-    store.accept([NewJob("j-unknown", "green-api:1111111111", message)])
+    chat = ("--chat-id", "79001234567@c.us")
+    unknown = ("--provider", "green-api", "--account", "1111111111", *chat)
+    assert run(env, "enqueue", *unknown).returncode == 0
     done = run(env, "status", "--json")
     assert done.returncode == 1, done.stderr  # no worker answers, and the unknown account
     report = json.loads(done.stdout)
@@ -174,24 +168,17 @@ def test_status_reads_the_queues_from_the_broker(env: dict[str, str], redis_url:
     assert "no worker answers" in report["attention"]
 
 
-@pytest.mark.parametrize(
-    ("variables", "says"),
-    [
-        (
-            {"ARCHIVER_BROKER_URL": "redis://:hunter2-password@127.0.0.1:1/0"},
-            "cannot read the status",
-        ),
-        ({"ARCHIVER_VISIBILITY_TIMEOUT": "an hour"}, "ARCHIVER_VISIBILITY_TIMEOUT"),
-    ],
-)
-def test_status_that_cannot_be_read_exits_2(
-    env: dict[str, str], redis_url: str, variables: dict[str, str], says: str
+def test_status_unhealthy_is_1_and_a_wrong_setting_is_2(
+    env: dict[str, str], redis_url: str
 ) -> None:
-    # 1 means "needs a person"; a health check must tell it from "cannot tell".
-    done = run({**env, "ARCHIVER_REDIS_URL": redis_url, **variables}, "status")
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1
-    assert "hunter2" not in done.stderr
+    # A health check tells "unhealthy" (1, with the reason) from "wrongly configured" (2).
+    url = "redis://:hunter2-password@127.0.0.1:1/0"
+    down = run({**env, "ARCHIVER_REDIS_URL": redis_url, "ARCHIVER_BROKER_URL": url}, "status")
+    assert down.returncode == 1, down.stdout + down.stderr
+    assert "cannot read the status from" in down.stdout and "hunter2" not in down.stdout
+    wrong = run({**env, "ARCHIVER_LEASE_TIMEOUT": "half a minute"}, "status")
+    assert wrong.returncode == 2, wrong.stdout + wrong.stderr
+    assert "ARCHIVER_LEASE_TIMEOUT" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
 
 
 def test_worker_refuses_a_wrong_accounts_file_at_start(env: dict[str, str], tmp_path: Path) -> None:

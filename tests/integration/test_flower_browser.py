@@ -1,6 +1,7 @@
 """Flower as a person sees it: a real headless Chromium on a real Flower, started with the
 compose file's own command, watching a real worker archive, find already archived, dead-letter
-and park jobs (README: Operations, Flower).
+and park jobs, then run the parked jobs once their account answers again (README: Operations,
+Flower).
 
 What is checked is what the browser rendered: the tasks page's table, filled by Flower's
 JavaScript from /tasks/datatable (the state badges and their colours, the outcome in the result
@@ -11,7 +12,9 @@ basetemp; the test prints where.
 
 The browser is Debian's chromium, driven by Debian's chromium-driver through Selenium (.ci/run
 installs them): both come from one Debian source package at one version, so the driver always
-speaks the browser's protocol, and nothing is downloaded at run time.
+speaks the browser's protocol, and nothing is downloaded at run time. Where they are missing, the
+test fails saying what to install, unless ARCHIVER_TEST_WITHOUT names chromium
+(tests/host_tools.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,17 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import GREEN_ID, WASSENGER_ID
+from config import load_accounts
+from tests.conftest import GREEN_ID, WASSENGER_CANARY, WASSENGER_ID
+from tests.host_tools import CHROMEDRIVER, CHROMIUM, require
 from tests.integration.conftest import Cluster
 from tests.support import eventually
 from worker.sandbox.simulator import SimulatorHandle
+from worker.stores.circuit import AccountCircuit
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 FLOWER_USER, FLOWER_PASSWORD = "ops", "flower-pass"
 
 # How this machine runs Chromium: as root (no sandbox), no GPU, and no call to Google's services
@@ -90,11 +93,7 @@ def artefacts(
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Headless Chromium through chromedriver, sending Flower's basic-auth credentials with every
     request (the page's own XHRs included)."""
-    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
-        message = "needs Debian's chromium and chromium-driver (.ci/run installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+    require("chromium")
     # Selenium Manager, which looks for browsers and drivers online, has nothing to look for:
     # both are named. Offline, should it run all the same.
     monkeypatch.setenv("SE_OFFLINE", "true")
@@ -260,18 +259,34 @@ def test_flower_tells_every_outcome_at_a_glance(
     assert (dead["outcome"], dead["reason"]) == ("dead_lettered", "chat_not_found")
 
     # The provider wants another token than ours: the account pauses, its job parks.
-    cluster.add_chats("wassenger", ["447000000001@c.us"])
+    cluster.add_chats("wassenger", ["447000000001@c.us", "447000000002@c.us"])
     cluster.sim.patch_account("wassenger", WASSENGER_ID, token="the-right-token-0000")
-    parked = cluster.producer.enqueue(
-        {"provider": "wassenger", "account": WASSENGER_ID, "chat_id": "447000000001@c.us"}
-    )
+    device = {"provider": "wassenger", "account": WASSENGER_ID}
+    parked = cluster.producer.enqueue({**device, "chat_id": "447000000001@c.us"})
     eventually(
         lambda: cluster.services_parked() == 1 and cluster.app.AsyncResult(parked).state == "RETRY",
         20,
         "the job parked behind its paused account",
     )
+    # A job for the paused account enqueued now never reaches a worker: it waits for the
+    # account's next probe turn, where the dispatcher parks it without a run. Celery has no
+    # event or result for it but its task-sent: PENDING. status counts both jobs.
+    early = cluster.producer.enqueue({**device, "chat_id": "447000000002@c.us"})
+    line = f"wassenger:{WASSENGER_ID} paused (unauthorized): 2 jobs waiting"
+    eventually(lambda: line in cluster.cli("status").stdout, 20, "status counting 2 jobs waiting")
+    assert cluster.app.AsyncResult(early).state == "PENDING"
+    [paused] = json.loads(cluster.cli("status", "--json").stdout)["accounts"]["paused"]
+    # Parked, or in the account's list until its next probe turn parks it (when it came
+    # before the dispatcher parked the first job's fellows, it is parked already).
+    assert paused["parked"] + paused["waiting"] == 2, paused
 
-    expected = {archived: "SUCCESS", already: "SUCCESS", missing: "FAILURE", parked: "RETRY"}
+    expected = {
+        archived: "SUCCESS",
+        already: "SUCCESS",
+        missing: "FAILURE",
+        parked: "RETRY",
+        early: "PENDING",
+    }
     ids = list(expected)
 
     # The result contract (README: From any language), as the backend's JSON holds it.
@@ -294,6 +309,7 @@ def test_flower_tells_every_outcome_at_a_glance(
     assert (meta["status"], meta["result"]["exc_type"]) == ("RETRY", "Deferred"), meta
     [why] = meta["result"]["exc_message"]
     assert "unauthorized" in why, meta
+    assert stored(early) == {}  # no result yet: AsyncResult says PENDING
 
     # --- the tasks page ------------------------------------------------------------------------
     browser.get(f"{url}/tasks")
@@ -326,10 +342,15 @@ def test_flower_tells_every_outcome_at_a_glance(
     assert "text-bg-warning" in retried["_badge_class"]
     assert retried["exception"].startswith("Deferred("), retried
     assert "unauthorized" in retried["exception"]
+    # Parked before any run: grey PENDING, nothing in Result or Exception (README: a parked job).
+    pending = rows[early]
+    assert "text-bg-secondary" in pending["_badge_class"], pending
+    assert (pending["result"], pending["exception"]) == ("", ""), pending
     for task_id in ids:
         assert rows[task_id]["name"] == "archive.chat"
 
-    # The page's state filters count them. The paused account's probe turn waits its 5 minutes
+    # The page's state filters count them: Retried only the job a run sent back to wait, where
+    # status counts both parked jobs. The paused account's probe turn waits its 5 minutes
     # (PENDING): nothing else has succeeded.
     succeeded = 2
     assert filter_count(browser, "Failed") == 1
@@ -376,5 +397,43 @@ def test_flower_tells_every_outcome_at_a_glance(
     [worker] = api.get("/workers", params={"json": 1}).json()["data"]
     assert worker.get("task-retried") == waits >= 1
 
-    for name in ("tasks.png", "tasks-failed.png", "tasks-retried.png", "dashboard.png"):
+    # --- recovery ------------------------------------------------------------------------------
+    # The token is right again. The account's probe (5 minutes away here) would find it
+    # answering and release the parked jobs; resume() is that verdict, now.
+    cluster.sim.patch_account("wassenger", WASSENGER_ID, token=WASSENGER_CANARY)
+    settings = cluster.settings
+    circuit = AccountCircuit(
+        cluster.redis,
+        settings.key_prefix,
+        settings.circuit_cooldown,
+        settings.circuit_cooldown_max,
+        settings.circuit_max_pause,
+    )
+    device_account = load_accounts(cluster.accounts_file, secrets=False).get(
+        "wassenger", WASSENGER_ID
+    )
+    assert circuit.resume(device_account) >= 1  # the parked ones back to the account's list
+    for task_id in (parked, early):
+        assert cluster.result(task_id)["outcome"] == "archived"
+    browser.get(f"{url}/tasks")
+    rows = wait_for_table(browser, [parked, early], {parked: "SUCCESS", early: "SUCCESS"})
+    screenshot(browser, artefacts / "tasks-recovered.png")
+    # Green SUCCESS with the outcome, and no trace of the wait in the Exception column.
+    for task_id in (parked, early):
+        assert "text-bg-success" in rows[task_id]["_badge_class"], rows[task_id]
+        assert "'outcome': 'archived'" in rows[task_id]["result"], rows[task_id]
+        assert rows[task_id]["exception"] == "", rows[task_id]
+    assert filter_count(browser, "Retried") == 0
+    assert filter_count(browser, "Succeeded") == succeeded + 2
+    browser.get(f"{url}/task/{parked}")
+    page = eventually(lambda: browser.find_element("tag name", "body").text, 10, "the task page")
+    assert "SUCCESS" in page and "Deferred(" not in page, page
+
+    for name in (
+        "tasks.png",
+        "tasks-failed.png",
+        "tasks-retried.png",
+        "dashboard.png",
+        "tasks-recovered.png",
+    ):
         assert (artefacts / name).stat().st_size > 10_000, name

@@ -153,6 +153,16 @@ def test_filters_that_are_right_select(store: DeadLetterStore) -> None:
     assert dlq("list", "--account", "green-api:1234567").stdout.strip() == "0 dead letters"
 
 
+def test_the_account_level_reasons_are_filters_too(store: DeadLetterStore) -> None:
+    """Jobs parked behind a paused account longer than the maximum pause are dead-lettered
+    with the account's reason, misconfigured (issue 19) included."""
+    store.add(entry("misconfigured"))
+    store.add(entry("account_unavailable"))
+    listed = dlq("list", "--reason", "misconfigured", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [e["reason"] for e in json.loads(listed.stdout)] == ["misconfigured"]
+
+
 @pytest.mark.parametrize("command", ["list", "replay", "purge"])
 def test_an_account_filter_takes_any_spelling_of_the_id_the_producer_takes(
     store: DeadLetterStore, command: str

@@ -30,7 +30,8 @@ def enqueue(*args: str, input: bytes | str | None = None) -> Result:
 
 
 def queued(env: Env) -> int:
-    return int(env.redis.llen(QUEUE))
+    """Jobs the producer stored (the job store holds nothing else in these tests)."""
+    return env.services.jobs.counts().jobs
 
 
 def summary(result: Result) -> tuple[int, int, int, int]:
@@ -173,7 +174,7 @@ def test_field_names_with_newlines_cannot_forge_output(env: Env, tmp_path: Path)
     assert result.exit_code == 2
     assert one_error_line(result).endswith(
         "line 1: unknown column 'line 9: chat_id: forged\\nprovider' (columns: provider, "
-        "account, chat_id[, request_id, source])"
+        "account, chat_id[, request_id, source, task_id])"
     )
     jsonl = enqueue(
         "--file",
@@ -262,8 +263,8 @@ def test_the_summary_counts_every_row_with_pending_ids(env: Env, tmp_path: Path)
         r"^line (\d+): already pending as job ([0-9a-f-]{36})$", second.stdout, re.M
     )
     assert [int(line) for line, _ in pending] == [2, 4, 6]
-    published = {json.loads(m)["headers"]["id"] for m in env.redis.lrange(QUEUE, 0, -1)}
-    assert {task_id for _, task_id in pending} == published
+    stored = set(env.redis.hkeys(env.services.keys.jobs))
+    assert {task_id for _, task_id in pending} == stored
     assert queued(env) == 3
 
 

@@ -4,7 +4,6 @@ own tests)."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
@@ -12,14 +11,10 @@ from click.testing import CliRunner
 
 from config import ConfigError, load_accounts
 from tests.conftest import GREEN_ID, Env, accounts_toml, use_environment
-from worker.celery_app import create_app
 from worker.cli import main
 from worker.cli.common import console
 from worker.cli.sweep import _print as print_sweeps
 from worker.services import reset_services
-
-# The module, not the command of the same name that worker.cli exports.
-status_module = importlib.import_module("worker.cli.status")
 
 
 def test_status_prints_a_wrong_accounts_file_error_as_written(
@@ -44,14 +39,9 @@ def test_status_prints_names_holding_markup_as_written(
         'provider = "green-api"', 'provider = "green-api"\nname = "[/] shop [red]x"', 1
     )
     accounts.write_text(text)
-    env = use_environment(monkeypatch, redis_url, accounts)
-    app = create_app(env.settings)  # the module's app points nowhere (tests/conftest.py)
-    monkeypatch.setattr(status_module, "app", app)
+    use_environment(monkeypatch, redis_url, accounts)
     monkeypatch.setattr(console, "width", 300)
-    try:
-        result = CliRunner().invoke(main, ["status", "--account", f"green-api:{GREEN_ID}"])
-    finally:
-        app.close()
+    result = CliRunner().invoke(main, ["status", "--account", f"green-api:{GREEN_ID}"])
     assert result.exit_code == 1, result.output  # no worker answers: needs attention
     assert "([/] shop [red]x)" in result.stdout
     assert "  - no worker answers" in result.stdout
@@ -62,9 +52,12 @@ def test_sweep_summaries_print_errors_holding_markup_as_written(
 ) -> None:
     monkeypatch.setattr(console, "width", 400)
     summary = {
-        "account": "wassenger:61b37a069cba0c15d6c81c8e",
+        "run": "20261207T000000Z-abcdef",
+        "provider": "wassenger",
+        "account": "61b37a069cba0c15d6c81c8e",
+        "dry_run": False,
         "status": "failed",
-        "error": "HTTP 500: [/] [bold]oops",
+        "reason": "HTTP 500: [/] [bold]oops",
         "listed": 3,
         "selected": 1,
         "enqueued": 0,

@@ -90,3 +90,27 @@ def test_local_accounts_are_the_scenario_accounts_at_the_port_readme_serves() ->
     assert {a.api_url for a in accounts} == {f"http://127.0.0.1:{port}"}
     for name in ("DEMO_GREEN_API_TOKEN", "DEMO_WASSENGER_API_KEY"):
         assert f"export {name}={ENV[name]}" in README
+
+
+def test_readme_runs_flower_on_loopback_with_a_password() -> None:
+    # Flower's default address is every interface, and without basic auth anyone who reaches it
+    # can revoke jobs and stop workers: a bare host runs it as the compose file does, on loopback
+    # with FLOWER_BASIC_AUTH.
+    found = 0
+    for title, body in sections().items():
+        if title == "With Docker Compose":
+            continue
+        for block in re.findall(r"```sh\n(.*?)```", body, flags=re.S):
+            lines = shell_lines(f"```sh\n{block}```")
+            for index, words in enumerate(lines):
+                if words[:4] != ["celery", "-A", "worker", "flower"]:
+                    continue
+                found += 1
+                assert "--address=127.0.0.1" in words, (title, shlex.join(words))
+                before = [shlex.join(line) for line in lines[:index]]
+                auth = [line for line in before if line.startswith("export FLOWER_BASIC_AUTH=")]
+                assert auth or any(w.startswith("--basic-auth=") for w in words), title
+                for line in auth:
+                    user, sep, password = line.split("=", 1)[1].partition(":")
+                    assert user and sep and password, line
+    assert found >= 1

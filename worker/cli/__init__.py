@@ -2,7 +2,7 @@
 
 Exit codes: 0 success; 1 with a one-line reason on error (click prints it as ``Error: ...``);
 2 when a wrong ARCHIVER_* variable stops every command at start. ``status`` exits 1 when
-something needs attention and 2 when it cannot read the state.
+the deployment is unhealthy (worker/cli/status.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from worker.cli.metrics import metrics
 from worker.cli.simulate import simulate
 from worker.cli.status import status
 from worker.cli.sweep import sweep
+from worker.cli.unarchive import unarchive
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -28,6 +29,7 @@ def main() -> None:
 
 
 main.add_command(enqueue)
+main.add_command(unarchive)
 main.add_command(dlq)
 main.add_command(simulate)
 main.add_command(demo)

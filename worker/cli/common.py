@@ -4,7 +4,7 @@ Exit codes, the same for every command (README, "Exit codes"):
 
     0  done
     1  understood, but not everything succeeded or something needs a person: rows or entries
-       refused, nothing found under a given id, Redis unreachable, ``status`` unwell
+       refused, nothing found under a given id, Redis unreachable, ``status`` unhealthy
     2  not understood: an option or argument is wrong (unknown value, malformed filter, an id
        prefix too short or ambiguous, a file that cannot be opened or read), or the
        configuration is (an ARCHIVER_* variable, the accounts file)

@@ -191,12 +191,15 @@ def show(entry_id: str, as_json: bool) -> None:
             say(f"stored: {found.stored}", limit=None)
             say(f"`dlq purge {found.id}` deletes it")
         raise SystemExit(1)
+    fields = asdict(found)
+    if fields["trace_id"] is None:  # recorded only while tracing is on (README: Tracing)
+        del fields["trace_id"]
     if as_json:
-        click.echo(json.dumps(asdict(found), indent=2))
+        click.echo(json.dumps(fields, indent=2))
         return
     # One "field  value" line each, never a box: a long value wraps on the terminal and copies
     # whole.
-    for key, value in {"id": found.id, **asdict(found)}.items():
+    for key, value in {"id": found.id, **fields}.items():
         if key in ("first_attempt_at", "last_attempt_at", "created_at"):
             value = when(value)
         elif key == "job":

@@ -6,8 +6,13 @@ quote never closed, a field past csv's size limit, a header naming unknown colum
 naming where, exit code 2, and nothing is enqueued. The second pass publishes batch by batch.
 Each row then ends in exactly one of: enqueued, already pending (a job for the chat is waiting or
 running: its id is printed), refused (the reason is printed with the row's line number). The
-summary adds them up to the rows read; refused rows make the exit code 1. Should Redis fail
-between batches, what was enqueued before is printed with the failure.
+summary adds them up to the rows read; refused rows make the exit code 1.
+
+Should Redis refuse writes (full, a read-only replica, MISCONF) or drop the connection, the rows
+not enqueued are sent again, the uncertain ones under their task ids, for ``--retry-for``
+seconds (worker/cli/resend.py); if Redis still refuses, the rest of the file is read and not
+sent, and one ``Error:`` line after the summary says how many rows were enqueued, not published
+and uncertain, and what running the command again does. Exit code 1.
 
 Encodings: UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes; UTF-16 and
 UTF-32 with a byte-order mark. Formats: by the file's extension (.csv, .tsv/.tab,
@@ -26,7 +31,7 @@ import shutil
 import sys
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
@@ -47,8 +52,17 @@ from worker.cli.common import (
     printable,
     say,
 )
+from worker.cli.resend import RETRY_FOR, enqueue_resending, failure_line, refusal_now
 from worker.contract.jobs import InvalidJob
-from worker.producer import BATCH_SIZE, BulkResult, default_producer, enqueue_archive
+from worker.contract.tasks import ARCHIVE_TASK
+from worker.producer import (
+    BATCH_SIZE,
+    BulkResult,
+    PublishFailed,
+    default_producer,
+    parse_row,
+)
+from worker.services import get_services
 
 FORMATS = ("csv", "tsv", "jsonl")
 _EXTENSIONS = {
@@ -59,9 +73,10 @@ _EXTENSIONS = {
     ".ndjson": "jsonl",
     ".json": "jsonl",
 }
-COLUMNS = ("provider", "account", "chat_id", "request_id", "source")
+# task_id: the id to publish the row under (to send again a row whose publish was uncertain).
+COLUMNS = ("provider", "account", "chat_id", "request_id", "source", "task_id")
 REQUIRED = ("provider", "account", "chat_id")
-_COLUMNS_HINT = "provider, account, chat_id[, request_id, source]"
+_COLUMNS_HINT = "provider, account, chat_id[, request_id, source, task_id]"
 # Longest before a row, or a JSON line, is given up on: a job's fields are a few dozen characters.
 FIELD_LIMIT = csv.field_size_limit()
 # UTF-32 first: its little-endian mark starts with UTF-16's.
@@ -316,15 +331,21 @@ class Tally:
     enqueued: int = 0
     pending: list[tuple[int, str]] = field(default_factory=list)  # (row position, its job id)
     refused: list[tuple[int, str]] = field(default_factory=list)  # (row position, why)
+    # Once Redis refused writes for good: rows known not sent, and those that may have been.
+    not_published: int = 0
+    uncertain: list[tuple[int, str]] = field(default_factory=list)  # (row position, task id)
 
     def add(self, offset: int, result: BulkResult) -> None:
         self.enqueued += len(result.enqueued)
         self.pending += [(offset + position, task_id) for position, task_id in result.duplicates]
         self.refused += [(offset + position, why) for position, why in result.refused]
+        self.not_published += len(result.not_published)
+        self.uncertain += [(offset + u.position, u.task_id or "?") for u in result.uncertain]
 
     def report(self) -> None:
         notes = [(p, f"already pending as job {task_id}") for p, task_id in self.pending]
         notes += [(p, printable(why, MESSAGE_LIMIT)) for p, why in self.refused]
+        notes += [(p, f"uncertain: may be queued as job {t}") for p, t in self.uncertain]
         for position, note in sorted(notes):
             say(f"line {self.lines[position - 1]}: {note}")
 
@@ -334,8 +355,65 @@ class Tally:
             f"already pending {len(self.pending)}, refused {len(self.refused)}"
         )
 
+    def place_unsent(self, rows: Iterator[Row], default_source: str) -> None:
+        """The rest of the file once publishing gave up: read and checked, never sent."""
+        for row in rows:
+            self.lines.append(row.line)
+            self.rows += 1
+            try:
+                if isinstance(row.job, dict):
+                    row.job.setdefault("source", default_source)
+                parse_row(row.job)
+            except InvalidJob as error:
+                self.refused.append((self.rows, str(error)))
+            else:
+                self.not_published += 1
 
-def _enqueue_file(source: Source, total: int, default_source: str) -> Tally:
+
+def _refused_line(failed: PublishFailed, counts: tuple[int, int, int], rerun: str) -> str:
+    services = get_services()
+    refusal = refusal_now([services.redis, services.broker], failed.reason)
+    return failure_line(failed, counts, refusal, rerun)
+
+
+def _enqueue_one(job: dict[str, Any], retry_for: float, task: str) -> str:
+    """The job's task id, or the id of the job already pending for its chat."""
+    try:
+        result = enqueue_resending(default_producer(), [job], retry_for, task=task)
+    except PublishFailed as failed:
+        [unsent] = failed.result.not_published or failed.result.uncertain
+        rerun = "then run the same command again"
+        if failed.result.uncertain and unsent.task_id is not None:
+            rerun += (
+                f" with --task-id {unsent.task_id} (it may have been stored: under that id it "
+                "is stored once either way)"
+            )
+        counts = (0, len(failed.result.not_published), len(failed.result.uncertain))
+        raise fail(_refused_line(failed, counts, rerun)) from None
+    if result.refused:
+        raise fail(result.refused[0][1])
+    [(_, task_id)] = result.enqueued or result.duplicates
+    return task_id
+
+
+def _file_rerun(uncertain: int) -> str:
+    rerun = (
+        "then run the same command again: it enqueues each row whose chat has no job pending "
+        "(those not published, and any whose job has ended by then) and reports the others "
+        "'already pending'"
+    )
+    if uncertain:
+        rerun += (
+            f"; the {uncertain} uncertain rows, listed above with their job ids, may have been "
+            "stored: sent again with those ids in a task_id column, each is stored once under "
+            "its id, even if its job has ended by then (while its result is kept)"
+        )
+    return rerun
+
+
+def _enqueue_file(
+    rows: Iterator[Row], total: int, default_source: str, retry_for: float, task: str
+) -> Tally:
     tally = Tally()
     producer = default_producer()
     progress = Progress(
@@ -348,7 +426,6 @@ def _enqueue_file(source: Source, total: int, default_source: str) -> Tally:
         # A bar is for a person watching: in a pipe or a log it is only noise.
         disable=not err_console.is_terminal,
     )
-    rows = read_rows(source)
     with progress:
         bar = progress.add_task("jobs", total=total)
         try:
@@ -359,14 +436,26 @@ def _enqueue_file(source: Source, total: int, default_source: str) -> Tally:
                     if isinstance(row.job, dict):
                         row.job.setdefault("source", default_source)
                     jobs.append(row.job)
-                tally.add(tally.rows, producer.enqueue_many(jobs, batch_size=BATCH_SIZE))
+                try:
+                    result = enqueue_resending(producer, jobs, retry_for, task=task)
+                except PublishFailed as failed:
+                    progress.stop()
+                    tally.add(tally.rows, failed.result)
+                    tally.rows += len(batch)
+                    tally.place_unsent(rows, default_source)
+                    tally.report()
+                    say(tally.summary())
+                    counts = (tally.enqueued, tally.not_published, len(tally.uncertain))
+                    rerun = _file_rerun(len(tally.uncertain))
+                    raise fail(_refused_line(failed, counts, rerun)) from None
+                tally.add(tally.rows, result)
                 tally.rows += len(batch)
                 progress.update(bar, completed=tally.rows)
         except (redis.RedisError, kombu.exceptions.OperationalError, OSError, Unreadable) as error:
             progress.stop()
             if not tally.rows:  # nothing was published: the usual one line
                 if isinstance(error, Unreadable):  # the file changed since the first pass
-                    raise UsageProblem(f"--file {source.name}: {error}") from None
+                    raise UsageProblem(f"--file: {error}") from None
                 raise
             # Earlier batches are published: say exactly what was, then what went wrong.
             tally.report()
@@ -387,26 +476,55 @@ def _check_format(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
-@click.command(cls=OneLineCommand)
-@click.option("--provider", help="green-api or wassenger.")
-@click.option("--account", help="GREEN-API idInstance or Wassenger device id.")
-@click.option("--chat-id", help="The chat to archive, e.g. 79001234567@c.us.")
-@click.option("--request-id", help="Your id for this job, kept in results and dead letters.")
-@click.option("--source", default="cli", show_default=True)
-@click.option(
-    "--file",
-    "path",
-    help="Many jobs: a .csv or .tsv file (header provider,account,chat_id[,request_id,source]) "
-    "or a .jsonl file (one JSON object per line); '-' reads stdin.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    callback=_check_format,
-    help="csv, tsv or jsonl, instead of what the extension or the content says.",
-)
-@one_line_errors
-def enqueue(
+def job_options(action: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """The options ``enqueue`` and ``unarchive`` share: one job, or a file of them."""
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        for option in reversed(
+            [
+                click.option("--provider", help="green-api or wassenger."),
+                click.option("--account", help="GREEN-API idInstance or Wassenger device id."),
+                click.option("--chat-id", help=f"The chat to {action}, e.g. 79001234567@c.us."),
+                click.option(
+                    "--request-id", help="Your id for this job, kept in results and dead letters."
+                ),
+                click.option("--source", default="cli", show_default=True),
+                click.option(
+                    "--file",
+                    "path",
+                    help="Many jobs: a .csv or .tsv file (header provider,account,chat_id"
+                    "[,request_id,source,task_id]) or a .jsonl file (one JSON object per line); "
+                    "'-' reads stdin.",
+                ),
+                click.option(
+                    "--task-id",
+                    help="Store the job under this id: to send again a job whose enqueue was "
+                    "uncertain.",
+                ),
+                click.option(
+                    "--retry-for",
+                    default=RETRY_FOR,
+                    show_default=True,
+                    type=click.FloatRange(min=0),
+                    help="Seconds to keep sending again the jobs not enqueued while Redis "
+                    "refuses writes.",
+                ),
+                click.option(
+                    "--format",
+                    "fmt",
+                    callback=_check_format,
+                    help="csv, tsv or jsonl, instead of what the extension or the content says.",
+                ),
+            ]
+        ):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def run_jobs(
+    task: str,
     provider: str | None,
     account: str | None,
     chat_id: str | None,
@@ -414,11 +532,18 @@ def enqueue(
     source: str,
     path: str | None,
     fmt: str | None,
+    task_id: str | None,
+    retry_for: float,
+    rows: Iterator[Row] | None = None,
+    total: int = 0,
 ) -> None:
-    """Enqueue archive jobs. Every row of a file is reported: enqueued, already pending (with
-    the pending job's id) or refused (with its line number and why). Exits 1 when any row was
-    refused, 2 when the file cannot be read (then nothing is enqueued)."""
-    if path is None:
+    """One job from the options, a file of them, or ``rows`` already read (``total`` of
+    them): what ``enqueue`` and ``unarchive`` do."""
+    one = provider or account or chat_id or request_id or task_id
+    if rows is not None:
+        if one or path:
+            raise UsageProblem("give the jobs one way: options, --file or --sweep")
+    elif path is None:
         missing = [
             name
             for name, value in (
@@ -431,22 +556,44 @@ def enqueue(
         if missing:
             raise UsageProblem(f"{', '.join(missing)} missing (or give --file)")
         assert provider and account and chat_id
-        task_id = enqueue_archive(provider, account, chat_id, request_id=request_id, source=source)
-        say(task_id)
+        job = {
+            "provider": provider,
+            "account": account,
+            "chat_id": chat_id,
+            "request_id": request_id,
+            "source": source,
+            "task_id": task_id,
+        }
+        say(_enqueue_one(job, retry_for, task))
         return
-    if provider or account or chat_id or request_id:
+    elif one:
         raise UsageProblem("give --file or --provider/--account/--chat-id, not both")
-    with _opened(path) as (name, raw):
-        try:
-            encoding, start = _encoding_of(raw.read(4096))
-            first = _first_line(Source(name, raw, encoding, start, "jsonl", ""))
-            file_format, delimiter = _format_of(path, fmt, first)
-            readable = Source(name, raw, encoding, start, file_format, delimiter)
-            total = sum(1 for _ in read_rows(readable))  # the first pass: nothing published
-        except Unreadable as error:
-            raise UsageProblem(f"--file {name}: {error}") from None
-        tally = _enqueue_file(readable, total, source)
+    if rows is not None:
+        tally = _enqueue_file(rows, total, source, retry_for, task)
+    else:
+        assert path is not None
+        with _opened(path) as (name, raw):
+            try:
+                encoding, start = _encoding_of(raw.read(4096))
+                first = _first_line(Source(name, raw, encoding, start, "jsonl", ""))
+                file_format, delimiter = _format_of(path, fmt, first)
+                readable = Source(name, raw, encoding, start, file_format, delimiter)
+                total = sum(1 for _ in read_rows(readable))  # the first pass: nothing published
+            except Unreadable as error:
+                raise UsageProblem(f"--file {name}: {error}") from None
+            tally = _enqueue_file(read_rows(readable), total, source, retry_for, task)
     tally.report()
     say(tally.summary())
     if tally.refused:
         raise SystemExit(1)
+
+
+@click.command(cls=OneLineCommand)
+@job_options("archive")
+@one_line_errors
+def enqueue(**options: Any) -> None:
+    """Enqueue archive jobs. Every row of a file is reported: enqueued, already pending (with
+    the pending job's id) or refused (with its line number and why). Exits 1 when any row was
+    refused or Redis refused writes for longer than --retry-for, 2 when the file cannot be read
+    (then nothing is enqueued)."""
+    run_jobs(ARCHIVE_TASK, **options)

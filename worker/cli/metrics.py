@@ -8,12 +8,17 @@ import threading
 
 import click
 
+from config import AccountRegistry
 from worker.cli.common import OneLineCommand, UsageProblem, one_line_errors, say
 from worker.services import get_accounts, get_services
 from worker.stores.client import safe_url
 from worker.views.exporter import UNAVAILABLE, serve
 
 logger = logging.getLogger("chat_archiver.metrics")
+
+
+def _accounts() -> AccountRegistry:
+    return get_accounts(secrets=False)
 
 
 @click.command(cls=OneLineCommand)
@@ -30,7 +35,9 @@ def metrics(host: str, port: int) -> None:
     paused accounts, read from Redis at each scrape (one exporter for any number of workers).
     While Redis does not answer, scrapes get HTTP 503 and the log one line."""
     services = get_services()
-    get_accounts()  # a wrong configuration: exit 2 now; later changes are reread at a scrape
+    # A wrong accounts file: exit 2 now; later changes are reread at a scrape. Tokens are not
+    # read: the exporter calls no provider.
+    get_accounts(secrets=False)
     try:
         services.redis.ping()
         services.broker.ping()
@@ -42,7 +49,7 @@ def metrics(host: str, port: int) -> None:
             " ".join(str(error).split()),
         )
     try:
-        server, thread = serve(services, get_accounts, host, port)
+        server, thread = serve(services, _accounts, host, port)
     except OSError as error:  # the port is taken, the host is not ours
         why = error.strerror or str(error)
         raise UsageProblem(f"--host {host} --port {port}: cannot listen ({why})") from None

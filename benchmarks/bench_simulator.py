@@ -1,6 +1,6 @@
 """Throughput of the provider simulator for archive calls.
 
-    python tests/benchmarks/bench_simulator.py [--seconds 5] [--clients 4] [--provider green-api]
+    python -m benchmarks.bench_simulator [--seconds 5] [--clients 4] [--provider green-api]
                                                [--chats 100000] [--json]
 
 The simulator runs in its own process (as `chat-archiver simulate` would); several client
@@ -26,10 +26,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from worker.sandbox.simulator import SimulatorClient
 
-from worker.sandbox.simulator import SimulatorClient  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GREEN_ID = "7105187566"
 DEVICE_ID = "0123456789abcdef01234567"
@@ -86,7 +85,7 @@ def worker(
         else:
 
             def call(index: int) -> httpx.Response:
-                return http.put(f"/v1/chat/{DEVICE_ID}/chats/{chat_id(index)}/archive")
+                return http.put(f"/v1/io/{DEVICE_ID}/chats/{chat_id(index)}/archive")
 
         http.get("/_sim/health")  # open the keep-alive connection before the clock starts
         time.sleep(max(0.0, start_at - time.time()))

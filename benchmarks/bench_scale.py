@@ -1,6 +1,6 @@
 """The cost of a job at 5, 1,000 and 5,000 configured accounts, beside a bare Celery task.
 
-    python tests/benchmarks/bench_scale.py [--json] [--quick] [--rounds N] [--jobs N]
+    python -m benchmarks.bench_scale [--json] [--quick] [--rounds N] [--jobs N]
                                             [--idle-seconds S] [--keep-logs]
 
 One worker node, prefork ``-c 4``, every account at 1000/s (no effective limit; the simulator
@@ -27,27 +27,20 @@ task with the same Celery settings.
 
 from __future__ import annotations
 
+import argparse
+import math
+import os
+import statistics
+import subprocess
 import sys
-from pathlib import Path
+import time
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-# First: points the project at a private Redis before anything of it is imported.
-from tests.benchmarks import harness
+from rich.console import Console
+from rich.table import Table
 
-PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
-
-import argparse  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from tests.benchmarks.harness import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import (
     Bench,
     account_id,
     chat_id,

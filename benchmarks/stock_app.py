@@ -1,7 +1,7 @@
 """Stock Celery, as a team without chat-archiver would write it: the baseline of
 ``bench_rate_limit.py``.
 
-    python -m celery -A tests.benchmarks.stock_app worker -Q stock ...   (from the repo root)
+    python -m celery -A benchmarks.stock_app worker -Q stock ...   (from the repo root)
 
 Configured from the environment, because the benchmark starts it as its own process:
 

@@ -1,6 +1,6 @@
 """What finding a dead letter by an id prefix costs, against a scan of every id.
 
-    python tests/benchmarks/bench_dlq_prefix.py [--entries 100000] [--lookups 500] [--json]
+    python -m benchmarks.bench_dlq_prefix [--entries 100000] [--lookups 500] [--json]
 
 A private redis-server holds ``--entries`` dead letters. ``DeadLetterStore.find`` looks a prefix
 up in the ids zset (every score 0) with ZLEXCOUNT and ZRANGEBYLEX: O(log N) on the server and
@@ -16,18 +16,13 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+import redis
 
-import redis  # noqa: E402
-
-from worker.sandbox.local import PrivateRedis  # noqa: E402
-from worker.stores.deadletters import DeadLetter, DeadLetterStore  # noqa: E402
+from worker.sandbox.local import PrivateRedis
+from worker.stores.deadletters import DeadLetter, DeadLetterStore
 
 PREFIX = "bench"
 

@@ -1,7 +1,7 @@
 """Every figure of the job store's design, side by side in one run: thousands of accounts, a
 backlog beside a trickle, a strict provider window on 3 and 6 nodes, stock Celery's baselines.
 
-    python tests/benchmarks/bench_rate_limit.py [--json] [--quick] [--only SECTION ...]
+    python -m benchmarks.bench_rate_limit [--json] [--quick] [--only SECTION ...]
                                                 [--keep-logs] [--redis-hz N] [section options]
 
 Sections, in this order, each on fresh worker nodes and a flushed private Redis (the simulator in
@@ -20,25 +20,17 @@ enqueue   enqueue_many against a .delay() loop                           (bench_
 Each script runs its own sections alone, with the same options. Speeds are ratios to baselines
 measured in the same run (the machine is shared: each section says how much CPU other processes
 took meanwhile). Targets are printed PASS/MISS beside each figure; nothing is asserted.
-About 25 minutes on 2 cores (``--quick``: about 6).
+How long it takes: benchmarks/README.md.
 """
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-# First: points the project at a private Redis before anything of it is imported.
-from tests.benchmarks import harness
-
-PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
-
-from tests.benchmarks import (  # noqa: E402
+from benchmarks import (
     bench_backlog,
     bench_enqueue,
     bench_scale,
     bench_window,
+    harness,
 )
 
 MODULES = [bench_scale, bench_backlog, bench_window, bench_enqueue]

@@ -1,12 +1,11 @@
 """What every benchmark script here shares: a private Redis, the simulator in its own process, real
 worker nodes, and the instruments that read them.
 
-Importing this module points chat-archiver at a private ``redis-server`` on a free port (it sets
-ARCHIVER_BROKER_URL and ARCHIVER_REDIS_URL, and drops every other ARCHIVER_* variable, before
-anything reads settings, and BENCH_BROKER_URL before ``stock_app`` reads it at import). Nothing
-here ever talks to the Redis on 6379. Import it before anything of the project:
-
-    from tests.benchmarks import harness  # first
+Importing this module changes nothing. A script's ``main()`` first calls ``use_private_redis()``,
+which points chat-archiver at a private ``redis-server`` on a free port (ARCHIVER_BROKER_URL and
+ARCHIVER_REDIS_URL, with every other ARCHIVER_* variable dropped, and BENCH_BROKER_URL for the
+stock Celery nodes of ``stock_app``), so nothing here ever talks to the Redis on 6379.
+``main()`` below does it for the scripts built on it.
 
 Instruments (all read from outside the worker, so nothing is changed in the code measured):
 - ``Node``: a ``celery -A worker worker`` process; its CPU (utime + stime from /proc of the main
@@ -25,14 +24,43 @@ measured, never asserted).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import json
+import math
 import os
+import re
+import shlex
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType, ModuleType
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import celery
+import redis
+from celery import Celery
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import stock_app
+from config import Settings
+from worker.celery_app import create_app
+from worker.producer import ArchiveProducer
+from worker.sandbox.cluster import environment
+from worker.sandbox.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process
+from worker.sandbox.simulator import SimulatorClient
+from worker.stores.keys import Keys
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -43,43 +71,18 @@ def _free_port() -> int:
 
 REDIS_PORT = _free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
-for _name in [n for n in os.environ if n.startswith("ARCHIVER_")]:
-    del os.environ[_name]
-os.environ["ARCHIVER_BROKER_URL"] = REDIS_URL
-os.environ["ARCHIVER_REDIS_URL"] = REDIS_URL
-os.environ["BENCH_BROKER_URL"] = REDIS_URL  # tests/benchmarks/stock_app.py
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import re  # noqa: E402
-import shlex  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable, Iterable, Mapping, Sequence  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from datetime import UTC, datetime  # noqa: E402
-from types import FrameType, ModuleType  # noqa: E402
-from typing import Any  # noqa: E402
 
-import celery  # noqa: E402
-import redis  # noqa: E402
-from celery import Celery  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+def use_private_redis() -> None:
+    """Point this process, and every process it starts, at the private Redis: settings read in
+    here (and by the nodes, which inherit this environment) name no other Redis, and no other
+    ARCHIVER_* variable of the caller's shell changes what is measured."""
+    for name in [n for n in os.environ if n.startswith("ARCHIVER_")]:
+        del os.environ[name]
+    os.environ["ARCHIVER_BROKER_URL"] = REDIS_URL
+    os.environ["ARCHIVER_REDIS_URL"] = REDIS_URL
+    os.environ["BENCH_BROKER_URL"] = REDIS_URL  # what benchmarks/stock_app.py reads
 
-from config import Settings  # noqa: E402
-from tests.benchmarks import stock_app  # noqa: E402
-from worker.celery_app import create_app  # noqa: E402
-from worker.producer import ArchiveProducer  # noqa: E402
-from worker.sandbox.cluster import environment  # noqa: E402
-from worker.sandbox.local import WORKER_READY, CeleryProcess, PrivateRedis, worker_process  # noqa: E402
-from worker.sandbox.simulator import SimulatorClient  # noqa: E402
-from worker.stores.keys import Keys  # noqa: E402
 
 PROVIDER = "green-api"
 METHOD = "archiveChat"
@@ -302,6 +305,7 @@ class RedisSnapshot:
     net_in: int
     net_out: int
     cpu: float
+    reads: int = 0  # read events: about one per request or pipeline sent (a round trip)
 
     def __sub__(self, other: RedisSnapshot) -> RedisDelta:
         names = set(self.commands) | set(other.commands)
@@ -314,6 +318,7 @@ class RedisSnapshot:
             net_in=self.net_in - other.net_in - INFO_REQUEST_BYTES,
             net_out=self.net_out - other.net_out,
             cpu=self.cpu - other.cpu,
+            reads=self.reads - other.reads - 1,  # the INFO that took this snapshot
         )
 
 
@@ -324,6 +329,7 @@ class RedisDelta:
     net_in: float
     net_out: float
     cpu: float
+    reads: float = 0.0
 
     @property
     def total(self) -> float:
@@ -336,6 +342,7 @@ class RedisDelta:
             self.net_in * factor,
             self.net_out * factor,
             self.cpu * factor,
+            self.reads * factor,
         )
 
     def minus(self, other: RedisDelta, times: float = 1.0) -> RedisDelta:
@@ -348,6 +355,7 @@ class RedisDelta:
             self.net_in - other.net_in * times,
             self.net_out - other.net_out * times,
             self.cpu,
+            self.reads - other.reads * times,
         )
 
     def per(self, count: float, top: int = 12) -> dict[str, Any]:
@@ -358,6 +366,7 @@ class RedisDelta:
         scripts = sum(v for k, v in self.commands.items() if k in ("evalsha", "eval", "fcall"))
         return {
             "commands": round(self.total / count, 2),
+            "round_trips": round(self.reads / count, 2),
             "scripts": round(scripts / count, 2),
             "bytes_in": round(self.net_in / count, 1),
             "bytes_out": round(self.net_out / count, 1),
@@ -385,6 +394,7 @@ class RedisStats:
             net_in=int(info["total_net_input_bytes"]),
             net_out=int(info["total_net_output_bytes"]),
             cpu=float(info["used_cpu_sys"]) + float(info["used_cpu_user"]),
+            reads=int(info.get("total_reads_processed", 0)),
         )
 
 
@@ -646,10 +656,10 @@ class Bench:
                 concurrency=concurrency,
                 queues=stock_app.QUEUE if stock else None,
             )
-            process.cwd = ROOT  # where `-A tests.benchmarks.stock_app` is importable
+            process.cwd = ROOT  # where `-A benchmarks.stock_app` is importable
             if stock:
                 # Same flags (pool, concurrency, no gossip or mingle); only -A differs.
-                process.command[process.command.index("-A") + 1] = "tests.benchmarks.stock_app"
+                process.command[process.command.index("-A") + 1] = "benchmarks.stock_app"
             nodes.append(Node(process, name))
         self.nodes.extend(nodes)
         for node in nodes:
@@ -888,6 +898,7 @@ def main(description: str, modules: Sequence[ModuleType], doc: str = "") -> None
         if adder is not None:
             adder(parser)
     args = parser.parse_args()
+    use_private_redis()
     signal.signal(signal.SIGTERM, _raise_interrupt)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-"))
     keep = args.keep_logs

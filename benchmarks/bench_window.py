@@ -1,7 +1,7 @@
 """A provider's strict sliding one-second window: a cold burst, then steady load, on 3 and 6 nodes,
 chat-archiver beside stock Celery's ``rate_limit``.
 
-    python tests/benchmarks/bench_window.py [--json] [--quick] [--only window]
+    python -m benchmarks.bench_window [--json] [--quick] [--only window]
                                              [--burst N] [--steady-seconds S] [--keep-logs]
                                              [--nodes K ...] [--archiver-only]
 
@@ -30,24 +30,17 @@ every refused call prints the ages of the calls the simulator's window held when
 
 from __future__ import annotations
 
+import argparse
+import math
 import sys
-from pathlib import Path
+import time
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-# First: points the project at a private Redis before anything of it is imported.
-from tests.benchmarks import harness
+from rich.console import Console
+from rich.table import Table
 
-PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
-
-import argparse  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from tests.benchmarks.harness import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import (
     METHOD,
     Bench,
     Node,
@@ -59,7 +52,7 @@ from tests.benchmarks.harness import (  # noqa: E402
     scenario_account,
     target,
 )
-from worker.stores.limiter import MICROS  # noqa: E402
+from worker.stores.limiter import MICROS
 
 LIMIT = 10
 ACCOUNTS = 5

@@ -1,6 +1,6 @@
 """Reliability benchmark: garbage, killed nodes and Redis restarts, every job counted.
 
-    python tests/benchmarks/bench_reliability.py [--fuzz 10000] [--valid 500]
+    python -m benchmarks.bench_reliability [--fuzz 10000] [--valid 500]
         [--jobs 3000] [--kills 20] [--restarts 3] [--only fuzz|faults] [--json]
 
 fuzz     N generated messages (tests/unit/test_envelope.py's strategy: mangled kombu envelopes
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import sys
@@ -29,12 +30,6 @@ import time
 from datetime import UTC
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-import os
-
-# Before anything builds a Celery app from the environment: nothing may reach a shared Redis.
-os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
 
 import redis
 from hypothesis import HealthCheck, given, settings
@@ -229,6 +224,8 @@ def main() -> int:
         "--keep", action="store_true", help="Keep the worker logs (folder printed)."
     )
     args = parser.parse_args()
+    # Before anything builds a Celery app from the environment: nothing may reach a shared Redis.
+    os.environ["ARCHIVER_BROKER_URL"] = "redis://127.0.0.1:1/15"
     report: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-reliability-") as folder:
         workdir = Path(tempfile.mkdtemp(prefix="bench-reliability-")) if args.keep else Path(folder)

@@ -1,6 +1,6 @@
 """A backlog of 20,000 jobs on one account at its limit, while other accounts get a trickle.
 
-    python tests/benchmarks/bench_backlog.py [--json] [--quick] [--only backlog fairness]
+    python -m benchmarks.bench_backlog [--json] [--quick] [--only backlog fairness]
                                               [--backlog N] [--window S] [--keep-logs]
 
 Five GREEN-API accounts at 10/s, each limit enforced by the simulator in a sliding second. One
@@ -28,26 +28,19 @@ measured apart and taken off).
 
 from __future__ import annotations
 
+import argparse
+import itertools
+import math
 import sys
-from pathlib import Path
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-# First: points the project at a private Redis before anything of it is imported.
-from tests.benchmarks import harness
+from rich.console import Console
+from rich.table import Table
 
-PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
-
-import argparse  # noqa: E402
-import itertools  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from tests.benchmarks.harness import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import (
     METHOD,
     OUTCOME,
     RETRIED,
@@ -64,7 +57,7 @@ from tests.benchmarks.harness import (  # noqa: E402
     summary,
     target,
 )
-from worker.stores.limiter import MICROS  # noqa: E402
+from worker.stores.limiter import MICROS
 
 LIMIT = 10
 ACCOUNTS = 5

@@ -1,7 +1,7 @@
-"""Summarise a mutmut 3 run (tests/MUTATION.md): counts per file and every survivor with its diff.
+"""Summarise a mutmut 3 run (docs/mutation.md): counts per file and every survivor with its diff.
 
-    python tests/mutation_report.py [--mutants DIR] [--json FILE] [--summary]
-    python tests/mutation_report.py --sample N [--seed S]   # N not-run mutants' names
+    python tools/mutation_report.py [--mutants DIR] [--json FILE] [--summary]
+    python tools/mutation_report.py --sample N [--seed S]   # N not-run mutants' names
 
 Reads mutmut's own records (``mutants/**/*.py.meta``: an exit code per mutant) and, for each
 survivor, the original and the mutated function from the mutated copy, so no ``mutmut show``
@@ -74,7 +74,8 @@ def function_of(name: str) -> str:
 def _diff(original: str, mutant: str) -> tuple[str, str]:
     a = [line.strip() for line in original.splitlines()[1:]]  # the def lines differ by name
     b = [line.strip() for line in mutant.splitlines()[1:]]
-    removed, added = [], []
+    removed: list[str] = []
+    added: list[str] = []
     for line in difflib.unified_diff(a, b, lineterm="", n=0):
         if line.startswith(("---", "+++", "@@")):
             continue
@@ -118,7 +119,7 @@ def classify(removed: str, added: str, function: str = "") -> tuple[str, str]:
     return "review", ""
 
 
-# Survivors of functions reviewed by hand (tests/MUTATION.md): (class, why) by function name.
+# Survivors of functions reviewed by hand (docs/mutation.md): (class, why) by function name.
 # "gap": the behaviour is real and no unit test pins it (its value is said); "equivalent": no
 # caller can tell; "integration": only the integration tests (real workers) reach what it changes.
 REVIEWED: dict[str, tuple[str, str]] = {
@@ -530,7 +531,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261201, help="the sample's seed")
     args = parser.parse_args()
     if not args.mutants.is_dir():
-        print(f"no {args.mutants}/ here: run mutmut first (tests/MUTATION.md)", file=sys.stderr)
+        print(f"no {args.mutants}/ here: run mutmut first (docs/mutation.md)", file=sys.stderr)
         return 2
     if args.sample is not None:
         names = not_run(args.mutants)

@@ -1,6 +1,6 @@
 """Bulk enqueue (``enqueue_many``, pipelined) against a loop of ``archive_chat.delay``.
 
-    python tests/benchmarks/bench_enqueue.py [--json] [--quick] [--keep-logs]
+    python -m benchmarks.bench_enqueue [--json] [--quick] [--keep-logs]
 
 No worker runs: both paths publish to the intake queue of a private Redis. 20,000 jobs through
 ``enqueue_many`` and 2,000 through ``.delay()``, three rounds alternating, medians compared (one
@@ -11,24 +11,17 @@ counted too.
 
 from __future__ import annotations
 
+import argparse
+import statistics
 import sys
-from pathlib import Path
+import time
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-# First: points the project at a private Redis before anything of it is imported.
-from tests.benchmarks import harness
+from rich.console import Console
+from rich.table import Table
 
-PRIVATE_REDIS = harness.REDIS_URL  # every client below talks to this one only
-
-import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-from typing import Any  # noqa: E402
-
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from tests.benchmarks.harness import (  # noqa: E402
+from benchmarks import harness
+from benchmarks.harness import (
     PROVIDER,
     Bench,
     account_id,
