@@ -36,6 +36,11 @@ def set_outage_grace(seconds: float) -> None:
         reset_state_redis()
 
 
+# How long a client waits for any answer; a blocking command must block for less, or its wait
+# ends as a socket timeout (and a reconnect) instead of Redis's empty answer.
+SOCKET_TIMEOUT = 10
+
+
 def connect(url: str, *, decode: bool = True, settings: Settings | None = None) -> redis.Redis:
     """A client of the Redis at ``url``; for a sentinel:// URL, of the master its Sentinels name
     (worker/sentinel.py), with the master's name from ``settings`` (this process's if None)."""
@@ -43,7 +48,7 @@ def connect(url: str, *, decode: bool = True, settings: Settings | None = None) 
     retries = 4 + int(_outage_grace)
     options: dict[str, Any] = {
         "decode_responses": decode,
-        "socket_timeout": 10,
+        "socket_timeout": SOCKET_TIMEOUT,
         "socket_connect_timeout": 5,
         # No PING before reusing an idle connection: under MISCONF Redis refuses even PING, and
         # a check that fails would refuse every read too (status must still answer). A dead
