@@ -348,6 +348,7 @@ class CeleryProcess:
         self.log_path = log_path
         self.cwd = cwd
         self.process: subprocess.Popen[bytes] | None = None
+        self._asked_to_stop: subprocess.Popen[bytes] | None = None
 
     def start(self) -> CeleryProcess:
         log = self.log_path.open("ab")
@@ -399,12 +400,18 @@ class CeleryProcess:
         else:
             self.process.send_signal(signum)
 
+    def begin_stop(self) -> None:
+        """Ask for a warm shutdown (SIGTERM) without waiting for it; once per process."""
+        if self.process is not None and self._asked_to_stop is not self.process:
+            self.signal(signal.SIGTERM)
+            self._asked_to_stop = self.process
+
     def stop(self, timeout: float = 20.0) -> int | None:
         """Warm shutdown (SIGTERM), then SIGKILL to the whole group if it does not end."""
         if self.process is None:
             return None
         if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
+            self.begin_stop()
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
