@@ -166,7 +166,8 @@ def bench_faults(workdir: Path, jobs: int, kills: int, restarts: int) -> dict[st
                         down_for=0.3, signum=random.choice([signal.SIGKILL, signal.SIGTERM])
                     )
                     continue
-                held = list(cluster.redis.hgetall(KEYS.runs))
+                # The jobs running now: the active set's members are "<task id>|<lease>".
+                held = [m.split("|")[0] for m in cluster.redis.zrange(KEYS.active, 0, -1)]
                 victim = random.choice([n for n in nodes if n.process.poll() is None])  # type: ignore[union-attr]
                 victim.signal(signal.SIGKILL, group=True)
                 # The jobs the killed node was running (its log names each job it received).

@@ -4,7 +4,7 @@
 
 For each provider it runs ``chat-archiver sweep`` as its own process (the code a worker's
 archive.sweep task runs) against the simulator, which enforces the listing limits, and reports:
-jobs enqueued (and found in the intake queue), listing calls per method, time spent waiting
+jobs enqueued (and found in the job store), listing calls per method, time spent waiting
 for the shared limiter's permits against everything else, and the sweeping process's peak RSS.
 Then it checks each chat once: the same chats swept again, enqueued again in bulk and sent again
 with raw send_task while their jobs are pending, before real workers run them all: the provider
@@ -34,6 +34,7 @@ from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
 from worker.sandbox.local import WORKER_READY, PrivateRedis, free_port, worker_process
 from worker.sandbox.simulator import SimulatorClient
+from worker.stores.keys import Keys
 
 GREEN_ID = "7200000001"
 WASSENGER_ID = "72000000000000000000aa01"
@@ -183,12 +184,12 @@ def main() -> int:
         )
         state = redis.Redis.from_url(private.url, decode_responses=True)
 
-        intake = Settings(broker_url=private.url).queue
+        # Producers (a sweep among them) write jobs into the job store; no worker runs here.
+        jobs = Keys(Settings(broker_url=private.url).key_prefix).jobs
         for provider, account in (("green-api", GREEN_ID), ("wassenger", WASSENGER_ID)):
             truth = len(sim.inactive(provider, account, days=30))
             sim.reset_counters()
-            # No worker runs: the sweep's jobs stay in the intake queue, where producers put them.
-            queued_before = int(state.llen(intake))
+            queued_before = int(state.hlen(jobs))
             result = run_sweep(env, provider, account)
             summary = result["summary"]
             counters = sim.counters()["accounts"][f"{provider}:{account}"]
@@ -197,7 +198,7 @@ def main() -> int:
             figures[provider] = {
                 "inactive_truth": truth,
                 "enqueued": summary["enqueued"],
-                "queued": int(state.llen(intake)) - queued_before,
+                "queued": int(state.hlen(jobs)) - queued_before,
                 "listing_calls": summary["calls"],
                 "provider_429s": sum(c.get("rate_limited", 0) for c in counters.values()),
                 "sweep_seconds": summary["seconds"],
@@ -207,7 +208,7 @@ def main() -> int:
                 "peak_rss_mb": result["peak_rss_mb"],
             }
 
-        # The sweeps above left 40,000 jobs in the intake queue for accounts at 10/s and 5/s:
+        # The sweeps above left 40,000 jobs in the job store for accounts at 10/s and 5/s:
         # forget them (this Redis is ours), so the workers below serve only the duplicate test.
         state.flushdb()
         figures["each_chat_once"] = _each_chat_once(
@@ -338,7 +339,7 @@ def _report(console: Console, figures: dict[str, Any]) -> None:
     rows = [
         ("inactive chats (simulator truth)", "inactive_truth"),
         ("jobs enqueued", "enqueued"),
-        ("jobs in the intake queue", "queued"),
+        ("jobs in the job store", "queued"),
         ("provider 429s", "provider_429s"),
         ("sweep seconds", "sweep_seconds"),
         ("  waiting for listing permits", "permit_wait_seconds"),
