@@ -11,6 +11,10 @@ LOCK := requirements.lock
 RUNTIME_LOCK := requirements-runtime.lock
 # Extra arguments for pytest, e.g. make test PYTEST_ARGS='tests/unit -q'.
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): each takes whole files, so a module's shared worker cluster and
+# its last_in_module checks stay in one process. The suite mostly waits on real workers, so two
+# processes halve its time on two cores; TEST_PROCESSES=0 runs it in this one process.
+TEST_PROCESSES ?= 2
 # make update PACKAGES='kombu redis' moves only those pins; by default every pin moves.
 PACKAGES ?=
 
@@ -37,7 +41,7 @@ test: $(INSTALLED)
 	ruff check .
 	ruff format --check .
 	mypy
-	python -m pytest $(PYTEST_ARGS)
+	python -m pytest -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 install: $(INSTALLED)
 
