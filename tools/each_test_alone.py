@@ -50,7 +50,7 @@ class _Only:
         self, config: pytest.Config, items: list[pytest.Item]
     ) -> None:
         kept = [items[self.index]] if self.index < len(items) else []
-        if kept and kept[0].nodeid.split("::")[-1].split("[")[0] != self.name:
+        if kept and getattr(kept[0], "originalname", kept[0].name) != self.name:
             kept = []  # collected otherwise than in the parent: pytest exits 5, reported
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
@@ -65,7 +65,8 @@ def run_alone(node_id: str, index: int) -> int:
         os.dup2(devnull, 2)
         path, _, rest = node_id.partition("::")
         arguments = ["-q", "-p", "no:randomly", "-p", "no:cacheprovider", path]
-        code = pytest.main(arguments, plugins=[_Only(index, rest.split("[")[0])])
+        name = rest.split("[")[0].split("::")[-1]  # a class's test: after its class
+        code = pytest.main(arguments, plugins=[_Only(index, name)])
         os._exit(int(code))
     return pid
 
