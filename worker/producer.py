@@ -38,7 +38,7 @@ from config import ArchiverError, Settings, get_settings
 from config.errors import one_line
 from config.per_process import PerProcess
 from worker.contract.jobs import ArchiveJob, InvalidJob, parse_task_id
-from worker.contract.tasks import ARCHIVE_TASK, CHAT_TASKS, UNPACED
+from worker.contract.tasks import ARCHIVE_TASK, CHAT_TASKS, UNARCHIVE_TASK, UNPACED
 from worker.stores.client import connect, state_redis
 from worker.stores.jobs import Held, JobBody, JobStore, NewJob, Submitted
 from worker.stores.keys import Keys
@@ -424,8 +424,6 @@ def enqueue_unarchive(
     producer: ArchiveProducer | None = None,
 ) -> str:
     """Validate one undo job (restore an archived chat) and enqueue it; return its task id."""
-    from worker.contract.tasks import UNARCHIVE_TASK
-
     return (producer or default_producer()).enqueue(
         _row(provider, account, chat_id, request_id, source), task=UNARCHIVE_TASK
     )

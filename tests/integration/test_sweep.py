@@ -17,11 +17,12 @@ from tasks.archive import ArchiveRunner, RunContext
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
 from tests.support import JobDesk, run_cli, stored_jobs
+from tests.unit.sweep_support import accounts_file
 from tests.unit.test_compose import DEPLOY, ENV
 from tests.unit.test_operator_readme import README, commands
 from worker.celery_app import create_app
 from worker.producer import ArchiveProducer
-from worker.sandbox.simulator import SimulatorClient, SimulatorHandle, start_in_thread
+from worker.sandbox.simulator import SimulatorClient, SimulatorHandle
 from worker.services import Services, get_accounts, get_services, reset_services
 from worker.stores.endings import Endings
 from worker.stores.jobs import StoredJob
@@ -62,45 +63,11 @@ class SweepEnv:
         return jobs
 
 
-@pytest.fixture(scope="module")
-def simulator() -> Iterator[SimulatorHandle]:
-    with start_in_thread() as handle:
-        yield handle
-
-
-def write_accounts(
-    path: Path, api_url: str, green_sweep: str, wassenger_sweep: str, listing_rate: str = "20/s"
-) -> None:
-    green_listing = "\n".join(
-        f'{method} = "{listing_rate}"'
-        for method in (
-            "getSettings",
-            "getChats",
-            "lastIncomingMessages",
-            "lastOutgoingMessages",
-            "getChatHistory",
-        )
+def write_accounts(path: Path, api_url: str, green_sweep: str, wassenger_sweep: str) -> None:
+    """The accounts file at the listing rates these tests run at: GREEN-API 20/s, Wassenger 2/s."""
+    accounts_file(
+        path, api_url, green_sweep, wassenger_sweep, green_rate="20/s", wassenger_rate="2/s"
     )
-    path.write_text(f"""
-[[accounts]]
-provider = "green-api"
-id = "{GREEN_ID}"
-api_url = "{api_url}"
-token_env = "TEST_GREEN_TOKEN"
-[accounts.rate_limits]
-{green_listing}
-[accounts.sweep]
-{green_sweep}
-
-[[accounts]]
-provider = "wassenger"
-id = "{WASSENGER_ID}"
-api_url = "{api_url}"
-token_env = "TEST_WASSENGER_TOKEN"
-rate_limits = {{ listChats = "2/s" }}
-[accounts.sweep]
-{wassenger_sweep}
-""")
 
 
 @pytest.fixture

@@ -79,8 +79,18 @@ class Sweeps:
         )
 
 
-def accounts_file(path: Path, api_url: str, green_sweep: str, wassenger_sweep: str) -> Path:
-    rates = "\n".join(f'{method} = "50/s"' for method in GREEN_LISTING)
+def accounts_file(
+    path: Path,
+    api_url: str,
+    green_sweep: str,
+    wassenger_sweep: str,
+    *,
+    green_rate: str = "50/s",
+    wassenger_rate: str = "50/s",
+) -> Path:
+    """Both test accounts with these sweep policies; ``green_rate`` for each GREEN-API listing
+    method, ``wassenger_rate`` for Wassenger's listChats."""
+    rates = "\n".join(f'{method} = "{green_rate}"' for method in GREEN_LISTING)
     path.write_text(f"""
 [[accounts]]
 provider = "green-api"
@@ -97,7 +107,7 @@ provider = "wassenger"
 id = "{WASSENGER_ID}"
 api_url = "{api_url}"
 token_env = "TEST_WASSENGER_TOKEN"
-rate_limits = {{ listChats = "50/s" }}
+rate_limits = {{ listChats = "{wassenger_rate}" }}
 [accounts.sweep]
 {wassenger_sweep}
 """)
