@@ -69,6 +69,28 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_simulator(log_path: Path) -> tuple[subprocess.Popen[str], str]:
+    """``chat-archiver simulate`` on a free port, in its own process and session (a Ctrl-C meant
+    for us must not stop it before we have cleaned up); returned with its URL once it listens."""
+    port = _free_port()
+    progress(f"starting the simulator on port {port} (its own process)")
+    log = log_path.open("ab")
+    simulator = subprocess.Popen(
+        [sys.executable, "-m", "worker.cli", "simulate", "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+        start_new_session=True,
+    )
+    log.close()
+    assert simulator.stdout is not None
+    line = simulator.stdout.readline()
+    if "listening on" not in line:
+        raise RuntimeError(f"the simulator did not start: {line!r}")
+    return simulator, f"http://127.0.0.1:{port}"
+
+
 REDIS_PORT = _free_port()
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 
@@ -471,24 +493,7 @@ class Bench:
         if self.redis_hz:
             self.redis.config_set("hz", self.redis_hz)
         self.stats = RedisStats(self.redis)
-        port = _free_port()
-        self.sim_url = f"http://127.0.0.1:{port}"
-        progress(f"starting the simulator on port {port} (its own process)")
-        log = (self.run_dir / "simulator.log").open("ab")
-        # Its own session: a Ctrl-C meant for us must not stop it before we have cleaned up.
-        self.simulator = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "simulate", "--port", str(port)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-        log.close()
-        assert self.simulator.stdout is not None
-        line = self.simulator.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"the simulator did not start: {line!r}")
+        self.simulator, self.sim_url = start_simulator(self.run_dir / "simulator.log")
         self.sim = SimulatorClient(self.sim_url, timeout=120)
 
     def stop(self) -> None:

@@ -55,13 +55,13 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from benchmarks import traced_app  # noqa: E402
+from benchmarks.harness import start_simulator  # noqa: E402
 from worker.producer import ArchiveProducer  # noqa: E402
 from worker.sandbox.cluster import LocalCluster  # noqa: E402
 from worker.sandbox.local import (  # noqa: E402
     WORKER_READY,
     CeleryProcess,
     PrivateRedis,
-    free_port,
     worker_process,
 )
 from worker.sandbox.simulator import SimulatorClient  # noqa: E402
@@ -246,22 +246,7 @@ class Soak:
 
     def start(self) -> None:
         self.redis.start()
-        port = free_port()
-        sim_url = f"http://127.0.0.1:{port}"
-        log = (self.workdir / "simulator.log").open("ab")
-        self.simulator = subprocess.Popen(
-            [sys.executable, "-m", "worker.cli", "simulate", "--port", str(port)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            start_new_session=True,
-        )
-        log.close()
-        assert self.simulator.stdout is not None
-        line = self.simulator.stdout.readline()
-        if "listening on" not in line:
-            raise RuntimeError(f"the simulator did not start: {line!r}")
+        self.simulator, sim_url = start_simulator(self.workdir / "simulator.log")
         with SimulatorClient(sim_url, timeout=120) as sim:
             sim.load_scenario({"accounts": [self._sim_account(n) for n in self._accounts()]})
         accounts_file = self.workdir / "accounts.toml"
