@@ -2,7 +2,11 @@
 (worker/sandbox/local.py's SentinelGroup), several real worker nodes, and a producer enqueueing
 3,000 jobs while the Sentinels move the master twice by ``SENTINEL FAILOVER`` and once after a
 SIGKILL. Every process reaches Redis only through the Sentinels (ARCHIVER_BROKER_URL and
-ARCHIVER_REDIS_URL are the group's sentinel:// URL)."""
+ARCHIVER_REDIS_URL are the group's sentinel:// URL).
+
+Run alone (make test runs the ``alone`` tests after the rest): in one run of six, beside another
+file's workers, one of the 3,000 jobs ended dead-lettered; the cause is not yet known, and the
+assertion now shows that job's outcome."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ from worker.sandbox.local import WORKER_READY, CeleryProcess, SentinelGroup, wor
 from worker.sandbox.simulator import SimulatorHandle
 from worker.stores.client import connect, set_outage_grace
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 JOBS = 3000
 # Per account, in calls a second: the simulator refuses (429) a call above its provider's limit,
@@ -200,7 +204,11 @@ def test_jobs_survive_sentinel_failovers_and_a_killed_master(
     missing = [task_id for task_id, outcome in outcomes.items() if outcome is None]
     assert not missing, f"{len(missing)} jobs without an outcome, e.g. {missing[:3]}"
     kinds = {str(outcome["outcome"]) for outcome in outcomes.values() if outcome is not None}
-    assert kinds <= {"archived", "already_archived"}, kinds
+    assert kinds <= {"archived", "already_archived"}, [
+        outcome
+        for outcome in outcomes.values()
+        if outcome and outcome["outcome"] not in ("archived", "already_archived")
+    ][:5]
     assert len(task_ids) == JOBS  # one job per chat: a call made again stored nothing twice
     assert len(cluster.dead_letters) == 0, [e.detail for e in cluster.dead_letters.iter()]
     for provider, account in (("green-api", GREEN_ID), ("wassenger", WASSENGER_ID)):
