@@ -11,6 +11,7 @@ reads only its node's ready queue, which the node's dispatcher fills with jobs t
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 import threading
@@ -151,6 +152,10 @@ def _check_accounts(**_: Any) -> None:
         get_accounts()
     except ConfigError as error:
         sys.exit(f"chat-archiver: {error}")
+    # What is loaded so far lives as long as the node, a hundred thousand accounts included: out
+    # of the collector's reach, the full collection Celery runs before forking each pool process
+    # (and every later one) skips it, and the forks share its pages instead of copying them.
+    gc.freeze()
     if is_sentinel_url(get_settings().state_url):
         # Off the start's path: a Redis that is not there yet must not hold the worker up.
         url = get_settings().state_url

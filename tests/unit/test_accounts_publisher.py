@@ -3,6 +3,7 @@ file changed, and again whatever did not reach Redis (worker/dispatch/registry.p
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,12 +22,12 @@ Batches = list[dict[str, Any]]
 
 @pytest.fixture
 def batches(monkeypatch: pytest.MonkeyPatch) -> Batches:
-    """Every batch the publisher hands the job store, as it was handed."""
+    """Every batch the publisher hands the job store, each entry's JSON text read back."""
     sent: Batches = []
     original = JobStore.publish_accounts
 
     def recording(self: JobStore, entries: Mapping[str, Any]) -> None:
-        sent.append(dict(entries))
+        sent.append({k: v if v is None else json.loads(v) for k, v in entries.items()})
         original(self, entries)
 
     monkeypatch.setattr(JobStore, "publish_accounts", recording)

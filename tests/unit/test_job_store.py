@@ -64,8 +64,9 @@ def store(client: redis.Redis, keys: Keys, clock: PinnedClock) -> JobStore:
 
 
 def limit(keys: Keys, account: str, per_second: float = 10, gap_us: int = 0) -> list[Any]:
-    """One limit as dispatch.lua reads it: TAT key, interval (µs), idle gap (µs)."""
-    return [keys.limiter(account, "archiveChat"), int(MICROS / per_second), gap_us]
+    """One limit as dispatch.lua reads it: the method (the TAT key is Keys.limiter's of it),
+    interval (µs), idle gap (µs)."""
+    return ["archiveChat", int(MICROS / per_second), gap_us]
 
 
 def conf(keys: Keys, account: str, per_second: float = 10, gap_us: int = 0) -> dict[str, Any]:
@@ -393,6 +394,22 @@ def test_an_idle_limit_gives_its_slot_now_and_keeps_the_next_a_gap_further(
     [third] = store.dispatch(10).jobs
     assert third.slot == clock.micros
     assert int(store.redis.get(tat)) == clock.micros + 105_000  # type: ignore[arg-type]
+
+
+def test_an_entry_naming_its_whole_limiter_key_is_read_as_it_is(
+    store: JobStore, keys: Keys, clock: PinnedClock
+) -> None:
+    """A node of an earlier release publishes the TAT key itself; during a rolling upgrade the
+    dispatcher takes permits on that same key, never on one of its own."""
+    entry = conf(keys, A)
+    entry["l"][ARCHIVE_TASK][0] = keys.limiter(A, "archiveChat")
+    store.publish_accounts({A: entry})
+    submit(store, *(job(f"j{n}") for n in range(2)))
+    started = clock.micros
+    assert [j.slot for j in store.dispatch(10).jobs] == [started]
+    tat = store.redis.get(keys.limiter(A, "archiveChat"))
+    assert int(tat) == started + 100_000  # type: ignore[arg-type]
+    assert store.redis.keys(f"{keys.limiter_prefix}*") == [keys.limiter(A, "archiveChat")]
 
 
 def test_accounts_take_turns_in_the_order_of_their_next_slot(

@@ -85,9 +85,7 @@ def test_the_gap_is_the_late_allowance_in_what_the_dispatcher_reads(
         5_000,
     ]
     entry = dispatch_entry(account, archiver_env.services.limiter)
-    assert entry["l"]["archive.chat"][0] == archiver_env.services.keys.limiter(
-        account.key, "archiveChat"
-    )
+    assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 5_000]
 
 
 def test_far_permit_is_refused_without_reserving(limiter: AccountLimiter, account: Account) -> None:

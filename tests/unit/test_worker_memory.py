@@ -17,6 +17,7 @@ from celery.app.trace import build_tracer
 from celery.exceptions import Ignore, Retry
 
 from config import ConfigError, load_settings
+from tests.conftest import Env
 from worker import tracebacks
 
 
@@ -157,3 +158,20 @@ def test_a_wrong_recycling_limit_is_one_line_naming_the_variable(
     assert line.startswith("ARCHIVER_WORKER_MAX_MEMORY_PER_CHILD: ")
     assert why in line
     assert f"(got {value!r})" in line or f"(got {value})" in line
+
+
+def test_a_node_start_puts_its_accounts_out_of_the_collectors_reach(archiver_env: Env) -> None:
+    """worker_init loads the accounts and freezes what is loaded: Celery's full collection
+    before each pool fork (and every later one) does not walk a hundred thousand accounts."""
+    from worker.celery_app import _check_accounts
+    from worker.services import get_accounts
+
+    gc.unfreeze()
+    try:
+        _check_accounts()
+        assert gc.get_freeze_count() > 0
+        account = next(iter(get_accounts()))
+        tracked = {id(o) for generation in range(3) for o in gc.get_objects(generation)}
+        assert id(account) not in tracked and id(account.rates) not in tracked
+    finally:
+        gc.unfreeze()

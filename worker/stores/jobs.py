@@ -33,6 +33,8 @@ from worker.stores.writes import Writes
 
 # Delayed jobs promoted to their wait lists per dispatch call: bounds the work of one call.
 PROMOTE_PER_CALL = 500
+# Accounts a publish_accounts.lua call writes: a few milliseconds of Redis.
+PUBLISH_PER_CALL = 1000
 # How far ahead of its permit a job may be handed out: time for its message to reach a worker
 # process, so the call goes out on its slot. A worker slot sleeps at most this long for it.
 DISPATCH_LEAD = 0.02
@@ -262,6 +264,7 @@ class JobStore:
                 "lease_us": _us(self.lease),
                 "promote_max": PROMOTE_PER_CALL,
                 "wait_prefix": k.wait_prefix,
+                "limiter_prefix": k.limiter_prefix,
                 "parked_prefix": k.parked(""),
                 "probe_prefix": k.circuit_probe_prefix,
                 "probe_ttl_ms": int(self.probe_ttl * 1000),
@@ -417,19 +420,37 @@ class JobStore:
 
     # -- accounts -------------------------------------------------------------------------------
 
-    def publish_accounts(self, entries: Mapping[str, Mapping[str, Any] | None]) -> None:
-        """What dispatch.lua needs of each account (None withdraws it), in batches."""
-        items: list[str] = []
+    def publish_accounts(self, entries: Mapping[str, Mapping[str, Any] | str | None]) -> None:
+        """What dispatch.lua needs of each account, as a mapping or its JSON text (None
+        withdraws it). Accounts with the same entry travel as one argument, their names joined
+        by newlines (a name cannot hold one: config/accounts.py), so a hundred thousand
+        accounts cost a few arguments, not two hundred thousand."""
+        groups: dict[str, list[str]] = {}
         for account, conf in entries.items():
-            items += [account, "" if conf is None else json.dumps(conf, sort_keys=True)]
+            if conf is None:
+                text = ""
+            else:
+                text = conf if isinstance(conf, str) else json.dumps(conf, sort_keys=True)
+            groups.setdefault(text, []).append(account)
         k = self.keys
-        for start in range(0, len(items), 1000):
-            load("publish_accounts").run(
-                self.redis,
-                keys={"accounts": k.accounts, "due": k.due, "unknown": k.unknown},
-                args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix, "wake": k.wake},
-                rest=items[start : start + 1000],
-            )
+        calls: list[list[str]] = [[]]
+        room = PUBLISH_PER_CALL
+        for text, accounts in groups.items():
+            while accounts:
+                if room == 0:
+                    calls.append([])
+                    room = PUBLISH_PER_CALL
+                taken, accounts = accounts[:room], accounts[room:]
+                calls[-1] += [text, "\n".join(taken)]
+                room -= len(taken)
+        for rest in calls:
+            if rest:
+                load("publish_accounts").run(
+                    self.redis,
+                    keys={"accounts": k.accounts, "due": k.due, "unknown": k.unknown},
+                    args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix, "wake": k.wake},
+                    rest=rest,
+                )
 
     def published_accounts(self) -> dict[str, dict[str, Any]]:
         return {

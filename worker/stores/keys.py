@@ -107,8 +107,13 @@ class Keys:
         return f"{self.prefix}:routing:"
 
     # -- per account state -------------------------------------------------------------------
+    @property
+    def limiter_prefix(self) -> str:
+        return f"{self.prefix}:limiter:"
+
     def limiter(self, account: str, method: str) -> str:
-        return f"{self.prefix}:limiter:{account}:{method}"
+        """dispatch.lua builds the same name from ``limiter_prefix``, the account and the method."""
+        return f"{self.limiter_prefix}{account}:{method}"
 
     def circuit(self, account: str) -> str:
         return f"{self.prefix}:circuit:{account}"
