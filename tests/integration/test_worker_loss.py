@@ -80,3 +80,30 @@ def test_job_that_kills_its_worker_every_time_is_dead_lettered(fresh_cluster: Cl
     entry = cluster.dead_letter(result)
     assert entry.job["chat_id"] == "79000000666@c.us"
     assert f"began {max_deliveries + 1} runs that never ended" in entry.detail
+
+
+def test_a_lost_broker_connection_leaves_running_jobs_their_leases(fresh_cluster: Cluster) -> None:
+    """Celery forgets the requests it holds, running ones included, when its broker connection
+    drops (Consumer.on_close); the node renews the leases of the runs still going all the same.
+    A lease that ran out would hand the job out again: a second provider call, and one more run
+    counted lost towards worker_lost (a Sentinel failover drops the connection each time)."""
+    cluster = fresh_cluster
+    chat = "79000000777@c.us"
+    cluster.add_chats("green-api", [chat])
+    # The call takes three leases (3 s each, renewed every second) to answer.
+    cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 9000})
+    slow = {"ARCHIVER_HTTP_READ_TIMEOUT": "20", "ARCHIVER_TASK_TIME_LIMIT": "90"}
+    node = cluster.start_worker("held", concurrency=1, env=slow)
+    [(_, task_id)] = enqueue_many(
+        [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat}],
+        producer=cluster.producer,
+    ).enqueued
+    eventually(lambda: cluster.calls("green-api", "archiveChat") == 1, 20, "the call began")
+    # Every client connection of this Redis, the consumer's among them, is closed under it.
+    cluster.redis.execute_command("CLIENT", "KILL", "TYPE", "normal")
+    eventually(lambda: "Connection to broker lost" in node.log(), 10, "the consumer reconnected")
+    result = cluster.result(task_id, timeout=40)
+    assert result["outcome"] == "archived", result
+    assert cluster.calls("green-api", "archiveChat") == 1
+    assert "lease ran out" not in node.log()
+    assert cluster.stored() == 0

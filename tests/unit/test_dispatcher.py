@@ -373,3 +373,22 @@ def test_the_wake_listener_stops_when_asked(archiver_env: Env) -> None:
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_jobs_handed_out_while_the_consumer_was_away_count_from_its_return(
+    archiver_env: Env, app: Celery
+) -> None:
+    """A handed-out job is renewed for a while until its request arrives; a broker connection
+    that dropped holds the request back, so the while starts again when the consumer returns."""
+    now = [LOCAL_NOW]
+    node = Dispatcher(
+        archiver_env.services.jobs,
+        app,
+        ready(archiver_env.settings.queue, NODE),
+        lambda: 4,
+        clock=lambda: now[0],
+    )
+    node.handed_out["t-1"] = ("t-1|7.1", LOCAL_NOW)
+    now[0] = LOCAL_NOW + 25
+    node.consumer_restarted()
+    assert node.handed_out == {"t-1": ("t-1|7.1", LOCAL_NOW + 25)}

@@ -61,6 +61,13 @@ class Dispatcher:
         self.handed_out: dict[str, tuple[str, float]] = {}
         self._wake = threading.Event()
 
+    def consumer_restarted(self) -> None:
+        """The consumer reads the ready queue again after a lost broker connection: what was
+        handed out meanwhile waits there, not lost, and is renewed as if handed out now."""
+        now = self.clock()
+        for task_id, (member, _) in list(self.handed_out.items()):
+            self.handed_out[task_id] = (member, now)
+
     def poke(self) -> None:
         """A worker slot of this node freed, or work arrived: look again now."""
         self._wake.set()

@@ -112,19 +112,23 @@ def _draining(**_: Any) -> None:
         runtime.drain()
 
 
-def _running_members() -> list[str]:
-    """Lease members of the runs this node holds (received, running). The set is changed by the
-    consumer's thread; a copy taken mid-change is simply taken again."""
+def _held_requests() -> set[Request]:
+    """The requests this node holds: received and waiting for a slot, or running. Celery
+    forgets the requests it received (``reserved_requests``) when its broker connection drops,
+    those already running included; the running ones stay in ``active_requests`` until they
+    end. The sets are changed by the consumer's thread; a copy taken mid-change is simply taken
+    again."""
     for _ in range(10):
         try:
-            return [
-                member
-                for request in list(worker_state.reserved_requests)
-                if (member := getattr(request, "archiver_member", ""))
-            ]
+            return {*worker_state.reserved_requests, *worker_state.active_requests}
         except RuntimeError:
             continue
-    return []
+    return set()
+
+
+def _running_members() -> list[str]:
+    """Lease members of the runs this node holds, renewed until each run ends."""
+    return [m for request in _held_requests() if (m := getattr(request, "archiver_member", ""))]
 
 
 class WriteHealth:
@@ -351,6 +355,9 @@ class DispatchStep(bootsteps.StartStopStep):
     def start(self, consumer: Any) -> None:
         global _runtime
         if _runtime is not None:
+            # A new broker connection: the jobs handed out while it was down are still in the
+            # ready queue, and have the usual time from now to arrive before they count as lost.
+            _runtime.dispatcher.consumer_restarted()
             return
         services = get_services()
         set_outage_grace(services.settings.redis_outage_grace)
@@ -362,7 +369,7 @@ class DispatchStep(bootsteps.StartStopStep):
             limit = int(qos.value) if qos is not None else 0
             runtime = _runtime
             handed = len(runtime.dispatcher.handed_out) if runtime is not None else 0
-            return limit - len(worker_state.reserved_requests) - handed
+            return limit - len(_held_requests()) - handed
 
         def on_refused(task_id: str, error: Exception) -> None:
             consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
