@@ -37,6 +37,7 @@ from celery.utils.nodenames import anon_nodename
 from config import ArchiverError, Settings, get_settings
 from config.errors import one_line
 from config.per_process import PerProcess
+from config.sentinel import is_sentinel_url
 from worker.contract.jobs import ArchiveJob, InvalidJob, parse_task_id
 from worker.contract.tasks import ARCHIVE_TASK, CHAT_TASKS, UNARCHIVE_TASK, UNPACED
 from worker.stores.client import connect, state_redis
@@ -198,6 +199,9 @@ class ArchiveProducer:
             claim_ttl=settings.pending_ttl,
             probe_ttl=settings.task_time_limit + 10,
         )
+        # With Sentinel, an enqueue answers once a replica has it: a master that crashes right
+        # after cannot take with it jobs the caller was told are stored.
+        self._replicas = 1 if is_sentinel_url(settings.state_url) else 0
         self._origin = anon_nodename()  # what Celery would work out for every message
         self._tracer = tracing_for(settings)  # None while tracing is off
 
@@ -305,7 +309,9 @@ class ArchiveProducer:
         if tracer is not None:
             new, spans = tracer.enqueue(new)
         try:
-            statuses = self.store.submit(new, held=Held.SKIP, check_results=resent)
+            statuses = self.store.submit(
+                new, held=Held.SKIP, check_results=resent, replicas=self._replicas
+            )
         except STORE_ERRORS as error:
             if tracer is not None:
                 tracer.not_stored(spans, error)
@@ -338,7 +344,7 @@ class ArchiveProducer:
         """Enqueue one of our own service tasks (a sweep) by name: it waits for a worker slot,
         not for an account's rate limit."""
         job = NewJob(uuid(), UNPACED, task_name, "", JobBody(dict(kwargs), origin=self._origin))
-        self.store.submit([job], held=Held.KEEP)
+        self.store.submit([job], held=Held.KEEP, replicas=self._replicas)
         self._sent([job])
         return job.task_id
 

@@ -74,6 +74,16 @@ def conf(keys: Keys, account: str, per_second: float = 10, gap_us: int = 0) -> d
     return {"l": {ARCHIVE_TASK: limit(keys, account, per_second, gap_us)}}
 
 
+def lives_on(store: JobStore, clock: PinnedClock, node: str, seconds: float) -> None:
+    """``seconds`` pass while ``node`` heartbeats as a live node does (every third of a lease):
+    the fleet is never silent long enough for the janitor to hold back."""
+    while seconds > 0:
+        step = min(seconds, LEASE / 3)
+        clock.advance(step)
+        seconds -= step
+        store.tick(node, [], janitor_ms=0, node_timeout=600, unknown_grace=600)
+
+
 def chat_of(task_id: str) -> str:
     return f"7900{zlib.crc32(task_id.encode()) % 10**7:07d}@c.us"
 
@@ -839,9 +849,36 @@ def test_one_node_at_a_time_takes_the_janitors_turn(store: JobStore) -> None:
     assert not store.tick("b", [], janitor_ms=5000, **kwargs).janitor
     assert 0 < store.redis.pttl(store.keys.janitor) <= 5000
     store.redis.delete(store.keys.janitor)
-    # janitor_ms 0 (Redis was just away): renewals only, whoever holds the turn.
+    # janitor_ms 0: renewals and the heartbeat only, whoever holds the turn.
     assert not store.tick("b", [], janitor_ms=0, **kwargs).janitor
     assert store.tick("b", [], janitor_ms=5000, **kwargs).janitor
+
+
+def test_after_the_whole_fleet_fell_silent_no_lease_is_taken_back_for_a_lease(
+    store: JobStore, keys: Keys, clock: PinnedClock
+) -> None:
+    """Redis refused writes (a failover) for longer than a lease: every lease ran out while its
+    run lived on. The first tick after it holds the janitor back for a whole lease, in which each
+    live node renews its own; then only the leases nobody renewed are given back."""
+    kwargs: Any = {"node_timeout": 600, "unknown_grace": 600}
+    store.publish_accounts({A: conf(keys, A, 1000)})
+    submit(store, job("alive"), job("orphan"))
+    first, second = store.dispatch(10).jobs
+    store.tick("a", [first.member], janitor_ms=0, **kwargs)
+    clock.advance(LEASE + 5)  # nobody could write: both leases ran out
+    tick = store.tick("b", [], janitor_ms=1000, **kwargs)  # b's writes go through first
+    assert (tick.janitor, tick.requeued) == (False, [])
+    assert set(active(store)) == {first.member, second.member}
+    # The hold is the janitor's key, for a lease of Redis's own time (PX), not the pinned clock.
+    assert LEASE * 1000 - 1000 < store.redis.pttl(keys.janitor) <= LEASE * 1000
+    for _ in range(3):  # a lease passes; a renews the run it still holds
+        store.tick("a", [first.member], janitor_ms=0, **kwargs)
+        assert not store.tick("b", [], janitor_ms=1000, **kwargs).janitor
+        clock.advance(LEASE / 3)
+    store.redis.delete(keys.janitor)  # the hold's end
+    tick = store.tick("b", [], janitor_ms=1000, **kwargs)
+    assert (tick.janitor, tick.requeued) == (True, [second.task_id])
+    assert set(active(store)) == {first.member}
 
 
 def test_the_janitor_gives_back_an_expired_lease_at_the_front_counting_a_lost_run(
@@ -886,13 +923,13 @@ def test_the_janitor_reports_dead_nodes_unknown_accounts_and_paused_ones(
     store.tick("old", [], janitor_ms=0, **kwargs)
     submit(store, job("u1", B))  # an account nobody published
     store.redis.zadd(keys.paused, {A: clock.seconds})
-    clock.advance(61)
+    lives_on(store, clock, "me", 61)
     tick = store.tick("me", [], janitor_ms=1000, **kwargs)
     assert (tick.janitor, tick.dead_nodes, tick.unknown, tick.paused) == (True, ["old"], [], [A])
     assert sorted(store.nodes()) == ["me", "old"]
     store.forget_node("old")
     assert store.nodes() == ["me"]
-    clock.advance(240)
+    lives_on(store, clock, "me", 240)
     store.redis.delete(keys.janitor)
     tick = store.tick("me", [], janitor_ms=1000, **kwargs)
     assert (tick.dead_nodes, tick.unknown) == ([], [B])

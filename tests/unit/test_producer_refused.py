@@ -436,3 +436,25 @@ def test_misconf_is_a_refusal_too(
     assert (caught.value.reason, caught.value.refused_writes) == (MISCONF, True)
     assert len(caught.value.result.not_published) == 5
     assert read_refusal(redis.Redis.from_url(misconf.url)).reason == MISCONF  # type: ignore[union-attr]
+
+
+def test_a_step_no_replica_acknowledged_is_uncertain_and_a_resend_stores_it_once(
+    producer: ArchiveProducer, archiver_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With Sentinel, an enqueue answers once a replica has its step (WAIT): a master that
+    crashes right after cannot lose jobs the caller holds ids of. This Redis has no replica:
+    the stored batch is reported uncertain, and sent again it is found stored, not doubled."""
+    monkeypatch.setattr("worker.stores.jobs.REPLICA_WAIT_MS", 50)
+    monkeypatch.setattr(producer, "_replicas", 1)
+    with pytest.raises(PublishFailed) as caught:
+        producer.enqueue_many(jobs(5))
+    failed = caught.value
+    assert failed.reason == CONNECTION_LOST
+    assert "on 0 of 1 replicas after 50 ms: a failover could lose it" in str(failed)
+    result = failed.result
+    assert result.enqueued == [] and [u.position for u in result.uncertain] == [1, 2, 3, 4, 5]
+    assert len(waiting_ids(archiver_env)) == 5  # stored on the master all the same
+    monkeypatch.setattr(producer, "_replicas", 0)
+    again = producer.enqueue_many([u.row for u in result.uncertain])
+    assert [task_id for _, task_id in again.enqueued] == [u.task_id for u in result.uncertain]
+    assert waiting_ids(archiver_env) == [u.task_id for u in result.uncertain]

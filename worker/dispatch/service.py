@@ -217,7 +217,6 @@ class NodeRuntime:
         self.health = WriteHealth()
         self._stop = threading.Event()
         self._draining = threading.Event()  # set: routing and dispatching have stopped
-        self._redis_trouble = -1e9  # when housekeeping last failed (monotonic)
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
@@ -280,7 +279,7 @@ class NodeRuntime:
                     self.router.wait(INTAKE_BLOCK)
                 backoff = 0.1
             except redis.RedisError as error:  # the batch waits in the routing list
-                self._trouble(error)
+                self.health.failed(error)
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -293,15 +292,11 @@ class NodeRuntime:
                 wait = dispatcher.step()
                 backoff = 0.1
             except redis.RedisError as error:
-                self._trouble(error)
+                self.health.failed(error)
                 wait = backoff
                 backoff = min(backoff * 2, 5.0)
             if not stop.is_set():
                 dispatcher.wait(wait)
-
-    def _trouble(self, error: redis.RedisError) -> None:
-        self._redis_trouble = time.monotonic()
-        self.health.failed(error)
 
     def _members(self) -> list[str]:
         """The lease members this node renews: the runs it holds, and the jobs it handed out
@@ -321,13 +316,10 @@ class NodeRuntime:
         while not stop.is_set():
             started = time.monotonic()
             try:
-                # Right after Redis was away every lease may have run out while its run lived
-                # on: the live nodes get a renewal round before any lease is taken back.
-                quiet = started - self._redis_trouble > every * 1.5
                 tick = self.services.jobs.tick(
                     self.node,
                     self._members(),
-                    janitor_ms=max(100, int(every * 1000 * 0.9)) if quiet else 0,
+                    janitor_ms=max(100, int(every * 1000 * 0.9)),
                     node_timeout=2 * settings.lease_timeout,
                     unknown_grace=settings.unknown_account_grace,
                 )
@@ -338,7 +330,7 @@ class NodeRuntime:
                     next_accounts = started + settings.accounts_reload_interval
                 self.health.ok()
             except redis.RedisError as error:
-                self._trouble(error)
+                self.health.failed(error)
                 stop.wait(1.0)
                 continue
             except Exception:

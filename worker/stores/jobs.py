@@ -33,6 +33,8 @@ from worker.stores.writes import Writes
 
 # Delayed jobs promoted to their wait lists per dispatch call: bounds the work of one call.
 PROMOTE_PER_CALL = 500
+# How long an enqueue waits for a replica to have its step (Sentinel deployments).
+REPLICA_WAIT_MS = 2000
 # Accounts a publish_accounts.lua call writes: a few milliseconds of Redis.
 PUBLISH_PER_CALL = 1000
 # How far ahead of its permit a job may be handed out: time for its message to reach a worker
@@ -179,6 +181,11 @@ def _us(seconds: float) -> int:
     return int(seconds * MICROS)
 
 
+class NotReplicated(redis.ConnectionError):
+    """A step the master stored but no replica acknowledged in time: whether it survives a
+    failover is uncertain, as after a lost connection."""
+
+
 class JobStore:
     def __init__(
         self,
@@ -207,9 +214,12 @@ class JobStore:
         held: Held,
         check_results: bool = False,
         routing: str = "",
+        replicas: int = 0,
     ) -> list[str]:
         """Store jobs in one atomic step (lua/submit.lua): each one's status, a ``Submitted``
-        value or, when its chat is held by another job and ``held`` is SKIP, that job's id."""
+        value or, when its chat is held by another job and ``held`` is SKIP, that job's id.
+        ``replicas``: answer only once that many replicas have the step, else raise
+        NotReplicated (its jobs may or may not survive a failover: safe to send again)."""
         items: list[Any] = []
         for job in jobs:
             not_before = _us(job.not_before) if job.not_before else 0
@@ -217,27 +227,37 @@ class JobStore:
         if not items and not routing:
             return []
         k = self.keys
-        statuses = load("submit").run(
-            self.redis,
-            keys={
-                "jobs": k.jobs,
-                "due": k.due,
-                "delayed": k.delayed,
-                "unknown": k.unknown,
-                "accounts": k.accounts,
-                "routing": routing,
-            },
-            args={
-                "now": self.clock.arg(),
-                "wait_prefix": k.wait_prefix,
-                "claim_ttl": self.claim_ttl,
-                "wake": k.wake,
-                "held": str(held),
-                "check_results": "1" if check_results else "0",
-                "results_prefix": RESULT_PREFIX,
-            },
-            rest=items,
-        )
+        keys = {
+            "jobs": k.jobs,
+            "due": k.due,
+            "delayed": k.delayed,
+            "unknown": k.unknown,
+            "accounts": k.accounts,
+            "routing": routing,
+        }
+        args = {
+            "now": self.clock.arg(),
+            "wait_prefix": k.wait_prefix,
+            "claim_ttl": self.claim_ttl,
+            "wake": k.wake,
+            "held": str(held),
+            "check_results": "1" if check_results else "0",
+            "results_prefix": RESULT_PREFIX,
+        }
+        if not replicas:
+            statuses = load("submit").run(self.redis, keys=keys, args=args, rest=items)
+            return [str(status) for status in statuses]
+        # WAIT holds the reply until the step reached a replica (on the same connection, hence
+        # the pipeline): a failover promotes a replica that has it.
+        pipe = self.redis.pipeline(transaction=False)
+        load("submit").queue(pipe, keys=keys, args=args, rest=items)
+        pipe.wait(replicas, REPLICA_WAIT_MS)
+        statuses, reached = pipe.execute()
+        if int(reached) < replicas:
+            raise NotReplicated(
+                f"stored on the master, but on {reached} of {replicas} replicas after "
+                f"{REPLICA_WAIT_MS} ms: a failover could lose it"
+            )
         return [str(status) for status in statuses]
 
     # -- dispatch -----------------------------------------------------------------------------
@@ -384,6 +404,8 @@ class JobStore:
                 "now": self.clock.arg(),
                 "node": node,
                 "lease_us": _us(self.lease),
+                # Nodes renew every third of a lease at most: a longer silence is an outage.
+                "silence_us": _us(self.lease / 3),
                 "janitor_ms": janitor_ms,
                 "node_timeout_us": _us(node_timeout),
                 "unknown_grace_us": _us(unknown_grace),

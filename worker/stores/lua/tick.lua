@@ -1,5 +1,6 @@
 --! keys: active nodes janitor jobs due unknown accounts paused
---! args: now node lease_us janitor_ms node_timeout_us unknown_grace_us wait_prefix limit wake
+--! args: now node lease_us silence_us janitor_ms node_timeout_us unknown_grace_us wait_prefix
+--! args: limit wake
 --! rest: members
 --! uses: clock schedule record
 -- A node's housekeeping, one step every few seconds (worker/dispatch/service.py): it renews the
@@ -14,8 +15,15 @@ local deadline = now + tonumber(ARG.lease_us)
 for _, member in ipairs(REST) do
   redis.call('ZADD', KEY.active, 'XX', 'GT', deadline, member)
 end
+-- The fleet's latest heartbeat before this one. A longer silence than `silence_us` (Redis away
+-- or refusing writes, or no node alive) may have let leases run out while their runs lived on:
+-- no node takes the janitor's turn for a whole lease, time for every live node to renew its own.
+local latest = redis.call('ZRANGE', KEY.nodes, 0, 0, 'REV', 'WITHSCORES')
+if #latest > 0 and now - tonumber(latest[2]) > tonumber(ARG.silence_us) then
+  redis.call('SET', KEY.janitor, '', 'PX', math.floor(tonumber(ARG.lease_us) / 1000))
+end
 redis.call('ZADD', KEY.nodes, now, ARG.node)
--- janitor_ms 0: not this time (Redis was just away: live nodes get a renewal round first).
+-- janitor_ms 0: renewals and the heartbeat only.
 if tonumber(ARG.janitor_ms) == 0
    or not redis.call('SET', KEY.janitor, ARG.node, 'NX', 'PX', ARG.janitor_ms) then
   return {0, {}, {}, {}, {}}
