@@ -4,9 +4,8 @@
 SIGKILL. Every process reaches Redis only through the Sentinels (ARCHIVER_BROKER_URL and
 ARCHIVER_REDIS_URL are the group's sentinel:// URL).
 
-Run alone (make test runs the ``alone`` tests after the rest): in one run of six, beside another
-file's workers, one of the 3,000 jobs ended dead-lettered; the cause is not yet known, and the
-assertion now shows that job's outcome."""
+Run alone (make test runs the ``alone`` tests after the rest): it counts what a busy machine
+can change."""
 
 from __future__ import annotations
 
@@ -198,6 +197,9 @@ def test_jobs_survive_sentinel_failovers_and_a_killed_master(
         print(f"  {kind}: first job archived again {seconds:.2f}s later")
     print(f"  producer calls that failed and were made again: {producer.failed_calls}")
     print(f"  provider calls: {sum(calls.values())}, {sum(refused.values())} answered 429")
+    logs = cluster.logs()
+    outlived = logs.count("its lease ran out): not recorded")
+    print(f"  runs that outlived their lease: {outlived}")
 
     # Every job ended once, in a true outcome: archived, or already archived when a run whose
     # ending a failover lost ran again.
@@ -210,6 +212,12 @@ def test_jobs_survive_sentinel_failovers_and_a_killed_master(
         if outcome and outcome["outcome"] not in ("archived", "already_archived")
     ][:5]
     assert len(task_ids) == JOBS  # one job per chat: a call made again stored nothing twice
+    # A job runs twice only when a 429 sent it back, or a write of its dispatch or ending was
+    # lost with the killed master's last milliseconds. Leases taken back while their runs waited
+    # out a failover, or dropped with Celery's requests at a reconnect, made 1-6 runs outlive
+    # their lease and 3-6 calls more than jobs and 429s in every run before they were fixed.
+    again = sum(calls.values()) - JOBS - sum(refused.values())
+    assert outlived <= 1 and again <= 2, (outlived, again)
     assert len(cluster.dead_letters) == 0, [e.detail for e in cluster.dead_letters.iter()]
     for provider, account in (("green-api", GREEN_ID), ("wassenger", WASSENGER_ID)):
         summary = cluster.sim.summary(provider, account)
