@@ -881,6 +881,17 @@ def test_after_the_whole_fleet_fell_silent_no_lease_is_taken_back_for_a_lease(
     assert set(active(store)) == {first.member}
 
 
+def test_a_silence_no_live_lease_can_have_run_out_in_holds_nothing_back(
+    store: JobStore, clock: PinnedClock
+) -> None:
+    """Half a lease without a heartbeat (a Redis restart, nodes restarting): a node that renews
+    every third of a lease still has a sixth of it left, so the janitor goes on as usual."""
+    kwargs: Any = {"node_timeout": 600, "unknown_grace": 600}
+    store.tick("a", [], janitor_ms=0, **kwargs)
+    clock.advance(LEASE / 2)
+    assert store.tick("b", [], janitor_ms=1000, **kwargs).janitor
+
+
 def test_the_janitor_gives_back_an_expired_lease_at_the_front_counting_a_lost_run(
     store: JobStore, keys: Keys, clock: PinnedClock
 ) -> None:

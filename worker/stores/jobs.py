@@ -404,8 +404,9 @@ class JobStore:
                 "now": self.clock.arg(),
                 "node": node,
                 "lease_us": _us(self.lease),
-                # Nodes renew every third of a lease at most: a longer silence is an outage.
-                "silence_us": _us(self.lease / 3),
+                # Nodes renew every third of a lease or more often: only a silence of the
+                # whole fleet longer than the rest of a lease can have let a live run's expire.
+                "silence_us": _us(self.lease * 2 / 3),
                 "janitor_ms": janitor_ms,
                 "node_timeout_us": _us(node_timeout),
                 "unknown_grace_us": _us(unknown_grace),

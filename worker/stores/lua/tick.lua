@@ -16,8 +16,9 @@ for _, member in ipairs(REST) do
   redis.call('ZADD', KEY.active, 'XX', 'GT', deadline, member)
 end
 -- The fleet's latest heartbeat before this one. A longer silence than `silence_us` (Redis away
--- or refusing writes, or no node alive) may have let leases run out while their runs lived on:
--- no node takes the janitor's turn for a whole lease, time for every live node to renew its own.
+-- or refusing writes, or no node alive; two thirds of a lease, the least a live node's lease
+-- has left when its node renews every third) may have let leases run out while their runs lived
+-- on: no node takes the janitor's turn for a whole lease, time for every live node to renew.
 local latest = redis.call('ZRANGE', KEY.nodes, 0, 0, 'REV', 'WITHSCORES')
 if #latest > 0 and now - tonumber(latest[2]) > tonumber(ARG.silence_us) then
   redis.call('SET', KEY.janitor, '', 'PX', math.floor(tonumber(ARG.lease_us) / 1000))
