@@ -59,6 +59,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # its job's record; one that keeps killing its worker is dead-lettered (worker_lost).
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
+        # After a lost broker connection Celery lowers the prefetch for the runs still going and
+        # raises it again as later messages are acknowledged: the ready queue is read without
+        # acknowledgements, so it never would. The dispatcher sizes what it hands out by the
+        # runs this node holds (worker/dispatch/service.py) instead.
+        "worker_enable_prefetch_count_reduction": False,
         # A backstop: a pool process past this peak RSS (KiB) is replaced after its job.
         "worker_max_memory_per_child": settings.worker_max_memory_per_child or None,
         "task_reject_on_worker_lost": True,

@@ -86,24 +86,31 @@ def test_a_lost_broker_connection_leaves_running_jobs_their_leases(fresh_cluster
     """Celery forgets the requests it holds, running ones included, when its broker connection
     drops (Consumer.on_close); the node renews the leases of the runs still going all the same.
     A lease that ran out would hand the job out again: a second provider call, and one more run
-    counted lost towards worker_lost (a Sentinel failover drops the connection each time)."""
+    counted lost towards worker_lost (a Sentinel failover drops the connection each time). After
+    it the node still runs as many jobs at once as it has slots (Celery would otherwise lower
+    its prefetch for the runs going then, and never raise it again on a queue read without
+    acknowledgements)."""
     cluster = fresh_cluster
-    chat = "79000000777@c.us"
-    cluster.add_chats("green-api", [chat])
-    # The call takes three leases (3 s each, renewed every second) to answer.
+    chats = [f"7900000077{n}@c.us" for n in range(4)]
+    cluster.add_chats("green-api", chats)
+    # Each call takes three leases (3 s each, renewed every second) to answer.
     cluster.sim.patch_account("green-api", GREEN_ID, faults={"latency_ms": 9000})
     slow = {"ARCHIVER_HTTP_READ_TIMEOUT": "20", "ARCHIVER_TASK_TIME_LIMIT": "90"}
-    node = cluster.start_worker("held", concurrency=1, env=slow)
-    [(_, task_id)] = enqueue_many(
-        [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat}],
-        producer=cluster.producer,
-    ).enqueued
-    eventually(lambda: cluster.calls("green-api", "archiveChat") == 1, 20, "the call began")
+    node = cluster.start_worker("held", concurrency=2, env=slow)
+    rows = [{"provider": "green-api", "account": GREEN_ID, "chat_id": chat} for chat in chats]
+    first = [t for _, t in enqueue_many(rows[:2], producer=cluster.producer).enqueued]
+    eventually(lambda: cluster.calls("green-api", "archiveChat") == 2, 20, "both calls began")
     # Every client connection of this Redis, the consumer's among them, is closed under it.
     cluster.redis.execute_command("CLIENT", "KILL", "TYPE", "normal")
     eventually(lambda: "Connection to broker lost" in node.log(), 10, "the consumer reconnected")
-    result = cluster.result(task_id, timeout=40)
-    assert result["outcome"] == "archived", result
-    assert cluster.calls("green-api", "archiveChat") == 1
+    for task_id in first:
+        result = cluster.result(task_id, timeout=40)
+        assert result["outcome"] == "archived", result
+    assert cluster.calls("green-api", "archiveChat") == 2
     assert "lease ran out" not in node.log()
+    # Both slots again: the next two calls go out together, not one after the other.
+    second = [t for _, t in enqueue_many(rows[2:], producer=cluster.producer).enqueued]
+    eventually(lambda: cluster.calls("green-api", "archiveChat") == 4, 6, "two calls at once")
+    for task_id in second:
+        assert cluster.result(task_id, timeout=40)["outcome"] == "archived"
     assert cluster.stored() == 0
