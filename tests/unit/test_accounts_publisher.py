@@ -48,8 +48,24 @@ def rewrite(path: Path, text: str) -> None:
 
 
 def expected(env: Env, path: Path) -> dict[str, Any]:
+    """What the node publishes of each account in the file."""
     accounts = AccountsFile(path).get()
     return {a.key: dispatch_entry(a, env.services.limiter) for a in accounts}
+
+
+def stored(env: Env, entries: dict[str, Any]) -> dict[str, Any]:
+    """``entries`` as the accounts hash keeps them: each limit under its account's limiter key
+    (the limiter's own, which dispatch.lua takes permits on) in place of the method."""
+    keys = env.services.keys
+    return {
+        account: {
+            "l": {
+                task: [keys.limiter(account, method), *rest]
+                for task, (method, *rest) in entry["l"].items()
+            }
+        }
+        for account, entry in entries.items()
+    }
 
 
 def test_every_account_is_published_a_batch_at_a_time(
@@ -61,7 +77,7 @@ def test_every_account_is_published_a_batch_at_a_time(
     node = publisher(archiver_env, path)
     node.publish(node.accounts.get())
     published = archiver_env.services.jobs.published_accounts()
-    assert published == expected(archiver_env, path)
+    assert published == stored(archiver_env, expected(archiver_env, path))
     assert published["green-api:7100000007"] != published["green-api:7100000008"]
     assert [len(batch) for batch in batches] == [PUBLISH_BATCH, PUBLISH_BATCH, 234]
 
@@ -87,7 +103,7 @@ def test_a_changed_file_sends_only_what_changed(
             "green-api:7100000000": None,
         }
     ]
-    assert archiver_env.services.jobs.published_accounts() == entries
+    assert archiver_env.services.jobs.published_accounts() == stored(archiver_env, entries)
     batches.clear()
     node.check()
     assert batches == []  # nothing changed since
@@ -114,7 +130,9 @@ def test_a_publish_that_did_not_finish_is_sent_again_at_the_next_check(
         node.publish(node.accounts.get())
     assert len(archiver_env.services.jobs.published_accounts()) == PUBLISH_BATCH
     node.check()  # the file did not change, and Redis holds some of it: all of it goes again
-    assert archiver_env.services.jobs.published_accounts() == expected(archiver_env, path)
+    assert archiver_env.services.jobs.published_accounts() == stored(
+        archiver_env, expected(archiver_env, path)
+    )
 
 
 def test_accounts_redis_lost_are_published_again(archiver_env: Env, tmp_path: Path) -> None:
@@ -124,4 +142,6 @@ def test_accounts_redis_lost_are_published_again(archiver_env: Env, tmp_path: Pa
     node.publish(node.accounts.get())
     archiver_env.redis.delete(archiver_env.services.keys.accounts)  # a Redis restarted empty
     node.check()
-    assert archiver_env.services.jobs.published_accounts() == expected(archiver_env, path)
+    assert archiver_env.services.jobs.published_accounts() == stored(
+        archiver_env, expected(archiver_env, path)
+    )

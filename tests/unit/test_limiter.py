@@ -84,8 +84,13 @@ def test_the_gap_is_the_late_allowance_in_what_the_dispatcher_reads(
         102_500,
         5_000,
     ]
-    entry = dispatch_entry(account, archiver_env.services.limiter)
+    services = archiver_env.services
+    entry = dispatch_entry(account, services.limiter)
     assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 5_000]
+    # Published, the limit is kept under the limiter's own key: the one dispatch.lua reads.
+    services.jobs.publish_accounts({account.key: entry})
+    [key, *_] = services.jobs.published_accounts()[account.key]["l"]["archive.chat"]
+    assert key == services.limiter.conf(account, "archiveChat").tat
 
 
 def test_far_permit_is_refused_without_reserving(limiter: AccountLimiter, account: Account) -> None:

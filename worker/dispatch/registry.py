@@ -33,15 +33,16 @@ def task_method(account: Account, task: str) -> str:
 
 
 TASKS = (ARCHIVE_TASK, UNARCHIVE_TASK)
-# Accounts per publish_accounts call: one Lua call each (its batches are of 1,000 arguments), and
+# Accounts per publish_accounts call: one Lua call each (of at most 1,000 accounts), and
 # no more entries built at a time.
 PUBLISH_BATCH = 500
 
 
 def dispatch_entry(account: Account, limiter: AccountLimiter) -> dict[str, Any]:
-    """What dispatch.lua reads of one account: the limit of each task ("l"), as the provider
-    method (dispatch.lua names the limiter key from it, as Keys.limiter does), interval and gap
-    in µs. It names no account: every account with the same limits has the same entry."""
+    """What a node publishes of one account for dispatch.lua: the limit of each task ("l"), as
+    the provider method, interval and gap in µs. It names no account, so every account with the
+    same limits has the same entry; publish_accounts.lua stores each account's with its limiter
+    key (Keys.limiter's name) in place of the method, which is what dispatch.lua reads."""
     entry: dict[str, Any] = {"l": {}}
     for task in TASKS:
         method = task_method(account, task)

@@ -284,7 +284,6 @@ class JobStore:
                 "lease_us": _us(self.lease),
                 "promote_max": PROMOTE_PER_CALL,
                 "wait_prefix": k.wait_prefix,
-                "limiter_prefix": k.limiter_prefix,
                 "parked_prefix": k.parked(""),
                 "probe_prefix": k.circuit_probe_prefix,
                 "probe_ttl_ms": int(self.probe_ttl * 1000),
@@ -444,10 +443,13 @@ class JobStore:
     # -- accounts -------------------------------------------------------------------------------
 
     def publish_accounts(self, entries: Mapping[str, Mapping[str, Any] | str | None]) -> None:
-        """What dispatch.lua needs of each account, as a mapping or its JSON text (None
-        withdraws it). Accounts with the same entry travel as one argument, their names joined
-        by newlines (a name cannot hold one: config/accounts.py), so a hundred thousand
-        accounts cost a few arguments, not two hundred thousand."""
+        """Publish each account's limits for dispatch.lua: its entry as ``dispatch_entry``
+        (worker/dispatch/registry.py) gives it, a mapping or its JSON text naming the provider
+        method of each limit (None withdraws the account). The hash stores each limit under its
+        limiter key (Keys.limiter), which publish_accounts.lua names. Accounts with the same
+        entry travel as one argument, their names joined by newlines (a name cannot hold one:
+        config/accounts.py), so a hundred thousand accounts cost a few arguments, not two
+        hundred thousand."""
         groups: dict[str, list[str]] = {}
         for account, conf in entries.items():
             if conf is None:
@@ -471,7 +473,12 @@ class JobStore:
                 load("publish_accounts").run(
                     self.redis,
                     keys={"accounts": k.accounts, "due": k.due, "unknown": k.unknown},
-                    args={"now": self.clock.arg(), "wait_prefix": k.wait_prefix, "wake": k.wake},
+                    args={
+                        "now": self.clock.arg(),
+                        "wait_prefix": k.wait_prefix,
+                        "limiter_prefix": k.limiter_prefix,
+                        "wake": k.wake,
+                    },
                     rest=rest,
                 )
 

@@ -1,6 +1,5 @@
 --! keys: due delayed jobs active unknown accounts parked_since tokens
---! args: now budget lead_us lease_us promote_max wait_prefix limiter_prefix parked_prefix probe_prefix
---! args: probe_ttl_ms claim_ttl
+--! args: now budget lead_us lease_us promote_max wait_prefix parked_prefix probe_prefix probe_ttl_ms claim_ttl
 --! uses: clock gcra schedule record
 -- Hand out up to `budget` jobs that may run now, round-robin between accounts in the order of
 -- their next permitted time. Each gets, in this step, the lease of its run (an `active` member
@@ -97,19 +96,12 @@ local function hand_out(id, record, slot, probe)
 end
 
 -- The permit of the limit of the job's task on its account, if the account has one: granted,
--- slot (0 without a limit), and when the limit's next slot is (nil without a limit). The entry
--- names the provider method; the limiter key is built as Keys.limiter builds it. An entry that
--- holds the whole key (published by a node of an earlier release, during a rolling upgrade)
--- is used as it is.
-local function permit(conf, account, record)
+-- slot (0 without a limit), and when the limit's next slot is (nil without a limit).
+local function permit(conf, record)
   local _, task = record_parts(record)
   local limit = conf and conf.l[task]
   if not limit then return true, 0, nil end
-  local tat_key = limit[1]
-  if not string.find(tat_key, ':', 1, true) then
-    tat_key = ARG.limiter_prefix .. account .. ':' .. tat_key
-  end
-  return gcra_acquire(tat_key, tonumber(limit[2]), tonumber(limit[3]), lead, now)
+  return gcra_acquire(limit[1], tonumber(limit[2]), tonumber(limit[3]), lead, now)
 end
 
 -- The next job of a list whose record still exists (an id can outlive its job: a job the
@@ -160,7 +152,7 @@ while handed < budget and steps < 1000 do
         if not id then
           again = nil
         else
-          local granted, slot = permit(conf, account, record)
+          local granted, slot = permit(conf, record)
           if granted then
             redis.call('SET', probe_key, id, 'PX', ARG.probe_ttl_ms)
             hand_out(id, record, slot, true)
@@ -181,7 +173,7 @@ while handed < budget and steps < 1000 do
     if not id then
       redis.call('ZREM', KEY.due, account)
     else
-      local granted, slot, following = permit(conf, account, record)
+      local granted, slot, following = permit(conf, record)
       if not granted then
         redis.call('LPUSH', wait_key, id)
         redis.call('ZADD', KEY.due, slot, account)  -- back when its next permit is near

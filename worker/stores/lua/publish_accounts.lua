@@ -1,11 +1,13 @@
 --! keys: accounts due unknown
---! args: now wait_prefix wake
+--! args: now wait_prefix limiter_prefix wake
 --! rest: entries
 --! uses: clock
 -- A worker publishes the accounts its file names (worker/dispatch/registry.py): pairs of JSON
--- (limits, for dispatch.lua) and the accounts that have them, one name a line; an empty JSON
--- withdraws the accounts. A paused account keeps its next probe time (`p`, written by
--- circuit_trip.lua). An account that had jobs waiting as unknown becomes due.
+-- (limits, for dispatch.lua, each naming its provider method) and the accounts that have them,
+-- one name a line; an empty JSON withdraws the accounts. Each account's entry is stored with its
+-- limits' keys in place of the methods (Keys.limiter's names), as dispatch.lua reads them. A
+-- paused account keeps its next probe time (`p`, written by circuit_trip.lua). An account that
+-- had jobs waiting as unknown becomes due.
 local now = clock_us(ARG.now)
 local woken = false
 -- No account waits as unknown, as a rule: then each new account costs one command.
@@ -36,8 +38,20 @@ local function publish(account, conf)
   end
 end
 for i = 1, #REST, 2 do
+  local entry, methods = nil, {}
+  if REST[i] ~= '' then
+    entry = cjson.decode(REST[i])
+    for task, limit in pairs(entry.l) do methods[task] = limit[1] end
+  end
   for account in string.gmatch(REST[i + 1], '[^\n]+') do
-    publish(account, REST[i])
+    local conf = ''
+    if entry then
+      for task, limit in pairs(entry.l) do
+        limit[1] = ARG.limiter_prefix .. account .. ':' .. methods[task]
+      end
+      conf = cjson.encode(entry)
+    end
+    publish(account, conf)
     count = count + 1
   end
 end
