@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     sentinel_master: str | None = None
     # The Sentinels' own password, if they have one (the URL's password is the Redis servers').
     sentinel_password: SecretStr | None = None
+    # Replicas that must have an enqueue before it answers (Redis WAIT, 2 s): unset, 1 with a
+    # sentinel:// state URL, else 0 (off). A master with no replica needs 0.
+    enqueue_replicas: int | None = Field(None, ge=0, le=16)
     # The accounts file (TOML; see config/accounts.example.toml).
     accounts_file: Path = Path("accounts.toml")
     # Every key we write in Redis starts with this, so one Redis can hold several deployments.

@@ -41,7 +41,7 @@ from config.sentinel import is_sentinel_url
 from worker.contract.jobs import ArchiveJob, InvalidJob, parse_task_id
 from worker.contract.tasks import ARCHIVE_TASK, CHAT_TASKS, UNARCHIVE_TASK, UNPACED
 from worker.stores.client import connect, state_redis
-from worker.stores.jobs import Held, JobBody, JobStore, NewJob, Submitted
+from worker.stores.jobs import Held, JobBody, JobStore, NewJob, NotReplicated, Submitted
 from worker.stores.keys import Keys
 from worker.tracing import active as tracing_for
 from worker.write_refusals import REFUSALS, refusal_of
@@ -64,6 +64,8 @@ def batch_sizes(batch_size: int, first_batch: int) -> Iterator[int]:
 STORE_ERRORS = (redis.RedisError, OSError)
 _CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 CONNECTION_LOST = "connection lost"
+# The master stored the step, no replica acknowledged it in time (ARCHIVER_ENQUEUE_REPLICAS).
+NOT_REPLICATED = "not replicated"
 ERROR_REPLY = "error reply"
 MESSAGE_LIMIT = 300
 
@@ -120,6 +122,8 @@ class PublishFailed(ArchiverError, redis.RedisError):
             what = f"Redis refused writes ({self.reason})"
         elif self.reason == CONNECTION_LOST:
             what = f"lost the connection to Redis ({self.detail})"
+        elif self.reason == NOT_REPLICATED:
+            what = f"no replica acknowledged the enqueue ({self.detail})"
         else:
             what = f"Redis answered an error ({self.detail})"
         return (
@@ -132,6 +136,8 @@ def reason_of(error: BaseException) -> str:
     refusal = refusal_of(error)
     if refusal is not None:
         return refusal
+    if isinstance(error, NotReplicated):
+        return NOT_REPLICATED
     return CONNECTION_LOST if isinstance(error, _CONNECTION_ERRORS) else ERROR_REPLY
 
 
@@ -146,6 +152,8 @@ def _why(error: BaseException) -> str:
         return f"Redis refused the write ({reason}): {text}"
     if reason == CONNECTION_LOST:
         return f"connection to Redis lost: {text}"
+    if reason == NOT_REPLICATED:
+        return f"no replica acknowledged the step: {text}"
     return f"Redis answered an error: {text}"
 
 
@@ -201,7 +209,10 @@ class ArchiveProducer:
         )
         # With Sentinel, an enqueue answers once a replica has it: a master that crashes right
         # after cannot take with it jobs the caller was told are stored.
-        self._replicas = 1 if is_sentinel_url(settings.state_url) else 0
+        replicas = settings.enqueue_replicas
+        if replicas is None:
+            replicas = 1 if is_sentinel_url(settings.state_url) else 0
+        self._replicas = replicas
         self._origin = anon_nodename()  # what Celery would work out for every message
         self._tracer = tracing_for(settings)  # None while tracing is off
 
@@ -316,7 +327,7 @@ class ArchiveProducer:
             if tracer is not None:
                 tracer.not_stored(spans, error)
             why = _why(error)
-            if reason_of(error) == CONNECTION_LOST:
+            if reason_of(error) in (CONNECTION_LOST, NOT_REPLICATED):
                 result.uncertain += [
                     Unsent(row.position, row.resend(job.task_id), f"uncertain: {why}")
                     for row, job in zip(rows, new, strict=True)

@@ -28,6 +28,7 @@ from worker.producer import (
     BATCH_SIZE,
     CONNECTION_LOST,
     FIRST_BATCH,
+    NOT_REPLICATED,
     ArchiveProducer,
     PublishFailed,
     batch_sizes,
@@ -449,12 +450,36 @@ def test_a_step_no_replica_acknowledged_is_uncertain_and_a_resend_stores_it_once
     with pytest.raises(PublishFailed) as caught:
         producer.enqueue_many(jobs(5))
     failed = caught.value
-    assert failed.reason == CONNECTION_LOST
-    assert "on 0 of 1 replicas after 50 ms: a failover could lose it" in str(failed)
+    assert failed.reason == NOT_REPLICATED
+    assert str(failed) == (
+        "no replica acknowledged the enqueue (stored on the master, but on 0 of 1 replicas after "
+        "50 ms: a failover could lose it): 0 enqueued, 0 not published, 5 uncertain"
+    )
     result = failed.result
     assert result.enqueued == [] and [u.position for u in result.uncertain] == [1, 2, 3, 4, 5]
     assert len(waiting_ids(archiver_env)) == 5  # stored on the master all the same
+    # Sent again, the rows are found stored, and again no replica has them.
+    with pytest.raises(PublishFailed, match="5 uncertain"):
+        producer.enqueue_many([u.row for u in result.uncertain])
+    # A master with no replica is told so: ARCHIVER_ENQUEUE_REPLICAS=0.
     monkeypatch.setattr(producer, "_replicas", 0)
     again = producer.enqueue_many([u.row for u in result.uncertain])
     assert [task_id for _, task_id in again.enqueued] == [u.task_id for u in result.uncertain]
     assert waiting_ids(archiver_env) == [u.task_id for u in result.uncertain]
+
+
+@pytest.mark.parametrize(
+    ("sentinel", "setting", "replicas"),
+    [(False, None, 0), (False, 2, 2), (True, None, 1), (True, 0, 0)],
+    ids=["plain", "set", "sentinel", "sentinel-off"],
+)
+def test_an_enqueue_waits_for_a_replica_with_sentinel_unless_told_otherwise(
+    archiver_env: Env, sentinel: bool, setting: int | None, replicas: int
+) -> None:
+    """ARCHIVER_ENQUEUE_REPLICAS: unset, 1 with a sentinel:// state URL and 0 otherwise."""
+    url = "sentinel://127.0.0.1:26379/0" if sentinel else archiver_env.settings.redis_url
+    settings = archiver_env.settings.model_copy(
+        update={"enqueue_replicas": setting, "redis_url": url, "sentinel_master": "m"}
+    )
+    made = ArchiveProducer(create_app(archiver_env.settings), settings, archiver_env.redis)
+    assert made._replicas == replicas

@@ -17,7 +17,14 @@ from tenacity import Retrying, retry_if_exception, stop_before_delay, wait_expon
 
 from worker.contract.jobs import InvalidJob
 from worker.contract.tasks import ARCHIVE_TASK
-from worker.producer import CONNECTION_LOST, ArchiveProducer, BulkResult, PublishFailed, Unsent
+from worker.producer import (
+    CONNECTION_LOST,
+    NOT_REPLICATED,
+    ArchiveProducer,
+    BulkResult,
+    PublishFailed,
+    Unsent,
+)
 from worker.write_refusals import (
     MAXMEMORY,
     REMEDIES,
@@ -31,9 +38,10 @@ RETRY_FOR = 10.0  # seconds, by default, of sending again while Redis refuses wr
 
 
 def _worth_retrying(error: BaseException) -> bool:
-    """Redis refusing writes, or a lost connection, may pass; another error reply will not."""
+    """Redis refusing writes, a lost connection or a replica behind may pass; another error
+    reply will not."""
     return isinstance(error, PublishFailed) and (
-        error.refused_writes or error.reason == CONNECTION_LOST
+        error.refused_writes or error.reason in (CONNECTION_LOST, NOT_REPLICATED)
     )
 
 
@@ -123,6 +131,9 @@ def failure_line(
     elif failed.reason == CONNECTION_LOST:
         what = f"lost the connection to Redis ({failed.detail})"
         remedy = "check that Redis can be reached"
+    elif failed.reason == NOT_REPLICATED:
+        what = f"no replica acknowledged the enqueue ({failed.detail})"
+        remedy = "check the master's replicas, or set ARCHIVER_ENQUEUE_REPLICAS=0 if it has none"
     else:
         what = f"Redis answered an error ({failed.detail})"
         remedy = "put right what Redis answered"
