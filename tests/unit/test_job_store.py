@@ -858,7 +858,7 @@ def test_after_the_whole_fleet_fell_silent_no_lease_is_taken_back_for_a_lease(
     store.tick("a", [first.member], janitor_ms=0, **kwargs)
     clock.advance(LEASE + 5)  # nobody could write: both leases ran out
     tick = store.tick("b", [], janitor_ms=1000, **kwargs)  # b's writes go through first
-    assert (tick.janitor, tick.requeued) == (False, [])
+    assert (tick.janitor, tick.requeued, tick.held_after) == (False, [], LEASE + 5)
     assert set(active(store)) == {first.member, second.member}
     # The hold is the janitor's key, for a lease of Redis's own time (PX), not the pinned clock.
     assert LEASE * 1000 - 1000 < store.redis.pttl(keys.janitor) <= LEASE * 1000
@@ -880,7 +880,12 @@ def test_a_silence_no_live_lease_can_have_run_out_in_holds_nothing_back(
     kwargs: Any = {"node_timeout": 600, "unknown_grace": 600}
     store.tick("a", [], janitor_ms=0, **kwargs)
     clock.advance(LEASE / 2)
-    assert store.tick("b", [], janitor_ms=1000, **kwargs).janitor
+    tick = store.tick("b", [], janitor_ms=1000, **kwargs)
+    assert tick.janitor and tick.held_after == 0
+    # A node that renews more often says so: its shorter silence holds the janitor back.
+    clock.advance(LEASE / 2)
+    tick = store.tick("a", [], janitor_ms=1000, silence=LEASE / 4, **kwargs)
+    assert not tick.janitor and tick.held_after == LEASE / 2
 
 
 def test_the_janitor_gives_back_an_expired_lease_at_the_front_counting_a_lost_run(

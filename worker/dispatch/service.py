@@ -322,7 +322,17 @@ class NodeRuntime:
                     janitor_ms=max(100, int(every * 1000 * 0.9)),
                     node_timeout=2 * settings.lease_timeout,
                     unknown_grace=settings.unknown_account_grace,
+                    # A live node renewed at most `every` before the fleet fell silent; one
+                    # more `every` of slack for a tick that ran late.
+                    silence=settings.lease_timeout - 2 * every,
                 )
+                if tick.held_after:
+                    logger.warning(
+                        "no node was heard for %.1fs (Redis away or refusing writes): no lease "
+                        "is taken back for %.0fs, while the live nodes renew theirs",
+                        tick.held_after,
+                        settings.lease_timeout,
+                    )
                 if tick.janitor:
                     self.janitor.after(tick)
                 if started >= next_accounts:

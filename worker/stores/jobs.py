@@ -162,6 +162,9 @@ class Tick:
     dead_nodes: list[str] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)  # past their grace
     paused: list[str] = field(default_factory=list)
+    # Seconds the whole fleet had been silent when this tick came, if that held the janitor back
+    # for a lease (0.0: it did not).
+    held_after: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -383,11 +386,15 @@ class JobStore:
         janitor_ms: int,
         node_timeout: float,
         unknown_grace: float,
+        silence: float | None = None,
     ) -> Tick:
         """A node's housekeeping step (lua/tick.lua): renew its runs' leases, say it is alive,
-        and, if it gets the janitor's turn, give back expired leases and report the rest."""
+        and, if it gets the janitor's turn, give back expired leases and report the rest.
+        ``silence``: seconds without any node's heartbeat after which the janitor waits a
+        lease; less than the least a live node's lease has left at its last renewal (by default
+        two thirds of a lease, for nodes that renew every third)."""
         k = self.keys
-        janitor, requeued, dead, unknown, paused = load("tick").run(
+        janitor, requeued, dead, unknown, paused, held = load("tick").run(
             self.redis,
             keys={
                 "active": k.active,
@@ -403,9 +410,7 @@ class JobStore:
                 "now": self.clock.arg(),
                 "node": node,
                 "lease_us": _us(self.lease),
-                # Nodes renew every third of a lease or more often: only a silence of the
-                # whole fleet longer than the rest of a lease can have let a live run's expire.
-                "silence_us": _us(self.lease * 2 / 3),
+                "silence_us": _us(self.lease * 2 / 3 if silence is None else silence),
                 "janitor_ms": janitor_ms,
                 "node_timeout_us": _us(node_timeout),
                 "unknown_grace_us": _us(unknown_grace),
@@ -421,6 +426,7 @@ class JobStore:
             [str(n) for n in dead],
             [str(a) for a in unknown],
             [str(a) for a in paused],
+            int(held) / MICROS,
         )
 
     def forget_node(self, node: str) -> None:

@@ -9,25 +9,28 @@
 -- ran out (their run died: a killed node, a message lost on the way) back at the front of their
 -- wait list, one more run counted lost, and reports what Python does next: nodes that stopped
 -- saying they are alive, accounts no worker has named for the grace period, paused accounts.
--- Returns {janitor turn (0/1), {requeued ids}, {dead nodes}, {unknown accounts}, {paused}}.
+-- Returns {janitor turn (0/1), {requeued ids}, {dead nodes}, {unknown accounts}, {paused}, µs
+-- of the fleet's silence that made this tick hold the janitor back (0: none)}.
 local now = clock_us(ARG.now)
 local deadline = now + tonumber(ARG.lease_us)
 for _, member in ipairs(REST) do
   redis.call('ZADD', KEY.active, 'XX', 'GT', deadline, member)
 end
 -- The fleet's latest heartbeat before this one. A longer silence than `silence_us` (Redis away
--- or refusing writes, or no node alive; two thirds of a lease, the least a live node's lease
--- has left when its node renews every third) may have let leases run out while their runs lived
--- on: no node takes the janitor's turn for a whole lease, time for every live node to renew.
+-- or refusing writes, or no node alive; less than the least a live node's lease has left at its
+-- node's last renewal) may have let leases run out while their runs lived on: no node takes the
+-- janitor's turn for a whole lease, time for every live node to renew its own.
+local held = 0
 local latest = redis.call('ZRANGE', KEY.nodes, 0, 0, 'REV', 'WITHSCORES')
 if #latest > 0 and now - tonumber(latest[2]) > tonumber(ARG.silence_us) then
+  held = now - tonumber(latest[2])
   redis.call('SET', KEY.janitor, '', 'PX', math.floor(tonumber(ARG.lease_us) / 1000))
 end
 redis.call('ZADD', KEY.nodes, now, ARG.node)
 -- janitor_ms 0: renewals and the heartbeat only.
 if tonumber(ARG.janitor_ms) == 0
    or not redis.call('SET', KEY.janitor, ARG.node, 'NX', 'PX', ARG.janitor_ms) then
-  return {0, {}, {}, {}, {}}
+  return {0, {}, {}, {}, {}, string.format('%d', held)}
 end
 local requeued = {}
 local expired = redis.call('ZRANGE', KEY.active, '-inf', now, 'BYSCORE', 'LIMIT', 0,
@@ -49,4 +52,4 @@ local dead = redis.call('ZRANGE', KEY.nodes, '-inf', now - tonumber(ARG.node_tim
                         'BYSCORE')
 local unknown = redis.call('ZRANGE', KEY.unknown, '-inf', now - tonumber(ARG.unknown_grace_us),
                            'BYSCORE')
-return {1, requeued, dead, unknown, redis.call('ZRANGE', KEY.paused, 0, -1)}
+return {1, requeued, dead, unknown, redis.call('ZRANGE', KEY.paused, 0, -1), '0'}
