@@ -116,19 +116,21 @@ class PublishFailed(ArchiverError, redis.RedisError):
         """Redis answers but refuses writes (as opposed to a lost connection or another error)."""
         return self.reason in REFUSALS
 
+    def headline(self, refusal: str | None = None) -> str:
+        """What went wrong, in a few words (``refusal``: a fuller account of a refusal)."""
+        if self.refused_writes:
+            return f"Redis refused writes ({refusal or self.reason})"
+        if self.reason == CONNECTION_LOST:
+            return f"lost the connection to Redis ({self.detail})"
+        if self.reason == NOT_REPLICATED:
+            return f"no replica acknowledged the enqueue ({self.detail})"
+        return f"Redis answered an error ({self.detail})"
+
     def summary(self) -> str:
         result = self.result
-        if self.refused_writes:
-            what = f"Redis refused writes ({self.reason})"
-        elif self.reason == CONNECTION_LOST:
-            what = f"lost the connection to Redis ({self.detail})"
-        elif self.reason == NOT_REPLICATED:
-            what = f"no replica acknowledged the enqueue ({self.detail})"
-        else:
-            what = f"Redis answered an error ({self.detail})"
         return (
-            f"{what}: {len(result.enqueued)} enqueued, {len(result.not_published)} not "
-            f"published, {len(result.uncertain)} uncertain"
+            f"{self.headline()}: {len(result.enqueued)} enqueued, {len(result.not_published)} "
+            f"not published, {len(result.uncertain)} uncertain"
         )
 
 
@@ -207,8 +209,8 @@ class ArchiveProducer:
             claim_ttl=settings.pending_ttl,
             probe_ttl=settings.task_time_limit + 10,
         )
-        # With Sentinel, an enqueue answers once a replica has it: a master that crashes right
-        # after cannot take with it jobs the caller was told are stored.
+        # With Sentinel, an enqueue answers once a replica has it, the one a failover promotes
+        # as a rule (docs/high-availability.md says when not).
         replicas = settings.enqueue_replicas
         if replicas is None:
             replicas = 1 if is_sentinel_url(settings.state_url) else 0

@@ -34,6 +34,13 @@ from worker.write_refusals import (
     read_refusal,
 )
 
+# What to do about each reason a call failed, the refusals' included.
+_REMEDIES = {
+    **REMEDIES,
+    CONNECTION_LOST: "check that Redis can be reached",
+    NOT_REPLICATED: "check the master's replicas (ARCHIVER_ENQUEUE_REPLICAS=0 if it has none)",
+}
+
 RETRY_FOR = 10.0  # seconds, by default, of sending again while Redis refuses writes
 
 
@@ -125,18 +132,8 @@ def failure_line(
     """``Redis refused writes (<why>): N enqueued, M not published, K uncertain; <what to
     do>, then <rerun>``: one line for the whole command."""
     enqueued, not_published, uncertain = counts
-    if failed.refused_writes:
-        what = f"Redis refused writes ({refusal.line() if refusal else failed.reason})"
-        remedy = REMEDIES[failed.reason]
-    elif failed.reason == CONNECTION_LOST:
-        what = f"lost the connection to Redis ({failed.detail})"
-        remedy = "check that Redis can be reached"
-    elif failed.reason == NOT_REPLICATED:
-        what = f"no replica acknowledged the enqueue ({failed.detail})"
-        remedy = "check the master's replicas, or set ARCHIVER_ENQUEUE_REPLICAS=0 if it has none"
-    else:
-        what = f"Redis answered an error ({failed.detail})"
-        remedy = "put right what Redis answered"
+    what = failed.headline(refusal.line() if refusal else None)
+    remedy = _REMEDIES.get(failed.reason, "put right what Redis answered")
     return (
         f"{what}: {enqueued} enqueued, {not_published} not published, {uncertain} uncertain; "
         f"{remedy}, {rerun}"

@@ -112,7 +112,8 @@ class Keys:
         return f"{self.prefix}:limiter:"
 
     def limiter(self, account: str, method: str) -> str:
-        """dispatch.lua builds the same name from ``limiter_prefix``, the account and the method."""
+        """publish_accounts.lua builds the same name from ``limiter_prefix``, the account and the
+        method."""
         return f"{self.limiter_prefix}{account}:{method}"
 
     def circuit(self, account: str) -> str:
