@@ -5,8 +5,9 @@ Every reliability setting below has a reason written next to it.
 
 Producers write jobs into the job store (worker/stores/jobs.py), or publish them to the intake
 queue (``ARCHIVER_QUEUE``) from which each node's router stores them. A worker's Celery consumer
-reads only its node's ready queue, which the node's dispatcher fills with jobs that may run now
-(worker/dispatch/). Everything else waits in the job store.
+takes the jobs that may run now from its node's dispatcher, in the same process
+(worker/dispatch/), and reads only its node's ready queue from Redis. Everything else waits in
+the job store.
 """
 
 from __future__ import annotations
@@ -52,16 +53,17 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Beat publishes sweeps to the intake like any producer.
         "task_default_queue": settings.queue,
         "timezone": "UTC",
-        # One job per worker process at a time. A node's ready queue is read without kombu's
-        # acknowledgements (worker/dispatch/service.py): the job store's lease brings back a job
-        # whose run is lost (a killed worker, a lost message), so the messages are not kept a
-        # second time in kombu's unacked hash. A worker process that dies mid-job is counted by
-        # its job's record; one that keeps killing its worker is dead-lettered (worker_lost).
+        # One job per worker process at a time. Jobs reach the consumer in memory and its ready
+        # queue is read without kombu's acknowledgements (worker/dispatch/service.py): the job
+        # store's lease brings back a job whose run is lost (a killed worker, a lost message),
+        # so no message is kept a second time in kombu's unacked hash. A worker process that dies
+        # mid-job is counted by its job's record; one that keeps killing its worker is
+        # dead-lettered (worker_lost).
         "task_acks_late": True,
         "worker_prefetch_multiplier": 1,
         # After a lost broker connection Celery lowers the prefetch for the runs still going and
-        # raises it again as later messages are acknowledged: the ready queue is read without
-        # acknowledgements, so it never would. The dispatcher sizes what it hands out by the
+        # raises it again as later messages are acknowledged: jobs are never acknowledged to
+        # the broker, so it never would. The dispatcher sizes what it hands out by the
         # runs this node holds (worker/dispatch/service.py) instead.
         "worker_enable_prefetch_count_reduction": False,
         # A backstop: a pool process past this peak RSS (KiB) is replaced after its job.
@@ -174,8 +176,9 @@ def _pool_process(**_: Any) -> None:
 
 @signals.celeryd_after_setup.connect
 def _consume_ready_queue(sender: str = "", instance: Any = None, **_: Any) -> None:
-    """Consume this node's ready queue and nothing else: the dispatcher fills it with jobs that
-    may run now; the intake is read by the node's router (worker/dispatch/)."""
+    """Consume this node's ready queue and nothing else: Celery's consumer needs a queue, and the
+    dispatcher's jobs come in memory (worker/dispatch/handoff.py); the intake is read by the
+    node's router (worker/dispatch/)."""
     from worker.dispatch.service import node_name, ready
 
     queue = ready(get_settings().queue, node_name(instance.hostname or sender))

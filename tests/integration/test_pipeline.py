@@ -174,3 +174,20 @@ def test_zz_canary_token_is_nowhere(cluster: Cluster) -> None:
             assert secret not in key
             dumped = cluster.redis.dump(key) or b""
             assert secret.encode() not in dumped, key
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_every_pool_with_celerys_event_loop_takes_the_dispatchers_jobs(
+    fresh_cluster: Cluster, pool: str
+) -> None:
+    """The dispatcher hands jobs to the consumer on Celery's event loop, which the prefork pool
+    (every other test here) and these two pools all run."""
+    chats = [f"7900000{n:04d}@c.us" for n in range(6)]
+    fresh_cluster.add_chats("green-api", chats)
+    fresh_cluster.start_worker(pool=pool)
+    result = enqueue_many(
+        [{"provider": "green-api", "account": GREEN_ID, "chat_id": c} for c in chats],
+        producer=fresh_cluster.producer,
+    )
+    outcomes = [fresh_cluster.result(task_id)["outcome"] for _, task_id in result.enqueued]
+    assert outcomes == ["archived"] * len(chats)

@@ -1,22 +1,21 @@
 """A node's dispatcher on a real Redis and a real Celery app: how long it waits between steps,
-the Celery messages it publishes to the node's ready queue (with the ticket a run needs), and
-the wake listener that relays work arriving anywhere."""
+the Celery messages it hands to the node's consumer (with the ticket a run needs), and the wake
+listener that relays work arriving anywhere."""
 
 from __future__ import annotations
 
-import base64
-import json
 import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery import Celery
+from kombu import Message
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -32,7 +31,8 @@ from worker.dispatch.dispatcher import (
     run_headers,
     slot_deadline,
 )
-from worker.dispatch.service import ready
+from worker.dispatch.handoff import Handoff
+from worker.dispatch.service import DispatchStep
 from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.jobs import DISPATCH_LEAD, Dispatch, DispatchedJob, Held, JobBody, NewJob
 from worker.stores.keys import ready_queue
@@ -60,80 +60,84 @@ def desk(archiver_env: Env) -> JobDesk:
     return JobDesk(archiver_env.services, archiver_env.accounts)  # both accounts: 10/s
 
 
-def dispatcher(env: Env, app: Celery, capacity: int = 4) -> Dispatcher:
-    return Dispatcher(
-        env.services.jobs,
-        app,
-        ready(env.settings.queue, NODE),
-        lambda: capacity,
-        clock=lambda: LOCAL_NOW,
-    )
+class Consumer:
+    """A node's Celery consumer as the handoff sees it: its loop runs a callback at once, and
+    its task handler keeps each message it is given."""
+
+    def __init__(self) -> None:
+        self.received: list[Message] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        callback()
+
+
+@pytest.fixture
+def consumer() -> Consumer:
+    return Consumer()
+
+
+def dispatcher(env: Env, app: Celery, consumer: Consumer, capacity: int = 4) -> Dispatcher:
+    handoff = Handoff(ready_queue(env.settings.queue, NODE))
+    handoff.attach(consumer, consumer.received.append)
+    return Dispatcher(env.services.jobs, app, handoff, lambda: capacity, clock=lambda: LOCAL_NOW)
 
 
 def chat_job(n: int, account: str = GREEN_ID, provider: str = "green-api") -> dict[str, str]:
     return {"provider": provider, "account": account, "chat_id": f"7900000{n:04d}@c.us"}
 
 
-def messages(env: Env) -> list[dict[str, Any]]:
-    """The node's ready queue as Redis holds it, oldest first (kombu pushes on the left)."""
-    raw = env.redis.lrange(ready_queue(env.settings.queue, NODE), 0, -1)
-    return [json.loads(m) for m in reversed(raw)]
-
-
-def payload(message: dict[str, Any]) -> list[Any]:
-    return json.loads(base64.b64decode(message["body"]))
-
-
 # --- how long it waits ----------------------------------------------------------------------------
 
 
 def test_no_free_slot_asks_the_store_for_nothing(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     desk.put(chat_job(1))
-    assert dispatcher(archiver_env, app, capacity=0).step() == MAX_SLEEP
+    assert dispatcher(archiver_env, app, consumer, capacity=0).step() == MAX_SLEEP
     assert archiver_env.services.jobs.counts().active == 0
-    assert messages(archiver_env) == []
+    assert consumer.received == []
 
 
 def test_nothing_waiting_sleeps_the_longest_a_wake_up_pokes(
-    archiver_env: Env, app: Celery, clock: PinnedClock
+    archiver_env: Env, app: Celery, clock: PinnedClock, consumer: Consumer
 ) -> None:
-    assert dispatcher(archiver_env, app).step() == MAX_SLEEP
+    assert dispatcher(archiver_env, app, consumer).step() == MAX_SLEEP
 
 
 def test_full_slots_wait_for_a_slot_to_free(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     for n in range(3):
         desk.put(chat_job(n))
         desk.put(chat_job(n, WASSENGER_ID, "wassenger"))
     # Two slots, two accounts due now: both filled, more waits.
-    assert dispatcher(archiver_env, app, capacity=2).step() == MAX_SLEEP
-    assert len(messages(archiver_env)) == 2
+    assert dispatcher(archiver_env, app, consumer, capacity=2).step() == MAX_SLEEP
+    assert len(consumer.received) == 2
 
 
 def test_the_next_due_job_sets_the_wait_less_the_lead(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     desk.put(chat_job(1))
     desk.put(chat_job(2))
     # 10/s at a 2.5% margin, the limit idle: the next slot is 102.5 ms + a 5 ms gap away.
-    wait = dispatcher(archiver_env, app).step()
+    wait = dispatcher(archiver_env, app, consumer).step()
     assert wait == pytest.approx(0.1075 - DISPATCH_LEAD)
-    assert len(messages(archiver_env)) == 1
+    assert len(consumer.received) == 1
 
 
 def test_a_wait_is_never_longer_than_the_longest_sleep(
-    archiver_env: Env, app: Celery, clock: PinnedClock
+    archiver_env: Env, app: Celery, clock: PinnedClock, consumer: Consumer
 ) -> None:
     job = NewJob("later", UNPACED, SWEEP_TASK, "", JobBody({}), not_before=clock.seconds + 3600)
     archiver_env.services.jobs.submit([job], held=Held.KEEP)
-    assert dispatcher(archiver_env, app).step() == MAX_SLEEP
+    assert dispatcher(archiver_env, app, consumer).step() == MAX_SLEEP
 
 
-def test_a_poke_wakes_a_waiting_dispatcher(archiver_env: Env, app: Celery) -> None:
-    node = dispatcher(archiver_env, app)
+def test_a_poke_wakes_a_waiting_dispatcher(
+    archiver_env: Env, app: Celery, consumer: Consumer
+) -> None:
+    node = dispatcher(archiver_env, app, consumer)
     node.clear()
     threading.Timer(0.05, node.poke).start()
     woken = threading.Event()
@@ -152,7 +156,7 @@ def test_a_poke_wakes_a_waiting_dispatcher(archiver_env: Env, app: Celery) -> No
 
 
 def test_each_job_is_a_celery_message_on_the_nodes_ready_queue_with_its_ticket(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     services = archiver_env.services
     services.jobs.submit(
@@ -167,20 +171,18 @@ def test_each_job_is_a_celery_message_on_the_nodes_ready_queue_with_its_ticket(
         ],
         held=Held.KEEP,
     )
-    node = dispatcher(archiver_env, app)
+    node = dispatcher(archiver_env, app, consumer)
     node.step()
-    [message] = messages(archiver_env)
-    headers = message["headers"]
+    [message] = consumer.received
+    headers = message.headers
     assert (headers["task"], headers["id"], headers["origin"]) == (
         ARCHIVE_TASK,
         "t-1",
         "producer@host",
     )
     assert headers[ATTEMPTS_HEADER] == 2  # the job's history goes with it
-    assert payload(message)[:2] == [[], chat_job(1)]
-    assert message["properties"]["delivery_info"]["routing_key"] == ready_queue(
-        archiver_env.settings.queue, NODE
-    )
+    assert message.decode()[:2] == [[], chat_job(1)]
+    assert message.delivery_info["routing_key"] == ready_queue(archiver_env.settings.queue, NODE)
     ticket = Ticket.from_headers(headers)
     assert ticket is not None
     [member] = archiver_env.redis.zrange(services.keys.active, 0, -1)
@@ -197,52 +199,85 @@ def test_each_job_is_a_celery_message_on_the_nodes_ready_queue_with_its_ticket(
     assert node.handed_out == {"t-1": (member, LOCAL_NOW)}
 
 
-def test_a_celery_consumer_reads_the_message_without_acknowledging_it(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+def test_the_message_is_one_celery_would_publish(
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
-    """What the node's Celery consumer does: its ready queue is read with no kombu ack, so no
-    unacked copy is kept beside the job store's lease."""
+    """What the node's Celery consumer reads: the body and properties Celery's API made, in
+    the serializer the worker accepts."""
     desk.put(chat_job(1), task_id="t-1")
     kwargs = archiver_env.services.jobs.record("t-1").body.kwargs  # type: ignore[union-attr]
-    dispatcher(archiver_env, app).step()
-    queue = ready(archiver_env.settings.queue, NODE)
-    assert queue.no_ack and queue.no_declare
-    with app.connection_for_read() as connection:
-        message = connection.default_channel.basic_get(queue.name, no_ack=True)
-        assert message is not None
-        assert message.headers["id"] == "t-1" and message.headers["task"] == ARCHIVE_TASK
-        assert message.decode()[1] == kwargs
-        assert Ticket.from_headers(message.headers) is not None
-    assert messages(archiver_env) == []
-    assert not archiver_env.redis.exists("unacked")
+    dispatcher(archiver_env, app, consumer).step()
+    [message] = consumer.received
+    assert message.content_type == "application/json" and isinstance(message.body, bytes)
+    assert message.decode() == [
+        [],
+        kwargs,
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+    assert message.properties["correlation_id"] == "t-1"
+    assert message.headers["ignore_result"] is True
+
+
+def test_messages_wait_while_the_consumer_is_away_and_arrive_in_order(
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
+) -> None:
+    for n in range(3):
+        desk.put(chat_job(n), task_id=f"t-{n}")
+        desk.put(chat_job(n, WASSENGER_ID, "wassenger"), task_id=f"w-{n}")
+    node = dispatcher(archiver_env, app, consumer)
+    node.handoff.detach()
+    node.step()
+    clock.advance(0.2)
+    node.step()
+    assert consumer.received == [] and len(node.handoff) == 4
+    node.handoff.attach(consumer, consumer.received.append)
+    assert [m.headers["id"] for m in consumer.received] == ["t-0", "w-0", "t-1", "w-1"]
+    assert len(node.handoff) == 0
+
+
+def test_a_message_the_consumer_refuses_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    received: list[str] = []
+
+    def handler(message: Message) -> None:
+        if message.headers["id"] == "bad":
+            raise ValueError("refused")
+        received.append(message.headers["id"])
+
+    handoff = Handoff("ready")
+    handoff.put([Message(headers={"id": i}) for i in ("a", "bad", "b")])
+    handoff.attach(Consumer(), handler)
+    assert received == ["a", "b"]
+    assert "the consumer refused job bad" in caplog.text
 
 
 def test_a_slot_ahead_is_carried_on_this_hosts_clock(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     desk.put(chat_job(1))
     desk.put(chat_job(2))
-    node = dispatcher(archiver_env, app)
+    node = dispatcher(archiver_env, app, consumer)
     node.step()
     clock.advance(0.1075 - DISPATCH_LEAD)  # the next slot is within the lead
     node.step()
-    second = Ticket.from_headers(messages(archiver_env)[1]["headers"])
+    second = Ticket.from_headers(consumer.received[1].headers)
     assert second is not None
     assert second.slot - clock.micros == DISPATCH_LEAD * MICROS
     assert second.deadline == pytest.approx(LOCAL_NOW + DISPATCH_LEAD)
 
 
 def test_a_job_whose_chat_is_held_is_handed_out_naming_its_holder(
-    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     services = archiver_env.services
     desk.put(chat_job(1), task_id="holder")
     desk.put(chat_job(1), task_id="copy")  # kept: raw messages are
-    node = dispatcher(archiver_env, app)
+    node = dispatcher(archiver_env, app, consumer)
     node.step()
     clock.advance(1)
     node.step()
-    tickets = [Ticket.from_headers(m["headers"]) for m in messages(archiver_env)]
+    tickets = [Ticket.from_headers(m.headers) for m in consumer.received]
     assert [t.holder for t in tickets if t is not None] == ["", "holder"]
     mark = services.keys.pending(f"green-api:{GREEN_ID}", "79000000001@c.us")
     assert archiver_env.redis.get(mark) == "holder"
@@ -384,7 +419,7 @@ def test_jobs_handed_out_while_the_consumer_was_away_count_from_its_return(
     node = Dispatcher(
         archiver_env.services.jobs,
         app,
-        ready(archiver_env.settings.queue, NODE),
+        Handoff("ready"),
         lambda: 4,
         clock=lambda: now[0],
     )
@@ -392,3 +427,14 @@ def test_jobs_handed_out_while_the_consumer_was_away_count_from_its_return(
     now[0] = LOCAL_NOW + 25
     node.consumer_restarted()
     assert node.handed_out == {"t-1": ("t-1|7.1", LOCAL_NOW + 25)}
+
+
+def test_a_node_without_celerys_event_loop_is_refused_in_one_line() -> None:
+    class Gevent:  # what Celery's consumer has under eventlet or gevent: no hub
+        hub = None
+
+    with pytest.raises(SystemExit) as refused:
+        DispatchStep(parent=Gevent()).start(Gevent())
+    assert str(refused.value) == (
+        "chat-archiver: a worker node needs the prefork, threads or solo pool"
+    )

@@ -9,7 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ import respx
 from celery import Celery
 from celery.exceptions import Retry
 from click.testing import CliRunner
+from kombu import Message
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -34,9 +35,9 @@ from worker.cli import main as cli
 from worker.contract import envelope
 from worker.contract.outcomes import DeadLettered, Reason
 from worker.dispatch.dispatcher import Dispatcher
+from worker.dispatch.handoff import Handoff
 from worker.dispatch.registry import dispatch_entry
 from worker.dispatch.router import Router
-from worker.dispatch.service import ready
 from worker.producer import ArchiveProducer
 from worker.services import reset_services
 from worker.stores.client import connect
@@ -91,24 +92,26 @@ class Hops:
         self.env = env
         self.app = app
         self.producer = ArchiveProducer(app, env.settings, env.redis)
+        self.received: list[Message] = []
+        handoff = Handoff(ready_queue(env.settings.queue, NODE))
+        handoff.attach(self, self.received.append)  # a consumer's loop runs callbacks at once
         self.dispatcher = Dispatcher(
-            env.services.jobs,
-            app,
-            ready(env.settings.queue, NODE),
-            lambda: 1,
-            tracer=tracing.active(env.settings),
+            env.services.jobs, app, handoff, lambda: 1, tracer=tracing.active(env.settings)
         )
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        callback()
 
     def dispatch(self, timeout: float = 5.0) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """The next job handed out: task id, keyword arguments, the message's headers."""
 
-        def handed_out() -> bytes | None:
+        def handed_out() -> Message | None:
             self.dispatcher.step()
-            return self.env.redis.rpop(ready_queue(self.env.settings.queue, NODE))
+            return self.received.pop(0) if self.received else None
 
-        message = json.loads(eventually(handed_out, timeout, "a dispatch", step=0.02))
-        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        return message["headers"]["id"], kwargs, message["headers"]
+        message = eventually(handed_out, timeout, "a dispatch", step=0.02)
+        _, kwargs, _ = message.decode()
+        return message.headers["id"], kwargs, message.headers
 
     def run(self, task_id: str, kwargs: dict[str, Any], headers: dict[str, Any]) -> Any:
         """What the pool process calls, its ending as Celery would see it."""
@@ -477,12 +480,14 @@ import httpx, respx
 from worker.celery_app import create_app
 from worker.dispatch.dispatcher import Dispatcher
 from worker.dispatch.registry import dispatch_entry
-from worker.dispatch.service import ready
+from worker.dispatch.handoff import Handoff
 from worker.producer import ArchiveProducer
 from worker.services import get_accounts, get_services
-from worker.stores.keys import ready_queue
 from tasks.archive.task import archive_chat, run_chat_job
-import base64
+
+class Loop:
+    def call_soon(self, callback):
+        callback()
 
 services, accounts = get_services(), get_accounts()
 settings = services.settings
@@ -492,7 +497,10 @@ producer = ArchiveProducer(app, settings, services.redis)
 ok = producer.enqueue(JOB)
 bad = producer.enqueue({**JOB, "chat_id": "79000000000@c.us"})
 records = {i: services.redis.hget(services.keys.jobs, i) for i in (ok, bad)}
-node = Dispatcher(services.jobs, app, ready(settings.queue, "n"), lambda: 2)
+received = []
+handoff = Handoff("ready")
+handoff.attach(Loop(), received.append)
+node = Dispatcher(services.jobs, app, handoff, lambda: 2)
 node.step()
 headers = {}
 with respx.mock() as mock:
@@ -502,11 +510,10 @@ with respx.mock() as mock:
             text="" if b"79001234567" in request.content else "chat with id x not found",
         )
     )
-    while raw := services.redis.rpop(ready_queue(settings.queue, "n")):
-        message = json.loads(raw)
-        _, kwargs, _ = json.loads(base64.b64decode(message["body"]))
-        headers[message["headers"]["id"]] = message["headers"]
-        archive_chat.push_request(id=message["headers"]["id"], headers=message["headers"])
+    for message in received:
+        _, kwargs, _ = message.decode()
+        headers[message.headers["id"]] = message.headers
+        archive_chat.push_request(id=message.headers["id"], headers=message.headers)
         try:
             run_chat_job(archive_chat, (), kwargs)
         except Exception as ending:

@@ -25,7 +25,7 @@ TICKET_HEADER = "archiver_ticket"
 @dataclass(frozen=True)
 class Ticket:
     """A dispatch's hand-over to one run. A message without one did not come from a dispatcher
-    of ours (the router checks every intake message; nothing else reaches a ready queue)."""
+    of ours (the router checks every intake message; dispatchers hand out only stored jobs)."""
 
     token: str  # the run's lease member is "task id|token"
     account: str  # the job store's account ("provider:id", or UNPACED)

@@ -2,9 +2,9 @@
 
 One per worker node, in a thread of the main process. It asks the job store for as many due jobs
 as the node has free slots (lua/dispatch.lua reserves each one's permit and lease in the same
-step), builds each one's Celery message with Celery's own API, and publishes it to the node's
-own ready queue, the only queue its Celery consumer reads. So a worker never holds a job it cannot
-run now, and never sleeps more than the dispatch lead for a permit.
+step), builds each one's Celery message with Celery's own API, and hands it to the node's Celery
+consumer in-process (worker/dispatch/handoff.py). So a worker never holds a job it cannot run
+now, and never sleeps more than the dispatch lead for a permit.
 
 It waits on a local event: a slot of this node freed (the task's request pokes it), work arrived
 anywhere (a Redis publish on the wake channel, relayed by a subscriber thread, which costs nothing
@@ -22,9 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
-from kombu import Queue
+from kombu import Message, serialization
 
 from worker.contract.history import TICKET_HEADER, Ticket
+from worker.dispatch.handoff import Handoff
 from worker.stores.jobs import Dispatch, DispatchedJob, JobStore
 
 if TYPE_CHECKING:
@@ -42,18 +43,20 @@ class Dispatcher:
         self,
         store: JobStore,
         app: Celery,
-        ready: Queue,
+        handoff: Handoff,
         capacity: Callable[[], int],
         clock: Callable[[], float] = time.monotonic,
         tracer: JobTracer | None = None,
     ) -> None:
-        """``capacity``: the node's free worker slots; ``ready``: the node's ready queue;
+        """``capacity``: the node's free worker slots; ``handoff``: the way to its consumer;
         ``tracer``: while tracing is on, a traced job's message carries its dispatch's trace
         context to its run (worker/tracing)."""
         self.store = store
         self.tracer = tracer
         self.app = app
-        self.ready = ready
+        self.handoff = handoff
+        self.queue = handoff.name
+        self.serializer = app.conf.task_serializer
         self.capacity = capacity
         self.clock = clock
         # task id -> (lease member, when): renewed until its request arrives (a message lost on the
@@ -62,8 +65,8 @@ class Dispatcher:
         self._wake = threading.Event()
 
     def consumer_restarted(self) -> None:
-        """The consumer reads the ready queue again after a lost broker connection: what was
-        handed out meanwhile waits there, not lost, and is renewed as if handed out now."""
+        """The consumer is back after a lost broker connection: what was handed out meanwhile
+        waited for it, not lost, and is renewed as if handed out now."""
         now = self.clock()
         for task_id, (member, _) in list(self.handed_out.items()):
             self.handed_out[task_id] = (member, now)
@@ -87,40 +90,41 @@ class Dispatcher:
         return min(MAX_SLEEP, dispatch.next_in)
 
     def _publish(self, dispatch: Dispatch, local_now: float) -> None:
-        """One Celery message per job, on the node's ready queue, with its ticket."""
-        amqp = self.app.amqp
-        with self.app.producer_or_acquire() as producer:
-            for job in dispatch.jobs:
-                deadline = slot_deadline(job, dispatch, local_now)
-                self.handed_out[job.task_id] = (job.member, local_now)
-                # ignore_result: the run writes its result with its ending (in one step); the
-                # message's own flag would have Celery store it a second time.
-                message = amqp.create_task_message(
-                    job.task_id,
-                    job.task,
-                    (),
-                    job.body.kwargs,
-                    argsrepr="()",
-                    kwargsrepr=repr(job.body.kwargs),
-                    origin=job.body.origin or None,
-                    ignore_result=True,
-                )
-                headers = run_headers(job, deadline, dispatch.now_us)
-                if self.tracer is None or not job.body.trace:
-                    self._send(producer, job, message, headers)
-                    continue
-                with self.tracer.dispatching(job, self.ready.name) as trace_headers:
-                    self._send(producer, job, message, {**headers, **trace_headers})
+        """One Celery message per job, with its ticket, to this node's consumer."""
+        messages = []
+        for job in dispatch.jobs:
+            deadline = slot_deadline(job, dispatch, local_now)
+            self.handed_out[job.task_id] = (job.member, local_now)
+            headers = run_headers(job, deadline, dispatch.now_us)
+            if self.tracer is None or not job.body.trace:
+                messages.append(self._message(job, headers))
+                continue
+            with self.tracer.dispatching(job, self.queue) as trace_headers:
+                messages.append(self._message(job, {**headers, **trace_headers}))
+        self.handoff.put(messages)
 
-    def _send(self, producer: Any, job: DispatchedJob, message: Any, headers: Any) -> None:
-        self.app.amqp.send_task_message(
-            producer,
+    def _message(self, job: DispatchedJob, extra_headers: dict[str, Any]) -> Message:
+        """The message Celery would publish for the job, as its consumer would receive it."""
+        # ignore_result: the run writes its result with its ending (in one step); the message's
+        # own flag would have Celery store it a second time.
+        headers, properties, body, _ = self.app.amqp.create_task_message(
+            job.task_id,
             job.task,
-            message,
-            queue=self.ready,
-            declare=[],
-            retry=True,
-            headers=headers,
+            (),
+            job.body.kwargs,
+            argsrepr="()",
+            kwargsrepr=repr(job.body.kwargs),
+            origin=job.body.origin or None,
+            ignore_result=True,
+        )
+        content_type, encoding, data = serialization.dumps(body, self.serializer)
+        return Message(
+            body=data.encode() if isinstance(data, str) else data,
+            content_type=content_type,
+            content_encoding=encoding,
+            headers={**headers, **extra_headers},
+            properties=properties,
+            delivery_info={"exchange": "", "routing_key": self.queue},
         )
 
     def clear(self) -> None:

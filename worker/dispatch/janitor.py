@@ -6,7 +6,8 @@ their message was lost on its way to a worker: they run again within ARCHIVER_LE
 ARCHIVER_JANITOR_INTERVAL of their last sign of life), and then, here:
 
 - gives a dead node's routing list (messages it took from the intake and had not stored) back to
-  the intake, and deletes its ready queue (its jobs come back through their leases);
+  the intake, and deletes its ready queue (what its dispatcher handed out comes back through
+  the leases);
 - dead-letters the jobs that waited longer than ARCHIVER_UNKNOWN_ACCOUNT_GRACE for an account no
   worker knows (``unknown_account``), to be replayed once the account is configured;
 - dead-letters jobs parked behind a paused account longer than ARCHIVER_CIRCUIT_MAX_PAUSE, with

@@ -2,7 +2,7 @@
 
 - **router**: intake queue -> job store (worker/dispatch/router.py), blocking on the intake while
   it is empty;
-- **dispatcher**: job store -> this node's ready queue, for its free slots
+- **dispatcher**: job store -> this node's Celery consumer (in memory), for its free slots
   (worker/dispatch/dispatcher.py), woken by the **wake listener** when work arrives anywhere;
 - **housekeeper**: one step every few seconds (lua/tick.lua) renews the leases of the runs this
   node holds, says the node is alive, and takes the janitor's turn when it is free
@@ -32,6 +32,7 @@ from kombu import Queue
 from worker import tracing
 from worker.contract.history import Ticket
 from worker.dispatch.dispatcher import Dispatcher, WakeListener
+from worker.dispatch.handoff import Handoff
 from worker.dispatch.janitor import Janitor
 from worker.dispatch.registry import AccountsPublisher
 from worker.dispatch.router import Router
@@ -206,9 +207,8 @@ class NodeRuntime:
             on_refused=on_refused,
             tracer=tracer,
         )
-        self.dispatcher = Dispatcher(
-            services.jobs, app, ready(settings.queue, node), capacity, tracer=tracer
-        )
+        self.handoff = Handoff(ready_queue(settings.queue, node))
+        self.dispatcher = Dispatcher(services.jobs, app, self.handoff, capacity, tracer=tracer)
         self.wake = WakeListener(services.redis, services.keys.wake, self.dispatcher.poke)
         self.publisher = AccountsPublisher(
             accounts_file(), services.jobs, services.keys, services.limiter
@@ -356,10 +356,14 @@ class DispatchStep(bootsteps.StartStopStep):
 
     def start(self, consumer: Any) -> None:
         global _runtime
+        if consumer.hub is None:
+            # eventlet or gevent: no event loop of Celery's to hand jobs to.
+            raise SystemExit("chat-archiver: a worker node needs the prefork, threads or solo pool")
         if _runtime is not None:
-            # A new broker connection: the jobs handed out while it was down are still in the
-            # ready queue, and have the usual time from now to arrive before they count as lost.
+            # A new broker connection: the jobs handed out while it was down waited for it, and
+            # have the usual time from now to arrive before they count as lost.
             _runtime.dispatcher.consumer_restarted()
+            _runtime.handoff.attach(consumer.hub, consumer.create_task_handler())
             return
         services = get_services()
         set_outage_grace(services.settings.redis_outage_grace)
@@ -378,10 +382,14 @@ class DispatchStep(bootsteps.StartStopStep):
 
         node = node_name(consumer.hostname)
         _runtime = NodeRuntime(services, consumer.app, node, capacity, on_refused)
+        _runtime.handoff.attach(consumer.hub, consumer.create_task_handler())
         _runtime.start()
 
     def stop(self, consumer: Any) -> None:
-        """A consumer restart (a lost broker connection): the runtime keeps running."""
+        """A consumer restart (a lost broker connection): the runtime keeps running, and what it
+        hands out waits for the consumer's return."""
+        if _runtime is not None:
+            _runtime.handoff.detach()
 
     def shutdown(self, consumer: Any) -> None:
         global _runtime

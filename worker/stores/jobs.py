@@ -5,12 +5,12 @@ router (worker/dispatch/router.py), and wait in their account's wait list. Each 
 (worker/dispatch/dispatcher.py) hands out due jobs for its free worker slots, round-robin between
 accounts in the order of their next permitted time (a sorted set: O(log N) whatever the number of
 accounts), each with its rate-limit permit reserved and its run's lease taken in the same step,
-into the node's own ready queue. A job that cannot run now (a retry's countdown, a 429, a paused
+to the node's own Celery consumer. A job that cannot run now (a retry's countdown, a 429, a paused
 account) comes back here, never into a worker's memory.
 
 Leases are the one way lost work comes back. A handed-out job's run holds a lease, an ``active``
 member "id|token" renewed by its node; when it runs out (a killed node, a message lost between
-the queue and a worker), the janitor puts the job back at the front of its wait list and counts
+the dispatcher and a worker), the janitor puts the job back at the front of its wait list and counts
 the run as lost. Every ending checks and removes the run's member in the same step
 (lua/close.lua), so only the run that holds a job can end it, once. Keys: worker/stores/keys.py.
 """

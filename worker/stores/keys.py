@@ -28,7 +28,8 @@ The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dea
 metrics, sweep runs) are named below too, each described in its store's module.
 
 Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what raw producers publish to), each node's
-ready queue ``{queue}.ready.{node}`` (the only queue its Celery consumer reads), and
+ready queue ``{queue}.ready.{node}`` (the only queue its Celery consumer reads: the dispatcher's
+jobs reach the consumer in memory, so it holds only messages pushed there by hand), and
 ``{p}:routing:{node}``, the messages a node took from the intake and has not yet stored.
 """
 

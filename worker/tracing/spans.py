@@ -7,7 +7,7 @@ One trace per job; its spans, in the processes that make them:
     route <task>      worker      CONSUMER  instead of enqueue, for a message from the intake
                                             queue (its parent: the message's traceparent)
     wait <task>       worker      INTERNAL  in the job store, from its entry to its dispatch
-    dispatch <task>   worker      PRODUCER  handed out to a node's ready queue
+    dispatch <task>   worker      PRODUCER  handed out to a node's consumer
     run <task>        pool        CONSUMER  the run, with its ending (outcome, reason)
     <provider> <method>  pool     CLIENT    each provider call attempt: HTTP method, route
                                             template, status code, attempt, outcome

@@ -102,7 +102,7 @@ class ArchiverCollector(Collector):
         depths = queue_depths(self.services)
         family = GaugeMetricFamily(
             "chat_archiver_queue_depth",
-            "Messages in a queue: the intake (raw producers), and the nodes' ready queues",
+            "Messages in a queue: the intake (raw producers), the nodes' ready queues (by hand)",
             labels=["queue"],
         )
         family.add_metric([settings.queue], depths["intake"])

@@ -165,7 +165,8 @@ def collect_status(
 
 def queue_depths(services: Services) -> dict[str, int]:
     """Messages in the intake queue (raw producers' jobs not yet stored) and in the nodes'
-    ready queues (handed out, not yet taken by a worker process)."""
+    ready queues (only messages pushed there by hand: dispatched jobs reach a node's consumer in
+    memory)."""
     settings = services.settings
     nodes = services.jobs.nodes()
     broker = services.broker.pipeline(transaction=False)

@@ -1,0 +1,74 @@
+"""Dispatched jobs reach this node's Celery consumer in-process, not through Redis and back.
+
+The dispatcher runs in a thread of the worker's main process, beside the consumer it feeds: each
+message it builds (with Celery's API) goes to the consumer's own task handler on the consumer's
+event loop (kombu's ``Hub.call_soon``, which is safe from another thread and wakes the loop).
+While the consumer is away (a lost broker connection), messages wait here until it is back. One
+waiting here when the process dies dies with it, as one in a dead node's Redis list would: the
+job's lease brings it back (worker/dispatch/janitor.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kombu import Message
+
+logger = logging.getLogger("chat_archiver.dispatch")
+
+
+class Handoff:
+    def __init__(self, name: str) -> None:
+        """``name``: the node's ready queue's, which its messages name as their routing key."""
+        self.name = name
+        self._lock = threading.Lock()
+        self._inbox: deque[Message] = deque()
+        self._hub: Any = None
+        self._handler: Callable[[Message], None] | None = None
+        self._scheduled = False
+
+    def __len__(self) -> int:
+        return len(self._inbox)
+
+    def attach(self, hub: Any, handler: Callable[[Message], None]) -> None:
+        """The consumer started (again): ``handler`` is its task handler, run on ``hub``."""
+        with self._lock:
+            self._hub, self._handler, self._scheduled = hub, handler, False
+        self._schedule()
+
+    def detach(self) -> None:
+        """The consumer stopped: messages wait until it is attached again."""
+        with self._lock:
+            self._hub = self._handler = None
+
+    def put(self, messages: Iterable[Message]) -> None:
+        with self._lock:
+            self._inbox.extend(messages)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        with self._lock:
+            hub = self._hub
+            if hub is None or self._scheduled or not self._inbox:
+                return
+            self._scheduled = True
+        hub.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """On the consumer's loop: every waiting message to its handler, oldest first."""
+        while True:
+            with self._lock:
+                handler = self._handler
+                if handler is None or not self._inbox:
+                    self._scheduled = False
+                    return
+                message = self._inbox.popleft()
+            try:
+                handler(message)
+            except Exception:
+                # The loop must go on; the job's lease brings it back.
+                logger.exception("the consumer refused job %s", message.headers.get("id"))
