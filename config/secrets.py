@@ -83,6 +83,7 @@ _SHAPES = (
         rf"\g<1>{MASK}@",
     ),
 )
+_TRIGGERS = re.compile("|".join(re.escape(w) for words, _, _ in _SHAPES for w in words))
 # Shorter values would redact ordinary words; real tokens are far longer.
 _MIN_SECRET_LENGTH = 8
 # One escaped character: percent-encoded (once or twice), behind backslashes (\x41, \u0041,
@@ -255,6 +256,8 @@ def redact(text: str) -> str:
         # Text with no escape at all (most log lines) needs no unescaping.
         text = _mask_escaped(text, pattern) if _ESCAPED.search(text) else pattern.sub(MASK, text)
     lowered = text.lower()
+    if _TRIGGERS.search(lowered) is None:  # most text: no shape's word, one scan
+        return text
     for words, shape, replacement in _SHAPES:
         if any(word in lowered for word in words):
             text = shape.sub(replacement, text)
@@ -273,7 +276,10 @@ def excerpt(text: str) -> str:
     """A short one-line excerpt of any text (a provider's answer, a malformed message) fit to
     store: redacted before it is flattened and cut, so no cut can leave half a token behind."""
     window = text[:_EXCERPT_WINDOW]
-    flat = redact(" ".join(redact(window).split()))
+    redacted = redact(window)
+    flat = " ".join(redacted.split())
+    if flat != redacted:  # flattening may join the halves of a secret: look again
+        flat = redact(flat)
     if len(text) > _EXCERPT_WINDOW:
         flat = flat[: max(0, len(flat) - _WINDOW_TAIL)]
     return flat if len(flat) <= EXCERPT_LENGTH else flat[: EXCERPT_LENGTH - 1] + "…"
