@@ -59,17 +59,7 @@ class Dispatcher:
         self.serializer = app.conf.task_serializer
         self.capacity = capacity
         self.clock = clock
-        # task id -> (lease member, when): renewed until its request arrives (a message lost on the
-        # way stops being renewed, and the janitor gives its job back).
-        self.handed_out: dict[str, tuple[str, float]] = {}
         self._wake = threading.Event()
-
-    def consumer_restarted(self) -> None:
-        """The consumer is back after a lost broker connection: what was handed out meanwhile
-        waited for it, not lost, and is renewed as if handed out now."""
-        now = self.clock()
-        for task_id, (member, _) in list(self.handed_out.items()):
-            self.handed_out[task_id] = (member, now)
 
     def poke(self) -> None:
         """A worker slot of this node freed, or work arrived: look again now."""
@@ -94,13 +84,12 @@ class Dispatcher:
         messages = []
         for job in dispatch.jobs:
             deadline = slot_deadline(job, dispatch, local_now)
-            self.handed_out[job.task_id] = (job.member, local_now)
             headers = run_headers(job, deadline, dispatch.now_us)
             if self.tracer is None or not job.body.trace:
-                messages.append(self._message(job, headers))
+                messages.append((job.member, self._message(job, headers)))
                 continue
             with self.tracer.dispatching(job, self.queue) as trace_headers:
-                messages.append(self._message(job, {**headers, **trace_headers}))
+                messages.append((job.member, self._message(job, {**headers, **trace_headers})))
         self.handoff.put(messages)
 
     def _message(self, job: DispatchedJob, extra_headers: dict[str, Any]) -> Message:

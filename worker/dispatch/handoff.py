@@ -3,9 +3,10 @@
 The dispatcher runs in a thread of the worker's main process, beside the consumer it feeds: each
 message it builds (with Celery's API) goes to the consumer's own task handler on the consumer's
 event loop (kombu's ``Hub.call_soon``, which is safe from another thread and wakes the loop).
-While the consumer is away (a lost broker connection), messages wait here until it is back. One
-waiting here when the process dies dies with it, as one in a dead node's Redis list would: the
-job's lease brings it back (worker/dispatch/janitor.py).
+While the consumer is away (a lost broker connection), messages wait here until it is back, and
+their node renews their leases (``members``). One waiting here when the process dies dies with
+it, as one in a dead node's Redis list would: the job's lease brings it back
+(worker/dispatch/janitor.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Handoff:
         """``name``: the node's ready queue's, which its messages name as their routing key."""
         self.name = name
         self._lock = threading.Lock()
-        self._inbox: deque[Message] = deque()
+        self._inbox: deque[tuple[str, Message]] = deque()  # (lease member, message)
         self._hub: Any = None
         self._handler: Callable[[Message], None] | None = None
         self._scheduled = False
@@ -45,7 +46,13 @@ class Handoff:
         with self._lock:
             self._hub = self._handler = None
 
-    def put(self, messages: Iterable[Message]) -> None:
+    def members(self) -> list[str]:
+        """The lease members of the jobs waiting here."""
+        with self._lock:
+            return [member for member, _ in self._inbox]
+
+    def put(self, messages: Iterable[tuple[str, Message]]) -> None:
+        """Messages with their jobs' lease members, oldest first."""
         with self._lock:
             self._inbox.extend(messages)
         self._schedule()
@@ -66,7 +73,7 @@ class Handoff:
                 if handler is None or not self._inbox:
                     self._scheduled = False
                     return
-                message = self._inbox.popleft()
+                _, message = self._inbox.popleft()
             try:
                 handler(message)
             except Exception:

@@ -84,9 +84,6 @@ class JobRequest(Request):
         super().__init__(*args, **kwargs)
         ticket = Ticket.from_headers(self.request_dict)
         self.archiver_member = lease_member(self.id, ticket.token) if ticket else ""
-        runtime = _runtime
-        if runtime is not None:
-            runtime.dispatcher.handed_out.pop(self.id, None)
 
     def acknowledge(self) -> None:
         if not self.acknowledged:
@@ -299,15 +296,9 @@ class NodeRuntime:
                 dispatcher.wait(wait)
 
     def _members(self) -> list[str]:
-        """The lease members this node renews: the runs it holds, and the jobs it handed out
-        whose request has not arrived yet (for a third of a lease; one that never arrives was
-        lost on the way, and its lease is left to run out)."""
-        recent = time.monotonic() - self.services.settings.lease_timeout / 3
-        handed = self.dispatcher.handed_out
-        for task_id, (_, at) in list(handed.items()):
-            if at < recent:
-                handed.pop(task_id, None)
-        return _running_members() + [member for member, _ in list(handed.values())]
+        """The lease members this node renews: the runs it holds, and the jobs handed out that
+        wait for its consumer."""
+        return _running_members() + self.handoff.members()
 
     def _housekeep(self, stop: threading.Event) -> None:
         settings = self.services.settings
@@ -360,9 +351,7 @@ class DispatchStep(bootsteps.StartStopStep):
             # eventlet or gevent: no event loop of Celery's to hand jobs to.
             raise SystemExit("chat-archiver: a worker node needs the prefork, threads or solo pool")
         if _runtime is not None:
-            # A new broker connection: the jobs handed out while it was down waited for it, and
-            # have the usual time from now to arrive before they count as lost.
-            _runtime.dispatcher.consumer_restarted()
+            # A new broker connection: the jobs handed out while it was down waited for it.
             _runtime.handoff.attach(consumer.hub, consumer.create_task_handler())
             return
         services = get_services()
@@ -370,12 +359,11 @@ class DispatchStep(bootsteps.StartStopStep):
 
         def capacity() -> int:
             # The slots the consumer may fill (its prefetch), less the jobs it holds and those
-            # handed out to it that have not arrived yet.
+            # handed out to it that wait in the handoff.
             qos = getattr(consumer, "qos", None)
             limit = int(qos.value) if qos is not None else 0
             runtime = _runtime
-            handed = len(runtime.dispatcher.handed_out) if runtime is not None else 0
-            return limit - len(_held_requests()) - handed
+            return limit - len(_held_requests()) - (len(runtime.handoff) if runtime else 0)
 
         def on_refused(task_id: str, error: Exception) -> None:
             consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
