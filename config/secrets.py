@@ -278,7 +278,8 @@ def excerpt(text: str) -> str:
     window = text[:_EXCERPT_WINDOW]
     redacted = redact(window)
     flat = " ".join(redacted.split())
-    if flat != redacted:  # flattening may join the halves of a secret: look again
+    if flat != redacted or MASK in flat:
+        # Flattening may join the halves of a secret, and a mask may complete one: look again.
         flat = redact(flat)
     if len(text) > _EXCERPT_WINDOW:
         flat = flat[: max(0, len(flat) - _WINDOW_TAIL)]

@@ -16,6 +16,7 @@ import pytest
 import redis
 from celery import Celery
 from kombu import Message
+from kombu.exceptions import MessageStateError
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -420,3 +421,63 @@ def test_a_node_without_celerys_event_loop_is_refused_in_one_line() -> None:
     assert str(refused.value) == (
         "chat-archiver: a worker node needs the prefork, threads or solo pool"
     )
+
+
+class ClosingHub(Consumer):
+    """A consumer's hub as a lost broker connection resets it: callbacks wait until the loop
+    runs, and a reset runs its on_close callbacks, then the pending ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_close: set[Callable[[Any], None]] = set()
+        self.pending: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.pending.append(callback)
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for callback in pending:
+            callback()
+
+    def reset(self) -> None:
+        for callback in list(self.on_close):
+            callback(self)
+        self.run()
+
+
+def test_a_hub_reset_by_a_lost_connection_gives_no_message_to_the_old_consumer() -> None:
+    """Celery's asynloop resets the hub before the consumer's steps stop: a message given to
+    the old consumer then would be forgotten with its requests, its lease left to run out."""
+    hub = ClosingHub()
+    handoff = Handoff("ready")
+    handoff.attach(hub, hub.received.append)
+    handoff.put([("a|1", Message(headers={"id": "a"}))])
+    hub.reset()
+    assert hub.received == [] and handoff.members() == ["a|1"] and not handoff.attached
+    back = ClosingHub()  # the consumer started again
+    handoff.attach(back, back.received.append)
+    back.run()
+    assert [m.headers["id"] for m in back.received] == ["a"]
+
+
+def test_a_warm_shutdown_leaves_the_waiting_jobs_to_their_leases() -> None:
+    handoff = Handoff("ready")
+    handoff.put([("a|1", Message(headers={"id": "a"}))])
+    handoff.clear()
+    handoff.put([("b|1", Message(headers={"id": "b"}))])  # a step that was under way
+    assert handoff.members() == [] and len(handoff) == 0 and not handoff.attached
+
+
+def test_celerys_own_acknowledgements_of_a_handed_over_message_are_harmless(
+    archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
+) -> None:
+    """Celery acknowledges or rejects a message it cannot run (an unknown task, say): one that
+    came from no broker has nothing to tell, and must not raise."""
+    desk.put(chat_job(1), task_id="t-1")
+    dispatcher(archiver_env, app, consumer).step()
+    first, second = Message(), *consumer.received
+    with pytest.raises(MessageStateError):
+        first.ack()  # what a message with no channel did
+    second.ack()
+    assert second.acknowledged

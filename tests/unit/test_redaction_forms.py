@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from config.secrets import MASK, Secret, recompile, redact, register
+from config.secrets import MASK, Secret, excerpt, recompile, redact, register
 from tests.unit.test_canary import leaks
 
 
@@ -78,3 +78,11 @@ def test_an_escaped_secret_is_masked_escapes_and_all_and_nothing_around_it() -> 
 def test_a_secret_refuses_to_be_pickled() -> None:
     with pytest.raises(TypeError, match=r"^a Secret cannot be pickled$"):
         pickle.dumps(Secret("pickle-me-not-123456"))
+
+
+def test_an_excerpt_looks_again_where_a_mask_completes_a_secret() -> None:
+    """A secret may begin with what the mask writes: the text the first pass masked is redacted
+    again, as when flattening changed it."""
+    register("ABCDEFGH12345678")
+    register("***abcde")
+    assert excerpt("ABCDEFGH12345678abcdefghij") == "***fghij"

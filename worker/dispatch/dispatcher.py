@@ -108,6 +108,7 @@ class Dispatcher:
         )
         content_type, encoding, data = serialization.dumps(body, self.serializer)
         return Message(
+            channel=NO_BROKER,
             body=data.encode() if isinstance(data, str) else data,
             content_type=content_type,
             content_encoding=encoding,
@@ -123,6 +124,25 @@ class Dispatcher:
     def wait(self, timeout: float) -> None:
         if timeout > 0:
             self._wake.wait(timeout)
+
+
+class _NoBroker:
+    """The channel of a message that came from no broker: Celery's paths that acknowledge or
+    reject a message (an unknown task, a decode error) find nothing to tell."""
+
+    no_ack_consumers = None  # kombu's Message.ack reads it
+
+    def basic_ack(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def basic_reject(self, *_: Any, **__: Any) -> None:
+        pass
+
+    def basic_recover(self, *_: Any, **__: Any) -> None:
+        pass
+
+
+NO_BROKER = _NoBroker()
 
 
 def run_headers(job: DispatchedJob, deadline: float, now_us: int) -> dict[str, Any]:

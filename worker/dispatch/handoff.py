@@ -31,20 +31,44 @@ class Handoff:
         self._hub: Any = None
         self._handler: Callable[[Message], None] | None = None
         self._scheduled = False
+        self._closed = False
 
     def __len__(self) -> int:
         return len(self._inbox)
+
+    @property
+    def attached(self) -> bool:
+        return self._handler is not None
 
     def attach(self, hub: Any, handler: Callable[[Message], None]) -> None:
         """The consumer started (again): ``handler`` is its task handler, run on ``hub``."""
         with self._lock:
             self._hub, self._handler, self._scheduled = hub, handler, False
+        # A lost broker connection resets the hub, which runs its pending callbacks (a drain
+        # among them) after its on_close ones: detached first, no message goes to a consumer
+        # whose requests are about to be forgotten.
+        on_close = getattr(hub, "on_close", None)
+        if on_close is not None:
+            on_close.add(self._hub_closing)
         self._schedule()
+
+    def _hub_closing(self, hub: Any) -> None:
+        hub.on_close.discard(self._hub_closing)
+        if hub is self._hub:
+            self.detach()
 
     def detach(self) -> None:
         """The consumer stopped: messages wait until it is attached again."""
         with self._lock:
             self._hub = self._handler = None
+
+    def clear(self) -> None:
+        """A warm shutdown: no message waiting here will run on this node. Their leases are no
+        longer renewed, and the janitor gives their jobs back when the leases run out."""
+        with self._lock:
+            self._hub = self._handler = None
+            self._inbox.clear()
+            self._closed = True
 
     def members(self) -> list[str]:
         """The lease members of the jobs waiting here."""
@@ -52,8 +76,10 @@ class Handoff:
             return [member for member, _ in self._inbox]
 
     def put(self, messages: Iterable[tuple[str, Message]]) -> None:
-        """Messages with their jobs' lease members, oldest first."""
+        """Messages with their jobs' lease members, oldest first (none once cleared)."""
         with self._lock:
+            if self._closed:
+                return
             self._inbox.extend(messages)
         self._schedule()
 

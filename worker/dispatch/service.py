@@ -241,8 +241,10 @@ class NodeRuntime:
         logger.info("dispatch runtime started on %s", self.node)
 
     def drain(self) -> None:
-        """Stop routing and dispatching; leases go on being renewed until the worker exits."""
+        """Stop routing and dispatching; leases go on being renewed until the worker exits,
+        except those of the jobs that were still waiting for the consumer."""
         self._draining.set()
+        self.handoff.clear()
         self.dispatcher.poke()
 
     def stop(self) -> None:
@@ -359,11 +361,12 @@ class DispatchStep(bootsteps.StartStopStep):
 
         def capacity() -> int:
             # The slots the consumer may fill (its prefetch), less the jobs it holds and those
-            # handed out to it that wait in the handoff.
-            qos = getattr(consumer, "qos", None)
-            limit = int(qos.value) if qos is not None else 0
+            # handed out to it that wait in the handoff; none while it is away.
             runtime = _runtime
-            return limit - len(_held_requests()) - (len(runtime.handoff) if runtime else 0)
+            qos = getattr(consumer, "qos", None)
+            if runtime is None or qos is None or not runtime.handoff.attached:
+                return 0
+            return int(qos.value) - len(_held_requests()) - len(runtime.handoff)
 
         def on_refused(task_id: str, error: Exception) -> None:
             consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
