@@ -236,7 +236,6 @@ def backlog_run(
             time.sleep(0.25)
             done = results_done_at(bench.redis, ids)
         store = {
-            "ready_queue": int(bench.redis.llen(f"{bench.settings.queue}.ready")),
             "unacked": int(bench.redis.hlen("unacked")),
             "jobs_stored": int(bench.redis.hlen(f"{bench.settings.key_prefix}:jobs")),
         }
