@@ -17,7 +17,6 @@ ATTEMPTS_HEADER = "archiver_attempts"
 FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
 ROUNDS_HEADER = "archiver_transient_rounds"
 LAST_ATTEMPT_HEADER = "archiver_last_attempt"
-HISTORY_HEADERS = (ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER, LAST_ATTEMPT_HEADER)
 
 TICKET_HEADER = "archiver_ticket"
 

@@ -27,7 +27,6 @@ from typing import Any
 from config import PROVIDERS
 from config.errors import UserError, location, show
 
-TASK_NAME = "archive.chat"
 _REQUIRED = ("provider", "account", "chat_id")
 _OPTIONAL_LIMITS = {"request_id": 128, "source": 64, "sweep_run": 64}
 _FIELDS = (*_REQUIRED, *_OPTIONAL_LIMITS)
