@@ -124,11 +124,6 @@ def _held_requests() -> set[Request]:
     return set()
 
 
-def _running_members() -> list[str]:
-    """Lease members of the runs this node holds, renewed until each run ends."""
-    return [m for request in _held_requests() if (m := getattr(request, "archiver_member", ""))]
-
-
 class WriteHealth:
     """Whether Redis accepts our writes, said once when it stops and once when it starts again
     (and once a minute while it lasts), instead of a line per failed step of every thread. Any
@@ -190,10 +185,9 @@ class NodeRuntime:
         self.services = services
         self.node = node
         tracer = tracing.active(settings)  # None while tracing is off
-        # Raw bytes: the router checks messages exactly as they were published.
-        self.raw_broker = connect(settings.broker_url, decode=False)
         self.router = Router(
-            self.raw_broker,
+            # Raw bytes: the router checks messages exactly as they were published.
+            connect(settings.broker_url, decode=False),
             services.jobs,
             services.dead_letters,
             services.keys,
@@ -298,9 +292,10 @@ class NodeRuntime:
                 dispatcher.wait(wait)
 
     def _members(self) -> list[str]:
-        """The lease members this node renews: the runs it holds, and the jobs handed out that
-        wait for its consumer."""
-        return _running_members() + self.handoff.members()
+        """The lease members this node renews: the runs it holds (until each ends), and the jobs
+        handed out that wait for its consumer."""
+        held = [m for request in _held_requests() if (m := getattr(request, "archiver_member", ""))]
+        return held + self.handoff.members()
 
     def _housekeep(self, stop: threading.Event) -> None:
         settings = self.services.settings
