@@ -109,16 +109,13 @@ class Delivery:
         )
 
     def headers(self) -> dict[str, Any]:
-        headers: dict[str, Any] = {
+        headers = {
             ATTEMPTS_HEADER: self.attempts,
             ROUNDS_HEADER: self.transient_rounds,
-        }
-        optional = {
             FIRST_ATTEMPT_HEADER: self.first_attempt_at,
             LAST_ATTEMPT_HEADER: self.last_attempt_at,
         }
-        headers.update({name: value for name, value in optional.items() if value is not None})
-        return headers
+        return {name: value for name, value in headers.items() if value is not None}
 
     def attempted(self, at: float) -> Delivery:
         return replace(

@@ -87,30 +87,26 @@ class AccountsPublisher:
     def publish(self, registry: AccountRegistry) -> None:
         """Send what changed since the registry last published (everything, the first time),
         and withdraw the accounts it no longer has, a batch at a time."""
-        for batch in self._batches(registry):
+        batch: dict[str, str | None] = {}
+        for key, entry in self._changes(registry):
+            batch[key] = entry
+            if len(batch) >= PUBLISH_BATCH:
+                self.store.publish_accounts(batch)
+                batch = {}
+        if batch:
             self.store.publish_accounts(batch)
         self._published = registry
 
-    def _batches(self, registry: AccountRegistry) -> Iterator[dict[str, str | None]]:
+    def _changes(self, registry: AccountRegistry) -> Iterator[tuple[str, str | None]]:
         before = self._published
         entry = _Entries(self.limiter)
-        batch: dict[str, str | None] = {}
         for account in registry:
             old = before.find(account.provider, account.id) if before is not None else None
             if old is None or (old.rates is not account.rates and _limits(old) != _limits(account)):
-                batch[account.key] = entry(account)
-                if len(batch) >= PUBLISH_BATCH:
-                    yield batch
-                    batch = {}
-        if before is not None:
-            for account in before:
-                if registry.find(account.provider, account.id) is None:
-                    batch[account.key] = None
-                    if len(batch) >= PUBLISH_BATCH:
-                        yield batch
-                        batch = {}
-        if batch:
-            yield batch
+                yield account.key, entry(account)
+        for account in before if before is not None else ():
+            if registry.find(account.provider, account.id) is None:
+                yield account.key, None
 
     def check(self) -> None:
         """Publish again when the file changed, when the last publish did not finish, or when
