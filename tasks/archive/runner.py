@@ -333,8 +333,7 @@ class ArchiveRunner:
         return answer
 
     def _permits(self, account: Account) -> Callable[[str], bool]:
-        """A permit of the account's limit for another call a run makes (a state read, a
-        read-back): waited for, at most a second."""
+        """A permit for another call a run makes, waited for up to STATE_READ_WAIT."""
         limiter = self.services.limiter
 
         def permit(method: str) -> bool:

@@ -267,8 +267,7 @@ class NodeRuntime:
         backoff = 0.1
         while not stop.is_set():
             try:
-                routed = self.router.route()
-                if not routed.taken:
+                if not self.router.route().taken:
                     self.router.wait(INTAKE_BLOCK)
                 backoff = 0.1
             except redis.RedisError as error:  # the batch waits in the routing list
