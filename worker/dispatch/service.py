@@ -137,7 +137,6 @@ class WriteHealth:
         self._lock = threading.Lock()
         self._since: float | None = None
         self._said = 0.0
-        self.refused = threading.Event()
 
     def failed(self, error: Exception) -> None:
         now = time.monotonic()
@@ -147,7 +146,6 @@ class WriteHealth:
             elif now - self._said < self.REMIND:
                 return
             self._said = now
-            self.refused.set()
         logger.warning(
             "Redis refuses work (%s): taking no new jobs, retrying; running jobs record their "
             "outcome once it answers",
@@ -160,7 +158,6 @@ class WriteHealth:
                 return
             lasted = time.monotonic() - self._since
             self._since = None
-            self.refused.clear()
         logger.warning("Redis accepts work again after %.0fs: resuming", lasted)
 
 
