@@ -6,19 +6,16 @@ task.py       the Celery tasks, and how endings read in Flower
 """
 
 from tasks.archive.runner import ArchiveRunner, Done, Failed, Quiet, RunContext, RunEnd, Waiting
-from tasks.archive.task import ChatTask, JobTask, archive_chat, settle, unarchive_chat
+from tasks.archive.task import archive_chat, unarchive_chat
 
 __all__ = [
     "ArchiveRunner",
-    "ChatTask",
     "Done",
     "Failed",
-    "JobTask",
     "Quiet",
     "RunContext",
     "RunEnd",
     "Waiting",
     "archive_chat",
-    "settle",
     "unarchive_chat",
 ]

@@ -17,7 +17,6 @@ logger = logging.getLogger("chat_archiver.jobs")
 
 class AccountPauses:
     def __init__(self, services: Services) -> None:
-        self.services = services
         self.circuit = services.circuit
 
     def trip(self, account: Account, reason: str, detail: str, probing: bool) -> None:

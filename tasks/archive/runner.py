@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -148,7 +148,6 @@ class ArchiveRunner:
         endings: Endings,
         client_factory: Callable[[], httpx.Client] = shared_client,
         sleep: Callable[[float], None] = time.sleep,
-        pauses: AccountPauses | None = None,
         reload_accounts: Callable[[], AccountRegistry] | None = None,
     ) -> None:
         self.services = services
@@ -157,7 +156,7 @@ class ArchiveRunner:
         self.endings = endings
         self.client_factory = client_factory
         self.sleep = sleep
-        self.pauses = pauses or AccountPauses(services)
+        self.pauses = AccountPauses(services)
         self.reload_accounts = reload_accounts
 
     # -- the job ------------------------------------------------------------------------------
@@ -168,10 +167,7 @@ class ArchiveRunner:
         if ticket is None:
             return self._not_dispatched(context, delivery, args, kwargs)
         body = JobBody(dict(kwargs), delivery.headers(), context.origin)
-        stored = StoredJob(
-            context.task_id, ticket.account, context.task, ticket.mark, ticket.lost, body
-        )
-        ref = RunRef(stored, lease_member(context.task_id, ticket.token), parked=ticket.probe)
+        ref = self.ticket_ref(context.task_id, context.task, ticket, body, parked=ticket.probe)
         run = _Run(context, delivery, ref, ticket)
         try:
             return self._run(run, args, kwargs)
@@ -187,7 +183,8 @@ class ArchiveRunner:
     def _run(self, run: _Run, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> RunEnd:
         context, ticket = run.context, run.ticket
         account = self._account(kwargs)
-        if ticket.probe and (account is None or ticket.holder or ticket.lost >= self.max_lost):
+        lost = ticket.lost >= self.settings.max_deliveries  # runs that died: worker_lost
+        if ticket.probe and (account is None or ticket.holder or lost):
             # This run cannot tell whether the account answers again: the next job probes.
             self.services.circuit.release_probe(ticket.account)
         try:
@@ -197,7 +194,7 @@ class ArchiveRunner:
         except InvalidJob as error:  # stored by hand, past the router's checks
             given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
             return self._dead_letter(run, Reason.INVALID_REQUEST, str(error), given=given)
-        if ticket.lost >= self.max_lost:
+        if lost:
             detail = f"began {ticket.lost + 1} runs that never ended (it stops its worker)"
             return self._dead_letter(run, Reason.WORKER_LOST, detail)
         if ticket.holder:
@@ -217,11 +214,6 @@ class ArchiveRunner:
         except SoftTimeLimitExceeded:
             answer = None
         return self._conclude(run, account, answer)
-
-    @property
-    def max_lost(self) -> int:
-        """Runs of a job that may die before it is dead-lettered worker_lost."""
-        return self.settings.max_deliveries
 
     def _account(self, kwargs: Mapping[str, Any]) -> Account | None:
         """The job's account in this process's registry, or None (unknown, or a job too
@@ -341,8 +333,7 @@ class ArchiveRunner:
         return answer
 
     def _permits(self, account: Account) -> Callable[[str], bool]:
-        """A permit of the account's limit for another call a run makes (a state read, a
-        read-back): waited for, at most a second."""
+        """A permit for another call a run makes, waited for up to STATE_READ_WAIT."""
         limiter = self.services.limiter
 
         def permit(method: str) -> bool:
@@ -431,10 +422,23 @@ class ArchiveRunner:
         answer: ProviderAnswer | None = None,
         given: str = "",
     ) -> Failed | Quiet:
-        now, delivery = time.time(), run.delivery
-        entry = DeadLetter(
+        entry = self._entry(run.delivery, reason, detail, run.ref.kwargs, answer, given)
+        error = self.end_dead_lettered(self.endings, run.ref, entry, run.latencies)
+        return self._failed(run, error) if error is not None else self._lost_hold(run)
+
+    def _entry(
+        self,
+        delivery: Delivery,
+        reason: Reason,
+        detail: str,
+        kwargs: Mapping[str, Any],
+        answer: ProviderAnswer | None = None,
+        given: str = "",
+    ) -> DeadLetter:
+        now = time.time()
+        return DeadLetter(
             reason=str(reason),
-            job=job_summary(run.ref.kwargs),
+            job=job_summary(kwargs),
             detail=detail,
             http_status=answer.status if answer else None,
             excerpt=answer.excerpt if answer else given,
@@ -445,20 +449,10 @@ class ArchiveRunner:
             task_id=delivery.task_id,
             trace_id=tracing.current_trace_id(self.settings),
         )
-        error = DeadLettered(str(reason), detail, entry.id)
-        result = self._result(
-            run, Outcome.DEAD_LETTERED, dead_letter=(str(reason), detail, entry.id)
-        )
-        done = self.endings.final(
-            run.ref,
-            Outcome.DEAD_LETTERED,
-            error=error,
-            reason=str(reason),
-            entry=entry,
-            latencies=run.latencies,
-        )
-        if not done:
-            return self._lost_hold(run)
+
+    def _failed(self, run: _Run, error: DeadLettered) -> Failed:
+        dead_letter = (error.reason, error.detail, error.dead_letter_id)
+        result = self._result(run, Outcome.DEAD_LETTERED, dead_letter=dead_letter)
         self._log_outcome(result, run)
         return Failed(result, error)
 
@@ -502,26 +496,38 @@ class ArchiveRunner:
         by hand): it is not in the job store, so it is dead-lettered as it came, once."""
         given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
         detail = "not handed out by a chat-archiver dispatcher (publish to the intake queue)"
-        now = time.time()
-        entry = DeadLetter(
-            reason=str(Reason.INVALID_REQUEST),
-            job=job_summary(kwargs),
-            detail=detail,
-            excerpt=given,
-            first_attempt_at=now,
-            last_attempt_at=now,
-            worker=context.worker,
-            task_id=context.task_id,
-            trace_id=tracing.current_trace_id(self.settings),
-        )
+        # Its dead letter counts no attempt, whatever its headers say.
+        unrun = Delivery(context.task_id, context.worker)
+        entry = self._entry(unrun, Reason.INVALID_REQUEST, detail, kwargs, given=given)
         self.endings.dead_letter_unstored(entry)
-        error = DeadLettered(str(Reason.INVALID_REQUEST), detail, entry.id)
-        run = _Run(context, delivery, RunRef(_unstored(context, kwargs), ""), Ticket("", "", "", 0))
-        result = self._result(
-            run, Outcome.DEAD_LETTERED, dead_letter=(entry.reason, detail, entry.id)
+        stored = StoredJob(context.task_id, "", context.task, "", 0, JobBody(dict(kwargs)))
+        run = _Run(context, delivery, RunRef(stored, ""), Ticket("", "", "", 0))
+        return self._failed(run, DeadLettered(entry.reason, detail, entry.id))
+
+    @staticmethod
+    def ticket_ref(
+        task_id: str, task: str, ticket: Ticket, body: JobBody, parked: bool = False
+    ) -> RunRef:
+        """The stored job a dispatched run (or the task's on_failure) ends, under its lease."""
+        stored = StoredJob(task_id, ticket.account, task, ticket.mark, ticket.lost, body)
+        return RunRef(stored, lease_member(task_id, ticket.token), parked=parked)
+
+    @staticmethod
+    def end_dead_lettered(
+        endings: Endings, ref: RunRef, entry: DeadLetter, latencies: Sequence[float] = ()
+    ) -> DeadLettered | None:
+        """End the job as dead-lettered with ``entry`` (its result FAILURE: DeadLettered), or None
+        when the run no longer holds it."""
+        error = DeadLettered(entry.reason, entry.detail, entry.id)
+        done = endings.final(
+            ref,
+            Outcome.DEAD_LETTERED,
+            error=error,
+            reason=entry.reason,
+            entry=entry,
+            latencies=latencies,
         )
-        self._log_outcome(result, run)
-        return Failed(result, error)
+        return error if done else None
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -577,7 +583,3 @@ class ArchiveRunner:
                 "source": _shown(run.ref.kwargs.get("source")) or None,
             },
         )
-
-
-def _unstored(context: RunContext, kwargs: Mapping[str, Any]) -> StoredJob:
-    return StoredJob(context.task_id, "", context.task, "", 0, JobBody(dict(kwargs)))

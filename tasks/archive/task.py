@@ -24,13 +24,13 @@ from tasks.providers import shared_client
 from worker import app, tracing
 from worker.contract.history import Ticket
 from worker.contract.jobs import job_summary
-from worker.contract.outcomes import DeadLettered, Deferred, Outcome, Reason
+from worker.contract.outcomes import DeadLettered, Deferred, Reason
 from worker.contract.tasks import ARCHIVE_TASK, UNARCHIVE_TASK
 from worker.services import accounts_file, get_accounts, get_services
 from worker.stores.client import refuses_writes
 from worker.stores.deadletters import DeadLetter
-from worker.stores.endings import Endings, RunRef
-from worker.stores.jobs import JobBody, StoredJob, lease_member
+from worker.stores.endings import Endings
+from worker.stores.jobs import JobBody
 
 if TYPE_CHECKING:
     from worker.tracing.spans import JobTracer
@@ -107,26 +107,16 @@ class ChatTask(JobTask):
         ticket = Ticket.from_headers(self.request.headers or {})
         if ticket is None or not isinstance(kwargs, dict):
             return
-        job = job_summary(kwargs)
-        detail = f"{type(exc).__name__} escaped the task (see the worker log)"
         entry = DeadLetter(
             reason=str(Reason.INTERNAL_ERROR),
-            job=job,
-            detail=detail,
+            job=job_summary(kwargs),
+            detail=f"{type(exc).__name__} escaped the task (see the worker log)",
             task_id=task_id,
             worker=self.request.hostname or "",
             trace_id=tracing.trace_id_of(self.request.headers),
         )
-        stored = StoredJob(
-            task_id, ticket.account, self.name, ticket.mark, ticket.lost, JobBody(dict(kwargs))
-        )
-        endings().final(
-            RunRef(stored, lease_member(task_id, ticket.token)),
-            Outcome.DEAD_LETTERED,
-            error=DeadLettered(str(Reason.INTERNAL_ERROR), detail, entry.id),
-            reason=str(Reason.INTERNAL_ERROR),
-            entry=entry,
-        )
+        ref = ArchiveRunner.ticket_ref(task_id, self.name, ticket, JobBody(dict(kwargs)))
+        ArchiveRunner.end_dead_lettered(endings(), ref, entry)
 
 
 def _unrecorded(exc: BaseException) -> bool:

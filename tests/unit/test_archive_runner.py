@@ -20,7 +20,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying
 
 from tasks.archive import ArchiveRunner, Done, Failed, Quiet, RunContext, Waiting, archive_chat
-from tasks.archive.pauses import AccountPauses
 from tasks.providers import transient_backoff
 from tests.conftest import (
     CANARY,
@@ -105,7 +104,6 @@ def runner(archiver_env: Env, sleeps: list[float], endings: Endings) -> ArchiveR
         endings,
         client_factory=lambda: client,
         sleep=sleeps.append,
-        pauses=AccountPauses(services),
     )
 
 

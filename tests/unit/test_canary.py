@@ -27,7 +27,6 @@ import respx
 
 from config import Account, AccountRegistry, ConfigError, Secret, load_accounts
 from tasks.archive import ArchiveRunner, Failed, RunContext, RunEnd, Waiting
-from tasks.archive.pauses import AccountPauses
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, Env
 from tests.support import JobDesk
 from worker.celery_app import create_app
@@ -227,7 +226,6 @@ def runner_for(archiver_env: Env) -> Iterator[Callable[[Account], ArchiveRunner]
             endings,
             client_factory=lambda: client,
             sleep=lambda _: None,
-            pauses=AccountPauses(services),
         )
 
     yield build

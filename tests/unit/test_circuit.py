@@ -20,7 +20,6 @@ from celery import Celery
 
 from config import Account
 from tasks.archive import ArchiveRunner, Done, RunContext, RunEnd, Waiting
-from tasks.archive.pauses import AccountPauses
 from tests.conftest import (
     CANARY,
     GREEN_ID,
@@ -146,7 +145,6 @@ def make_circuit(
             endings,
             client_factory=lambda: client,
             sleep=lambda _: None,
-            pauses=AccountPauses(services),
         )
         clock = PinnedClock()
         services.use_clock(clock)

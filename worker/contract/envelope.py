@@ -20,7 +20,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -28,7 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from config import ArchiverError
-from worker.contract.jobs import ArchiveJob, InvalidJob, job_summary
+from worker.contract.jobs import TASK_ID, ArchiveJob, InvalidJob, job_summary
 from worker.contract.tasks import CHAT_TASKS, SWEEP_TASK, TASK_NAMES, UNPACED
 from worker.tracing import trace_headers
 
@@ -37,10 +36,8 @@ from worker.tracing import trace_headers
 DEFAULT_MAX_BYTES = 64 * 1024
 # An eta further away than this is a mistake (or an attack on the delayed set), not a plan.
 MAX_ETA_SECONDS = 31 * 86400
-# Ids go into Redis keys, delivery tags and log lines: a conservative alphabet (Celery's uuids fit).
-_TASK_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}\Z")
 _GZIP = "application/x-gzip"  # kombu's name for zlib compression (`compression="zlib"`)
-# The job's history across its runs (tasks/archive/history.py), carried in headers.
+# The job's history across its runs (worker/contract/history.py), carried in headers.
 HISTORY_PREFIX = "archiver_"
 _HISTORY_LIMIT = 1e12  # counts and unix times alike stay far below this
 
@@ -48,12 +45,10 @@ _HISTORY_LIMIT = 1e12  # counts and unix times alike stay far below this
 class Refused(ArchiverError, ValueError):
     """A message that is not a job we can run. ``str()`` is one line naming the field."""
 
-    def __init__(
-        self, detail: str, task_id: str | None = None, job: Mapping[str, Any] | None = None
-    ) -> None:
+    def __init__(self, detail: str, job: Mapping[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
-        self.task_id = task_id  # only when it is a well-formed id
+        self.task_id: str | None = None  # set by read(), when the message has a well-formed id
         self.job = dict(job or {})
         self.trace: dict[str, str] = {}  # the message's W3C trace context, when asked for
 
@@ -94,7 +89,7 @@ def read(
     try:
         intake = _read_envelope(envelope, headers, properties, task_id, now, max_bytes)
     except Refused as refused:
-        refused.task_id = refused.task_id or task_id
+        refused.task_id = task_id
         if trace:
             refused.trace = trace_headers(headers)
         raise
@@ -164,17 +159,10 @@ def _read_envelope(
             parsed = ArchiveJob.parse(kwargs)
         except InvalidJob as error:
             raise Refused(str(error), job=job) from None
-        return Intake(
-            task,
-            task_id,
-            parsed.kwargs(),
-            parsed.account_key,
-            not_before,
-            history,
-            _origin(headers),
-        )
-    checked = _service_kwargs(task, kwargs)
-    return Intake(task, task_id, checked, UNPACED, not_before, history, _origin(headers))
+        checked, account = parsed.kwargs(), parsed.account_key
+    else:
+        checked, account = _sweep_kwargs(kwargs), UNPACED
+    return Intake(task, task_id, checked, account, not_before, history, _origin(headers))
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -196,7 +184,7 @@ def _object(envelope: dict[str, Any], name: str) -> dict[str, Any]:
 
 def _task_id(headers: Mapping[str, Any]) -> str | None:
     value = headers.get("id")
-    return value if isinstance(value, str) and _TASK_ID.match(value) else None
+    return value if isinstance(value, str) and TASK_ID.match(value) else None
 
 
 def _decompressed(data: bytes, compression: object, max_bytes: int) -> bytes:
@@ -270,19 +258,16 @@ def _origin(headers: Mapping[str, Any]) -> str:
     return origin[:128] if isinstance(origin, str) else ""
 
 
-_SERVICE_KWARGS: dict[str, dict[str, type]] = {
-    SWEEP_TASK: {"provider": str, "account": str, "dry_run": bool, "list_chats": bool},
-}
+_SWEEP_KWARGS = {"provider": str, "account": str, "dry_run": bool, "list_chats": bool}
 
 
-def _service_kwargs(task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def _sweep_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Sweeps: only the keyword arguments they take, of the right types, short."""
-    allowed = _SERVICE_KWARGS[task]
     checked: dict[str, Any] = {}
     for name, value in kwargs.items():
-        kind = allowed.get(name)
+        kind = _SWEEP_KWARGS.get(name)
         if kind is None:
-            raise Refused(f"{name}: unexpected keyword argument of {task}")
+            raise Refused(f"{name}: unexpected keyword argument of {SWEEP_TASK}")
         if value is None:
             continue
         if not isinstance(value, kind) or (isinstance(value, str) and len(value) > 128):

@@ -10,14 +10,13 @@ the run's lease token, its permit's slot, and what the job store knows of the jo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, replace
 from typing import Any
 
 ATTEMPTS_HEADER = "archiver_attempts"
 FIRST_ATTEMPT_HEADER = "archiver_first_attempt"
 ROUNDS_HEADER = "archiver_transient_rounds"
 LAST_ATTEMPT_HEADER = "archiver_last_attempt"
-HISTORY_HEADERS = (ATTEMPTS_HEADER, FIRST_ATTEMPT_HEADER, ROUNDS_HEADER, LAST_ATTEMPT_HEADER)
 
 TICKET_HEADER = "archiver_ticket"
 
@@ -40,17 +39,8 @@ class Ticket:
     idle: bool = False
 
     def header(self) -> list[Any]:
-        return [
-            self.token,
-            self.account,
-            self.mark,
-            self.lost,
-            self.slot,
-            self.deadline,
-            int(self.probe),
-            self.holder,
-            int(self.idle),
-        ]
+        token, account, mark, lost, slot, deadline, probe, holder, idle = astuple(self)
+        return [token, account, mark, lost, slot, deadline, int(probe), holder, int(idle)]
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None) -> Ticket | None:
@@ -110,16 +100,13 @@ class Delivery:
         )
 
     def headers(self) -> dict[str, Any]:
-        headers: dict[str, Any] = {
+        headers = {
             ATTEMPTS_HEADER: self.attempts,
             ROUNDS_HEADER: self.transient_rounds,
-        }
-        optional = {
             FIRST_ATTEMPT_HEADER: self.first_attempt_at,
             LAST_ATTEMPT_HEADER: self.last_attempt_at,
         }
-        headers.update({name: value for name, value in optional.items() if value is not None})
-        return headers
+        return {name: value for name, value in headers.items() if value is not None}
 
     def attempted(self, at: float) -> Delivery:
         return replace(

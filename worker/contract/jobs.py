@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from config import PROVIDERS
 from config.errors import UserError, location, show
 
-TASK_NAME = "archive.chat"
 _REQUIRED = ("provider", "account", "chat_id")
 _OPTIONAL_LIMITS = {"request_id": 128, "source": 64, "sweep_run": 64}
 _FIELDS = (*_REQUIRED, *_OPTIONAL_LIMITS)
@@ -55,15 +54,7 @@ class ArchiveJob:
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments: what goes into the message."""
-        kwargs = {
-            "provider": self.provider,
-            "account": self.account,
-            "chat_id": self.chat_id,
-            "request_id": self.request_id,
-            "source": self.source,
-            "sweep_run": self.sweep_run,
-        }
-        return {key: value for key, value in kwargs.items() if value is not None}
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> ArchiveJob:

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from config import Account, AccountRegistry, Rate
-from worker.contract.tasks import ARCHIVE_TASK, UNARCHIVE_TASK
+from worker.contract.tasks import CHAT_TASKS, UNARCHIVE_TASK
 from worker.services import AccountsFile
 from worker.stores.jobs import JobStore
 from worker.stores.keys import Keys
@@ -32,7 +32,6 @@ def task_method(account: Account, task: str) -> str:
     return spec.unarchive_method if task == UNARCHIVE_TASK else spec.archive_method
 
 
-TASKS = (ARCHIVE_TASK, UNARCHIVE_TASK)
 # Accounts per publish_accounts call: one Lua call each (of at most 1,000 accounts), and
 # no more entries built at a time.
 PUBLISH_BATCH = 500
@@ -44,7 +43,7 @@ def dispatch_entry(account: Account, limiter: AccountLimiter) -> dict[str, Any]:
     same limits has the same entry; publish_accounts.lua stores each account's with its limiter
     key (Keys.limiter's name) in place of the method, which is what dispatch.lua reads."""
     entry: dict[str, Any] = {"l": {}}
-    for task in TASKS:
+    for task in CHAT_TASKS:
         method = task_method(account, task)
         entry["l"][task] = [method, *limiter.conf(account, method).as_list()[1:]]
     return entry
@@ -70,7 +69,7 @@ class _Entries:
 
 
 def _limits(account: Account) -> tuple[Rate, ...]:
-    return tuple(account.rate(task_method(account, task)) for task in TASKS)
+    return tuple(account.rate(task_method(account, task)) for task in CHAT_TASKS)
 
 
 class AccountsPublisher:
@@ -88,30 +87,26 @@ class AccountsPublisher:
     def publish(self, registry: AccountRegistry) -> None:
         """Send what changed since the registry last published (everything, the first time),
         and withdraw the accounts it no longer has, a batch at a time."""
-        for batch in self._batches(registry):
+        batch: dict[str, str | None] = {}
+        for key, entry in self._changes(registry):
+            batch[key] = entry
+            if len(batch) >= PUBLISH_BATCH:
+                self.store.publish_accounts(batch)
+                batch = {}
+        if batch:
             self.store.publish_accounts(batch)
         self._published = registry
 
-    def _batches(self, registry: AccountRegistry) -> Iterator[dict[str, str | None]]:
+    def _changes(self, registry: AccountRegistry) -> Iterator[tuple[str, str | None]]:
         before = self._published
         entry = _Entries(self.limiter)
-        batch: dict[str, str | None] = {}
         for account in registry:
             old = before.find(account.provider, account.id) if before is not None else None
             if old is None or (old.rates is not account.rates and _limits(old) != _limits(account)):
-                batch[account.key] = entry(account)
-                if len(batch) >= PUBLISH_BATCH:
-                    yield batch
-                    batch = {}
-        if before is not None:
-            for account in before:
-                if registry.find(account.provider, account.id) is None:
-                    batch[account.key] = None
-                    if len(batch) >= PUBLISH_BATCH:
-                        yield batch
-                        batch = {}
-        if batch:
-            yield batch
+                yield account.key, entry(account)
+        for account in before if before is not None else ():
+            if registry.find(account.provider, account.id) is None:
+                yield account.key, None
 
     def check(self) -> None:
         """Publish again when the file changed, when the last publish did not finish, or when

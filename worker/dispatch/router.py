@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import redis
@@ -56,7 +56,6 @@ class Routed:
     taken: int = 0
     accepted: int = 0
     refused: int = 0
-    duplicates: list[str] = field(default_factory=list)
 
 
 class Router:
@@ -72,7 +71,6 @@ class Router:
         shared: bool,
         max_bytes: int = envelope.DEFAULT_MAX_BYTES,
         on_refused: Callable[[str, DeadLettered], None] | None = None,
-        clock: Callable[[], float] = time.time,
         tracer: JobTracer | None = None,
     ) -> None:
         """``tracer``: while tracing is on, each message's job continues the trace its
@@ -87,7 +85,6 @@ class Router:
         self.routing = keys.routing(node)
         self.max_bytes = max_bytes
         self.on_refused = on_refused
-        self.clock = clock
         self.lists = intake_lists(intake)
         self.tracer = tracer
 
@@ -107,7 +104,7 @@ class Router:
         if not raws:
             return report
         report.taken = len(raws)
-        now = self.clock()
+        now = time.time()
         tracer = self.tracer
         jobs: list[NewJob] = []
         spans = []
@@ -145,7 +142,6 @@ class Router:
             if status == Submitted.NEW:
                 report.accepted += 1
             else:
-                report.duplicates.append(job.task_id)
                 logger.info("job %s is %s already: not stored twice", job.task_id, status)
         return report
 
@@ -180,15 +176,8 @@ class Router:
         except Exception:
             # Whatever in the message broke the entry, an entry without it still says what came.
             logger.exception("could not store the full dead letter of a refused message")
-            entry = DeadLetter(
-                reason=str(Reason.INVALID_REQUEST),
-                job={},
-                detail=refused.detail,
-                excerpt=excerpt(ascii(raw[:400])),
-                first_attempt_at=now,
-                last_attempt_at=now,
-                worker=self.node,
-                trace_id=trace_id,
+            entry = replace(
+                entry, job={}, excerpt=excerpt(ascii(raw[:400])), worker=self.node, task_id=None
             )
             self.dead_letters.add(entry)
         logger.warning(

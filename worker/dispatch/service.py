@@ -124,11 +124,6 @@ def _held_requests() -> set[Request]:
     return set()
 
 
-def _running_members() -> list[str]:
-    """Lease members of the runs this node holds, renewed until each run ends."""
-    return [m for request in _held_requests() if (m := getattr(request, "archiver_member", ""))]
-
-
 class WriteHealth:
     """Whether Redis accepts our writes, said once when it stops and once when it starts again
     (and once a minute while it lasts), instead of a line per failed step of every thread. Any
@@ -142,7 +137,6 @@ class WriteHealth:
         self._lock = threading.Lock()
         self._since: float | None = None
         self._said = 0.0
-        self.refused = threading.Event()
 
     def failed(self, error: Exception) -> None:
         now = time.monotonic()
@@ -152,7 +146,6 @@ class WriteHealth:
             elif now - self._said < self.REMIND:
                 return
             self._said = now
-            self.refused.set()
         logger.warning(
             "Redis refuses work (%s): taking no new jobs, retrying; running jobs record their "
             "outcome once it answers",
@@ -165,7 +158,6 @@ class WriteHealth:
                 return
             lasted = time.monotonic() - self._since
             self._since = None
-            self.refused.clear()
         logger.warning("Redis accepts work again after %.0fs: resuming", lasted)
 
 
@@ -190,10 +182,9 @@ class NodeRuntime:
         self.services = services
         self.node = node
         tracer = tracing.active(settings)  # None while tracing is off
-        # Raw bytes: the router checks messages exactly as they were published.
-        self.raw_broker = connect(settings.broker_url, decode=False)
         self.router = Router(
-            self.raw_broker,
+            # Raw bytes: the router checks messages exactly as they were published.
+            connect(settings.broker_url, decode=False),
             services.jobs,
             services.dead_letters,
             services.keys,
@@ -273,8 +264,7 @@ class NodeRuntime:
         backoff = 0.1
         while not stop.is_set():
             try:
-                routed = self.router.route()
-                if not routed.taken:
+                if not self.router.route().taken:
                     self.router.wait(INTAKE_BLOCK)
                 backoff = 0.1
             except redis.RedisError as error:  # the batch waits in the routing list
@@ -298,9 +288,10 @@ class NodeRuntime:
                 dispatcher.wait(wait)
 
     def _members(self) -> list[str]:
-        """The lease members this node renews: the runs it holds, and the jobs handed out that
-        wait for its consumer."""
-        return _running_members() + self.handoff.members()
+        """The lease members this node renews: the runs it holds (until each ends), and the jobs
+        handed out that wait for its consumer."""
+        held = [m for request in _held_requests() if (m := getattr(request, "archiver_member", ""))]
+        return held + self.handoff.members()
 
     def _housekeep(self, stop: threading.Event) -> None:
         settings = self.services.settings
