@@ -103,10 +103,6 @@ class Keys:
     def routing(self, node: str) -> str:
         return f"{self.prefix}:routing:{node}"
 
-    @property
-    def routing_prefix(self) -> str:
-        return f"{self.prefix}:routing:"
-
     # -- per account state -------------------------------------------------------------------
     @property
     def limiter_prefix(self) -> str:
@@ -198,10 +194,6 @@ class Keys:
     @property
     def metrics_sweeps(self) -> str:
         return f"{self.prefix}:metrics:sweeps"
-
-    def recent(self, account: str) -> str:
-        """list: the account's last outcomes (JSON), newest first."""
-        return f"{self.prefix}:recent:{account}"
 
 
 RESULT_PREFIX = "celery-task-meta-"
