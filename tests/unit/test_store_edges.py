@@ -365,15 +365,15 @@ def test_a_run_that_waits_or_parks_keeps_its_call_latencies_and_its_history(
     assert stored.body.history[FIRST_ATTEMPT_HEADER] == 1234.5
 
 
-def test_extra_writes_are_made_in_the_same_step_only_if_the_ending_is(
+def test_an_endings_writes_are_made_in_the_same_step_only_if_the_ending_is(
     archiver_env: Env, endings: Endings
 ) -> None:
     ref, _ = leased_run(archiver_env, "79000000001@c.us", "t-1")
-    extra = Writes().hincrby("extra", "count", 1)
-    counted = RunRef(ref.job, ref.member, extra=extra)
-    assert endings.final(counted, Outcome.ARCHIVED, result={})
-    assert not endings.final(counted, Outcome.ARCHIVED, result={})
-    assert archiver_env.redis.hget("extra", "count") == "1"
+    assert endings.final(ref, Outcome.ARCHIVED, result={}, latencies=[0.2])
+    assert not endings.final(ref, Outcome.ARCHIVED, result={}, latencies=[0.2])
+    metrics = archiver_env.services.metrics
+    assert sum(metrics.outcomes().values()) == 1
+    assert metrics.latency()[("green-api", GREEN_ID)]["0.25"] == 1
 
 
 # --- unarchivable chats -------------------------------------------------------------------------
