@@ -28,7 +28,7 @@ from worker.contract.tasks import ARCHIVE_TASK
 from worker.stores import scripts
 from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.deadletters import (
-    CorruptDeadLetter,
+    CorruptEntry,
     DeadLetter,
     DeadLetterStore,
     _salvaged_count_field,
@@ -109,7 +109,7 @@ def test_a_dead_lettered_ending_is_a_failure_result_with_its_reason(
         "404",
         entry.id,
     )
-    assert archiver_env.services.dead_letters.get(entry.id) == entry
+    assert archiver_env.services.dead_letters.read(entry.id) == entry
 
 
 @pytest.mark.parametrize("ending", ["wait", "park"])
@@ -188,7 +188,7 @@ def test_a_message_no_dispatcher_handed_out_gets_a_failure_result(
     read = app.AsyncResult("by-hand")
     assert read.state == "FAILURE" and isinstance(read.result, DeadLettered)
     assert read.result.dead_letter_id == entry.id
-    assert archiver_env.services.dead_letters.get(entry.id) == entry
+    assert archiver_env.services.dead_letters.read(entry.id) == entry
 
 
 def test_an_ending_records_its_outcome_while_redis_is_full(
@@ -276,7 +276,7 @@ def test_a_stored_job_is_dead_lettered_once_with_its_history(
     assert entry.attempts == 2 and entry.first_attempt_at == 100.0
     assert entry.last_attempt_at is not None and entry.last_attempt_at > 100.0  # none: now
     assert entry.worker == socket.gethostname()
-    assert services.dead_letters.get(entry.id) == entry
+    assert services.dead_letters.read(entry.id) == entry
     assert services.jobs.record("t-1") is None
     assert services.jobs.wait_head(ACCOUNT, 10) == []
     assert not archiver_env.redis.exists(mark)  # its chat is free for a new job
@@ -432,9 +432,9 @@ def test_a_corrupt_entry_error_says_which_entry_and_why(store: DeadLetterStore) 
     store.add(dead_letter("good0001"))
     store._redis.hset(KEYS.dlq_entries, "bad00001", '{"reason": "chat_not_found"')
     store._redis.zadd(KEYS.dlq_index, {"bad00001": 2.0})
-    with pytest.raises(CorruptDeadLetter) as raised:
-        store.get("bad00001")
-    assert str(raised.value).startswith("bad00001: corrupt entry (JSONDecodeError")
+    found = store.read("bad00001")
+    assert isinstance(found, CorruptEntry)
+    assert found.summary().startswith("bad00001: corrupt entry (JSONDecodeError")
 
 
 def test_a_corrupt_entry_without_a_provider_still_gives_its_count_back(

@@ -28,8 +28,8 @@ break the entry. Caps, in characters (a 1 MB chat id must not become a 1 MB entr
 An entry is therefore at most about 7 KB of JSON. Values cut short end with ``…``.
 
 Reading is tolerant: an entry that does not parse (written by an older version, or by hand) is a
-``CorruptEntry``. ``iter`` reports it (a callback, or one log line) and goes on; ``get`` raises
-``CorruptDeadLetter``; ``remove`` removes it like any other.
+``CorruptEntry``. ``iter`` reports it (a callback, or one log line) and goes on; ``read`` returns
+it; ``remove`` removes it like any other.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from typing import Any
 import redis
 from redis.client import Pipeline
 
-from config import ArchiverError, redact
+from config import redact
 from config.secrets import EXCERPT_LENGTH
 from worker.stores.keys import Keys
 from worker.stores.writes import Writes
@@ -230,12 +230,6 @@ class CorruptEntry:
         return f"{self.id}: corrupt entry ({self.error})"
 
 
-class CorruptDeadLetter(ArchiverError, ValueError):
-    def __init__(self, entry: CorruptEntry) -> None:
-        super().__init__(entry.summary())
-        self.entry = entry
-
-
 def parse_entry(entry_id: str, text: str) -> DeadLetter | CorruptEntry:
     try:
         return DeadLetter.from_json(text)
@@ -308,13 +302,6 @@ class DeadLetterStore:
     def read(self, entry_id: str) -> DeadLetter | CorruptEntry | None:
         text = self._redis.hget(self._entries, entry_id)
         return parse_entry(entry_id, str(text)) if text is not None else None
-
-    def get(self, entry_id: str) -> DeadLetter | None:
-        """The entry, or None; raises CorruptDeadLetter for an entry that does not parse."""
-        found = self.read(entry_id)
-        if isinstance(found, CorruptEntry):
-            raise CorruptDeadLetter(found)
-        return found
 
     def __len__(self) -> int:
         return int(self._redis.zcard(self._index))
