@@ -44,6 +44,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import redis
@@ -316,13 +317,17 @@ class DeadLetterStore:
         """Newest first, filtered by reason and ``provider:id`` account, read page by page so a
         large store never sits in memory whole. A corrupt entry goes to ``on_corrupt`` (default:
         one log line) and is skipped: its reason and account cannot be known."""
-        report = on_corrupt or _log_corrupt
-        produced = 0
+        matching = (
+            entry
+            for entry in self._newest_first(on_corrupt or _log_corrupt)
+            if (reason is None or entry.reason == reason)
+            and (account is None or entry.account == account)
+        )
+        return islice(matching, limit)  # reads no further than the last entry it gives
+
+    def _newest_first(self, report: OnCorrupt) -> Iterator[DeadLetter]:
         start = 0
-        while limit is None or produced < limit:
-            ids = [str(i) for i in self._redis.zrevrange(self._index, start, start + _PAGE - 1)]
-            if not ids:
-                return
+        while ids := [str(i) for i in self._redis.zrevrange(self._index, start, start + _PAGE - 1)]:
             start += len(ids)
             for entry_id, text in zip(ids, self._redis.hmget(self._entries, ids), strict=True):
                 if text is None:  # removed between the two reads
@@ -330,15 +335,8 @@ class DeadLetterStore:
                 entry = parse_entry(entry_id, str(text))
                 if isinstance(entry, CorruptEntry):
                     report(entry)
-                    continue
-                if reason is not None and entry.reason != reason:
-                    continue
-                if account is not None and entry.account != account:
-                    continue
-                yield entry
-                produced += 1
-                if limit is not None and produced >= limit:
-                    return
+                else:
+                    yield entry
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Entries per (reason, account)."""
