@@ -57,7 +57,7 @@ def test_a_sweep_above_its_bound_archives_nothing_and_is_held(
     runs = env.runs
     assert set(runs.iter_chats(summary.run, "selected")) == set(INACTIVE)
     assert runs.held() == {f"green-api:{GREEN_ID}": summary.run}
-    assert runs.results() == {("green-api", GREEN_ID, "held"): 1}
+    assert env.counted_sweeps() == {f"green-api|{GREEN_ID}|held": "1"}
     attention: list[str] = []
     found = sweep_findings(env.services, attention)
     assert found["held"][0]["run"] == summary.run and found["held"][0]["chats"] == 6
@@ -114,9 +114,9 @@ def test_confirm_enqueues_exactly_the_held_chats_still_inactive(
     assert record is not None and record["status"] == "completed" and record["confirmed_at"]
     assert set(runs.iter_chats(held.run, "enqueued")) == set(INACTIVE[1:])
     assert runs.held() == {}
-    assert runs.results() == {
-        ("green-api", GREEN_ID, "held"): 1,
-        ("green-api", GREEN_ID, "completed"): 1,
+    assert env.counted_sweeps() == {
+        f"green-api|{GREEN_ID}|held": "1",
+        f"green-api|{GREEN_ID}|completed": "1",
     }
     with pytest.raises(SweepError, match=f"sweep run {held.run} is completed, not held"):
         env.sweeper().confirm(env.account(), held.run)

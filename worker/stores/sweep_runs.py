@@ -185,11 +185,3 @@ class SweepRuns:
         """account -> its last run's refusal or failure, while no later run completed."""
         raw = self._redis.hgetall(self._keys.sweep_problems)
         return {str(account): json.loads(value) for account, value in raw.items()}
-
-    def results(self) -> dict[tuple[str, str, str], int]:
-        """(provider, account, result) -> runs that ended so (the exporter's counter)."""
-        counts: dict[tuple[str, str, str], int] = {}
-        for field, value in self._redis.hgetall(self._keys.metrics_sweeps).items():
-            provider, account, result = str(field).split("|", 2)
-            counts[(provider, account, result)] = int(value)
-        return counts
