@@ -441,7 +441,6 @@ REVIEWED: dict[str, tuple[str, str]] = {
         "gap",
         "a sweep's list of more than two unarchivable chats",
     ),
-    "worker.stores.writes.xǁWritesǁlrem": ("equivalent", "Redis command names are case-blind"),
 }
 
 

@@ -28,7 +28,6 @@ from worker.stores.jobs import JobStore
 from worker.stores.keys import Keys
 from worker.stores.limiter import AccountLimiter
 from worker.stores.metrics import MetricsRecorder
-from worker.stores.pending import PendingJobs
 from worker.stores.unarchivable import UnarchivableChats
 
 logger = logging.getLogger("chat_archiver.accounts")
@@ -46,7 +45,6 @@ class Services:
     jobs: JobStore
     limiter: AccountLimiter
     dead_letters: DeadLetterStore
-    pending: PendingJobs
     circuit: AccountCircuit
     metrics: MetricsRecorder
     unarchivable: UnarchivableChats
@@ -168,7 +166,6 @@ def build_services() -> Services:
         ),
         limiter=AccountLimiter(client, settings.key_prefix, settings.limiter_margin),
         dead_letters=DeadLetterStore(client, settings.key_prefix),
-        pending=PendingJobs(client, settings.key_prefix),
         circuit=AccountCircuit(
             client,
             settings.key_prefix,

@@ -120,7 +120,7 @@ class Cluster(LocalCluster):
         return found
 
     def dead_letter(self, result: dict[str, Any]) -> DeadLetter:
-        entry = self.dead_letters.get(result["dead_letter_id"])
+        entry = self.dead_letters.read(result["dead_letter_id"])
         assert entry is not None
         return entry
 

@@ -124,7 +124,7 @@ def test_dlq_replay_archives_the_job_once_the_chat_exists(cluster: Cluster) -> N
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     new_task = replayed.stdout.split(" as job ")[1].split()[0]
     assert cluster.result(new_task)["outcome"] == "archived"
-    assert cluster.dead_letters.get(entry.id) is None
+    assert cluster.dead_letters.read(entry.id) is None
     assert cluster.sim.chat("green-api", GREEN_ID, "79000000888@c.us")["archived"] is True
 
 

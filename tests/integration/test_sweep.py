@@ -426,7 +426,7 @@ def test_a_sweep_above_its_bound_archives_nothing_until_confirmed(
     assert archived(env) == set(QUIET)
     services = env.services
     runs = SweepRuns(services.redis, services.keys, services.settings.sweep_run_retention)
-    assert runs.chats(run_id) == set(QUIET)  # what `unarchive --sweep` restores
+    assert set(runs.iter_chats(run_id)) == set(QUIET)  # what `unarchive --sweep` restores
     assert f"sweep run {run_id}" not in run_cli("status").stdout
     listed = run_cli("sweep", "runs")
     assert run_id in listed.stdout and "completed" in listed.stdout

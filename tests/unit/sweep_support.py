@@ -48,6 +48,10 @@ class Sweeps:
             self.services.redis, self.services.keys, self.services.settings.sweep_run_retention
         )
 
+    def counted_sweeps(self) -> dict[str, str]:
+        """The sweeps counter as the exporter reads it: "provider|account|result" -> runs."""
+        return dict(self.services.redis.hgetall(self.services.keys.metrics_sweeps))
+
     def account(self, provider: str = "green-api") -> Account:
         return get_accounts().get(provider, GREEN_ID if provider == "green-api" else WASSENGER_ID)
 

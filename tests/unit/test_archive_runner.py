@@ -165,7 +165,7 @@ def test_chat_not_found_is_dead_lettered_at_once(
         "chat_not_found",
         end.result["dead_letter_id"],
     )
-    entry = archiver_env.services.dead_letters.get(end.result["dead_letter_id"])
+    entry = archiver_env.services.dead_letters.read(end.result["dead_letter_id"])
     assert entry is not None
     assert entry.job == JOB
     assert entry.http_status == 400 and "not found" in entry.excerpt
@@ -328,7 +328,7 @@ def test_persistent_transient_waits_in_the_store_then_ends_retries_exhausted(
             },
         )
     assert isinstance(last, Failed) and last.result["reason"] == "retries_exhausted"
-    entry = archiver_env.services.dead_letters.get(last.result["dead_letter_id"])
+    entry = archiver_env.services.dead_letters.read(last.result["dead_letter_id"])
     assert entry is not None and entry.attempts == 15 + settings.transient_attempts
     assert entry.first_attempt_at == 1.0 and entry.http_status == 502
     assert entry.detail.startswith(f"still failing after {entry.attempts} attempts: HTTP 502: ")
@@ -472,7 +472,7 @@ def test_a_malformed_job_that_got_past_the_router_is_dead_lettered(
         assert not mock.calls
     assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
     assert detail in end.result["detail"]
-    assert archiver_env.services.dead_letters.get(end.result["dead_letter_id"]) is not None
+    assert archiver_env.services.dead_letters.read(end.result["dead_letter_id"]) is not None
     assert archiver_env.services.jobs.record(task_id) is None
 
 
@@ -486,7 +486,7 @@ def test_a_message_no_dispatcher_handed_out_is_dead_lettered_as_it_came(
         assert not mock.calls
     assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
     assert "dispatcher" in end.result["detail"]
-    entry = archiver_env.services.dead_letters.get(end.result["dead_letter_id"])
+    entry = archiver_env.services.dead_letters.read(end.result["dead_letter_id"])
     assert entry is not None and entry.task_id == "by-hand"
     meta = json.loads(archiver_env.redis.get(result_key("by-hand")))
     assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "DeadLettered"
@@ -577,7 +577,7 @@ def test_a_malformed_message_is_kept_whole_and_redacted(
     task_id, _, headers = desk.take()
     end = runner.run(args, kwargs, RunContext(task_id, "test@host", headers))
     assert isinstance(end, Failed) and end.result["reason"] == "invalid_request"
-    entry = archiver_env.services.dead_letters.get(end.result["dead_letter_id"])
+    entry = archiver_env.services.dead_letters.read(end.result["dead_letter_id"])
     assert entry is not None
     assert "args=('green-api', '7105187566', '79001234567@c.us')" in entry.excerpt
     assert "'note'" in entry.excerpt and CANARY not in entry.to_json()

@@ -325,7 +325,7 @@ def test_a_provider_echoing_the_token_leaves_no_trace_in_dead_letters_or_logs(
         ending = run_job(archiver_env, runner_for(account), job)
     assert isinstance(ending, Failed) and ending.result["reason"] == "unexpected_response"
     result = ending.result
-    entry = archiver_env.services.dead_letters.get(result["dead_letter_id"])
+    entry = archiver_env.services.dead_letters.read(result["dead_letter_id"])
     assert entry is not None and entry.excerpt  # the excerpt is kept, masked
     logged = "\n".join(logging.Formatter().format(record) for record in caplog.records)
     stored = json.dumps(result) + entry.to_json() + logged + _everything_in_redis(archiver_env)

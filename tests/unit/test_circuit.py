@@ -439,7 +439,7 @@ def test_closing_a_circuit_clears_its_probe_claim_and_its_next_probe(circuit: Ci
     breaker.trip(account, "unauthorized", "401", probing=False)
     circuit.services.redis.set(circuit.services.keys.circuit_probe(account.key), "probe-job")
     assert breaker.resume(account) == 0
-    assert not breaker.is_open(account)
+    assert breaker.state(account).state == "closed"
     assert not circuit.services.redis.exists(circuit.services.keys.circuit_probe(account.key))
     assert breaker.paused_accounts() == [] and "p" not in circuit.conf()
     assert breaker.resume(account) == 0  # closed already: nothing changes
@@ -467,7 +467,7 @@ def test_a_trip_for_an_account_no_worker_published_holds_no_probe_time(circuit: 
     account = circuit.account
     circuit.services.jobs.publish_accounts({account.key: None})
     assert breaker.trip(account, "unauthorized", "401", probing=False) == COOLDOWN
-    assert breaker.is_open(account)
+    assert breaker.state(account).state == "open"
     assert account.key not in circuit.services.jobs.published_accounts()
     assert circuit.services.redis.zscore(circuit.services.keys.due, account.key) is None
 

@@ -16,6 +16,11 @@ GREEN_URL = f"http://provider.test/waInstance{GREEN_ID}/archiveChat/{CANARY}"
 JOB = {"provider": "green-api", "account": GREEN_ID, "chat_id": "79001234567@c.us"}
 
 
+def mark(env: Env) -> str:
+    """The key of JOB's chat's pending mark, which holds the id of the job that owns it."""
+    return env.services.keys.pending(f"green-api:{GREEN_ID}", JOB["chat_id"])
+
+
 @pytest.fixture
 def runner(archiver_env: Env, producer: ArchiveProducer) -> ArchiveRunner:
     client = httpx.Client(timeout=2)
@@ -43,8 +48,7 @@ def test_enqueueing_a_pending_chat_again_stores_nothing(
 def test_a_duplicate_job_makes_no_provider_call(runner: ArchiveRunner, archiver_env: Env) -> None:
     """A raw message the router stored while another job held the chat: handed out, its run
     ends as a duplicate of that job without calling."""
-    pending = archiver_env.services.pending
-    archiver_env.redis.set(pending.key("green-api", GREEN_ID, "79001234567@c.us"), "the-first-job")
+    archiver_env.redis.set(mark(archiver_env), "the-first-job")
     desk = JobDesk(archiver_env.services, archiver_env.accounts)
     desk.put(JOB, task_id="a-raw-send-task")
     task_id, kwargs, headers = desk.take()
@@ -55,14 +59,13 @@ def test_a_duplicate_job_makes_no_provider_call(runner: ArchiveRunner, archiver_
     assert isinstance(end, Done)
     assert end.result["outcome"] == "duplicate" and end.result["duplicate_of"] == "the-first-job"
     # The duplicate does not free a chat it never held.
-    assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) == "the-first-job"
+    assert archiver_env.redis.get(mark(archiver_env)) == "the-first-job"
 
 
 def test_the_mark_lasts_through_retries_and_goes_at_the_end(
     producer: ArchiveProducer, runner: ArchiveRunner, archiver_env: Env
 ) -> None:
-    pending = archiver_env.services.pending
-    key = pending.key("green-api", GREEN_ID, "79001234567@c.us")
+    key = mark(archiver_env)
     desk = JobDesk(archiver_env.services, archiver_env.accounts)
     task_id = producer.enqueue(JOB)
     with respx.mock() as mock:
@@ -72,12 +75,12 @@ def test_the_mark_lasts_through_retries_and_goes_at_the_end(
         _, kwargs, headers = desk.take()
         retry = runner.run((), kwargs, RunContext(task_id, "w@h", headers))
         assert isinstance(retry, Waiting)
-        assert pending.owner(key) == task_id  # still pending: a new request is a duplicate
+        assert archiver_env.redis.get(key) == task_id  # still pending: a new request is a duplicate
         assert producer.enqueue(JOB) == task_id
         _, kwargs, headers = desk.take()
         done = runner.run((), kwargs, RunContext(task_id, "w@h", headers))
     assert isinstance(done, Done) and done.result["outcome"] == "archived"
-    assert pending.owner(key) is None
+    assert archiver_env.redis.get(key) is None
     # A later, separate request is a new job.
     assert producer.enqueue(JOB) != task_id
 
@@ -93,6 +96,5 @@ def test_a_batch_is_stored_whole_or_not_at_all(
             producer.enqueue_many([JOB, {**JOB, "chat_id": "79001234568@c.us"}])
     finally:
         archiver_env.redis.config_set("maxmemory", 0)
-    pending = archiver_env.services.pending
-    assert pending.owner(pending.key("green-api", GREEN_ID, "79001234567@c.us")) is None
+    assert archiver_env.redis.get(mark(archiver_env)) is None
     assert archiver_env.services.jobs.counts().jobs == 0

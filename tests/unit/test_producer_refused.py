@@ -64,8 +64,9 @@ def stored_chats(env: Env) -> Counter[str]:
 
 def owner(env: Env, row: dict[str, Any]) -> str | None:
     """The job that holds the row's chat (its pending mark), if any."""
-    pending = env.services.pending
-    return pending.owner(pending.key(row["provider"], row["account"], row["chat_id"]))
+    return env.redis.get(
+        env.services.keys.pending(f"{row['provider']}:{row['account']}", row["chat_id"])
+    )
 
 
 def lose_the_reply_of_the_next_step(

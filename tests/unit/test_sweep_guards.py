@@ -46,7 +46,7 @@ def test_a_journal_setting_off_refuses_the_sweep(
     assert dict(summary.calls) == {"getSettings": 1}  # nothing listed
     assert env.queued() == {}
     # The metric, the run's record and the account's problem say so.
-    assert env.runs.results() == {("green-api", GREEN_ID, "skipped"): 1}
+    assert env.counted_sweeps() == {f"green-api|{GREEN_ID}|skipped": "1"}
     assert env.runs.record(summary.run)["reason"] == summary.reason  # type: ignore[index]
     assert env.runs.problems()[f"green-api:{GREEN_ID}"]["run"] == summary.run
 
@@ -68,7 +68,7 @@ def test_with_the_settings_on_and_stated_coverage_the_sweep_archives(
     assert summary.status == "completed", summary.reason
     assert set(env.queued()) == {"79000000001@c.us"}
     assert summary.calls["getSettings"] == 1
-    assert env.runs.results() == {("green-api", GREEN_ID, "completed"): 1}
+    assert env.counted_sweeps() == {f"green-api|{GREEN_ID}|completed": "1"}
     assert env.runs.problems() == {}
 
 
@@ -147,7 +147,7 @@ def test_a_dry_run_still_lists_and_says_why_nothing_would_be_archived(
     assert summary.would_be == "skipped"
     assert "journals proven complete only since" in (summary.reason or "")
     assert summary.chats == ["79000000001@c.us"]
-    assert env.runs.results() == {("green-api", GREEN_ID, "dry_run"): 1}
+    assert env.counted_sweeps() == {f"green-api|{GREEN_ID}|dry_run": "1"}
     assert env.runs.problems() == {}  # a dry run is no problem of the account's
 
 

@@ -55,9 +55,9 @@ def test_a_sweep_above_its_bound_archives_nothing_and_is_held(
     assert (summary.selected, summary.held, summary.enqueued) == (6, 6, 0)
     assert env.queued() == {}
     runs = env.runs
-    assert runs.chats(summary.run, "selected") == set(INACTIVE)
+    assert set(runs.iter_chats(summary.run, "selected")) == set(INACTIVE)
     assert runs.held() == {f"green-api:{GREEN_ID}": summary.run}
-    assert runs.results() == {("green-api", GREEN_ID, "held"): 1}
+    assert env.counted_sweeps() == {f"green-api|{GREEN_ID}|held": "1"}
     attention: list[str] = []
     found = sweep_findings(env.services, attention)
     assert found["held"][0]["run"] == summary.run and found["held"][0]["chats"] == 6
@@ -112,11 +112,11 @@ def test_confirm_enqueues_exactly_the_held_chats_still_inactive(
     runs = env.runs
     record = runs.record(held.run)
     assert record is not None and record["status"] == "completed" and record["confirmed_at"]
-    assert runs.chats(held.run, "enqueued") == set(INACTIVE[1:])
+    assert set(runs.iter_chats(held.run, "enqueued")) == set(INACTIVE[1:])
     assert runs.held() == {}
-    assert runs.results() == {
-        ("green-api", GREEN_ID, "held"): 1,
-        ("green-api", GREEN_ID, "completed"): 1,
+    assert env.counted_sweeps() == {
+        f"green-api|{GREEN_ID}|held": "1",
+        f"green-api|{GREEN_ID}|completed": "1",
     }
     with pytest.raises(SweepError, match=f"sweep run {held.run} is completed, not held"):
         env.sweeper().confirm(env.account(), held.run)
@@ -204,7 +204,7 @@ def test_every_run_has_a_record_newest_first_and_kept_for_the_retention(
         "enqueued": 6,
     }
     assert record["started_at"] <= record["ended_at"]
-    assert runs.chats(real.run, "enqueued") == set(INACTIVE)
+    assert set(runs.iter_chats(real.run, "enqueued")) == set(INACTIVE)
     redis = env.services.redis
     keys = env.services.keys
     for key in (keys.sweep_run(real.run), keys.sweep_run_chats(real.run, "enqueued")):
@@ -261,7 +261,7 @@ def test_the_jobs_ending_records_the_chats_a_run_archived(
         mock.post(url).respond(answer[0], text=answer[1])
         runner.run((), kwargs, RunContext(task_id, "w@h", headers))
     runs = SweepRuns(services.redis, services.keys, services.settings.sweep_run_retention)
-    assert runs.chats("run-1") == ({chat} if recorded else set())
+    assert set(runs.iter_chats("run-1")) == ({chat} if recorded else set())
     if recorded:
         ttl = services.redis.ttl(services.keys.sweep_run_chats("run-1", "archived"))
         assert 29 * DAY < ttl <= 30 * DAY

@@ -334,7 +334,7 @@ def test_a_dead_letter_records_its_jobs_trace_id_and_dlq_show_prints_it(
         mock.post(GREEN_URL).respond(400, text=f"chat with id {CHAT} not found")
         ending = hops.run(*hops.dispatch())
     assert isinstance(ending, DeadLettered)
-    entry = traced.services.dead_letters.get(ending.dead_letter_id)
+    entry = traced.services.dead_letters.read(ending.dead_letter_id)
     assert entry is not None and entry.task_id == task_id
     named = by_name(exporter.get_finished_spans())
     run = named["run archive.chat"]

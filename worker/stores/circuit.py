@@ -133,9 +133,6 @@ class AccountCircuit:
         """Accounts whose circuit is open."""
         return [str(key) for key in self._redis.zrange(self._keys.paused, 0, -1)]
 
-    def is_open(self, account: Account) -> bool:
-        return bool(self._redis.exists(self._keys.circuit(account.key)))
-
     def state(self, account: Account) -> CircuitState:
         return self.states([account])[0]
 

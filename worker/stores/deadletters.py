@@ -28,8 +28,8 @@ break the entry. Caps, in characters (a 1 MB chat id must not become a 1 MB entr
 An entry is therefore at most about 7 KB of JSON. Values cut short end with ``…``.
 
 Reading is tolerant: an entry that does not parse (written by an older version, or by hand) is a
-``CorruptEntry``. ``iter`` reports it (a callback, or one log line) and goes on; ``get`` raises
-``CorruptDeadLetter``; ``remove`` removes it like any other.
+``CorruptEntry``. ``iter`` reports it (a callback, or one log line) and goes on; ``read`` returns
+it; ``remove`` removes it like any other.
 """
 
 from __future__ import annotations
@@ -44,12 +44,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from itertools import islice
 from typing import Any
 
 import redis
 from redis.client import Pipeline
 
-from config import ArchiverError, redact
+from config import redact
 from config.secrets import EXCERPT_LENGTH
 from worker.stores.keys import Keys
 from worker.stores.writes import Writes
@@ -230,12 +231,6 @@ class CorruptEntry:
         return f"{self.id}: corrupt entry ({self.error})"
 
 
-class CorruptDeadLetter(ArchiverError, ValueError):
-    def __init__(self, entry: CorruptEntry) -> None:
-        super().__init__(entry.summary())
-        self.entry = entry
-
-
 def parse_entry(entry_id: str, text: str) -> DeadLetter | CorruptEntry:
     try:
         return DeadLetter.from_json(text)
@@ -309,13 +304,6 @@ class DeadLetterStore:
         text = self._redis.hget(self._entries, entry_id)
         return parse_entry(entry_id, str(text)) if text is not None else None
 
-    def get(self, entry_id: str) -> DeadLetter | None:
-        """The entry, or None; raises CorruptDeadLetter for an entry that does not parse."""
-        found = self.read(entry_id)
-        if isinstance(found, CorruptEntry):
-            raise CorruptDeadLetter(found)
-        return found
-
     def __len__(self) -> int:
         return int(self._redis.zcard(self._index))
 
@@ -329,13 +317,17 @@ class DeadLetterStore:
         """Newest first, filtered by reason and ``provider:id`` account, read page by page so a
         large store never sits in memory whole. A corrupt entry goes to ``on_corrupt`` (default:
         one log line) and is skipped: its reason and account cannot be known."""
-        report = on_corrupt or _log_corrupt
-        produced = 0
+        matching = (
+            entry
+            for entry in self._newest_first(on_corrupt or _log_corrupt)
+            if (reason is None or entry.reason == reason)
+            and (account is None or entry.account == account)
+        )
+        return islice(matching, limit)  # reads no further than the last entry it gives
+
+    def _newest_first(self, report: OnCorrupt) -> Iterator[DeadLetter]:
         start = 0
-        while limit is None or produced < limit:
-            ids = [str(i) for i in self._redis.zrevrange(self._index, start, start + _PAGE - 1)]
-            if not ids:
-                return
+        while ids := [str(i) for i in self._redis.zrevrange(self._index, start, start + _PAGE - 1)]:
             start += len(ids)
             for entry_id, text in zip(ids, self._redis.hmget(self._entries, ids), strict=True):
                 if text is None:  # removed between the two reads
@@ -343,15 +335,8 @@ class DeadLetterStore:
                 entry = parse_entry(entry_id, str(text))
                 if isinstance(entry, CorruptEntry):
                     report(entry)
-                    continue
-                if reason is not None and entry.reason != reason:
-                    continue
-                if account is not None and entry.account != account:
-                    continue
-                yield entry
-                produced += 1
-                if limit is not None and produced >= limit:
-                    return
+                else:
+                    yield entry
 
     def counts(self) -> Counter[tuple[str, str]]:
         """Entries per (reason, account)."""

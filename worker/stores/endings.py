@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -56,7 +56,6 @@ class RunRef:
     member: str  # the run's lease member ("id|token"); '' when no run ends it
     waited_in: str = ""  # no run: the list the job waits in, which it leaves
     parked: bool = False  # it may have been parked (a probe's run, a parked job's ending)
-    extra: Writes = field(default_factory=Writes)  # more writes to make in the same step
 
     @property
     def task_id(self) -> str:
@@ -101,7 +100,6 @@ class Endings:
 
     def _writes(self, ref: RunRef, latencies: Sequence[float]) -> Writes:
         writes = Writes()
-        writes.commands.extend(ref.extra.commands)
         if ref.job.task in CHAT_TASKS:
             provider, account, _, _ = _labels(ref.kwargs)
             for seconds in latencies:
@@ -246,7 +244,6 @@ class Endings:
         reason: Reason,
         detail: str,
         waited_in: str,
-        extra: Writes | None = None,
     ) -> DeadLetter | None:
         """Dead-letter a job nobody runs (the janitor), taking it out of the list it waits in.
         None when it changed nothing (the job ended, or left that list, meanwhile)."""
@@ -266,9 +263,8 @@ class Endings:
             task_id=task_id,
             trace_id=tracing.trace_id_of(stored.body.trace),
         )
-        ref = RunRef(stored, "", waited_in=waited_in, extra=extra or Writes())
         done = self.final(
-            ref,
+            RunRef(stored, "", waited_in=waited_in),
             Outcome.DEAD_LETTERED,
             error=DeadLettered(str(reason), detail, entry.id),
             reason=str(reason),

@@ -27,7 +27,7 @@ import redis
 
 from worker.contract.tasks import UNPACED
 from worker.stores.clock import MICROS, Clock, RedisClock
-from worker.stores.keys import RESULT_PREFIX, Keys
+from worker.stores.keys import RESULT_PREFIX, Keys, result_key
 from worker.stores.scripts import load
 from worker.stores.writes import Writes
 
@@ -249,23 +249,23 @@ class JobStore:
         }
         if not replicas:
             statuses = load("submit").run(self.redis, keys=keys, args=args, rest=items)
-            return [str(status) for status in statuses]
-        # WAIT holds the reply until the step reached a replica (on the same connection, hence
-        # the pipeline): a failover promotes a replica that has it.
-        pipe = self.redis.pipeline(transaction=False)
-        load("submit").queue(pipe, keys=keys, args=args, rest=items)
-        pipe.wait(replicas, REPLICA_WAIT_MS)
-        statuses, reached = pipe.execute()
-        if int(reached) < replicas:
-            raise NotReplicated(
-                f"stored on the master, but on {reached} of {replicas} replicas after "
-                f"{REPLICA_WAIT_MS} ms: a failover could lose it"
-            )
+        else:
+            # WAIT holds the reply until the step reached a replica (on the same connection,
+            # hence the pipeline): a failover promotes a replica that has it.
+            pipe = self.redis.pipeline(transaction=False)
+            load("submit").queue(pipe, keys=keys, args=args, rest=items)
+            pipe.wait(replicas, REPLICA_WAIT_MS)
+            statuses, reached = pipe.execute()
+            if int(reached) < replicas:
+                raise NotReplicated(
+                    f"stored on the master, but on {reached} of {replicas} replicas after "
+                    f"{REPLICA_WAIT_MS} ms: a failover could lose it"
+                )
         return [str(status) for status in statuses]
 
     # -- dispatch -----------------------------------------------------------------------------
 
-    def dispatch(self, budget: int, *, lead: float = DISPATCH_LEAD) -> Dispatch:
+    def dispatch(self, budget: int) -> Dispatch:
         """Hand out up to ``budget`` due jobs (lua/dispatch.lua)."""
         k = self.keys
         reply = load("dispatch").run(
@@ -283,7 +283,7 @@ class JobStore:
             args={
                 "now": self.clock.arg(),
                 "budget": max(0, budget),
-                "lead_us": _us(lead),
+                "lead_us": _us(DISPATCH_LEAD),
                 "lease_us": _us(self.lease),
                 "promote_max": PROMOTE_PER_CALL,
                 "wait_prefix": k.wait_prefix,
@@ -355,7 +355,7 @@ class JobStore:
                 "parked_since": k.parked_since,
                 "chat": mark,
                 "from": waited_in,
-                "result": f"{RESULT_PREFIX}{task_id}",
+                "result": result_key(task_id),
             },
             args={
                 "now": self.clock.arg(),

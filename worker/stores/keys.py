@@ -25,7 +25,8 @@ Job results are Celery's keys, ``celery-task-meta-{task id}``, written by the jo
 (lua/close.lua) in the same step.
 
 The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dead letters,
-metrics, sweep runs) are named below too, each described in its store's module.
+metrics, sweep runs) are named below too, each described in its store's module (pending marks:
+at ``Keys.pending``).
 
 Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what raw producers publish to), each node's
 ready queue ``{queue}.ready.{node}`` (the only queue its Celery consumer reads: the dispatcher's
@@ -103,10 +104,6 @@ class Keys:
     def routing(self, node: str) -> str:
         return f"{self.prefix}:routing:{node}"
 
-    @property
-    def routing_prefix(self) -> str:
-        return f"{self.prefix}:routing:"
-
     # -- per account state -------------------------------------------------------------------
     @property
     def limiter_prefix(self) -> str:
@@ -161,7 +158,21 @@ class Keys:
 
     def pending(self, account: str, chat_id: str, task: str = ARCHIVE_TASK) -> str:
         """A chat's "job pending" mark, one per action (archiving and unarchiving a chat are
-        separate jobs)."""
+        separate jobs): each chat once, at most one pending or running job per chat and action,
+        whoever asks (two sweeps, a sweep and a producer). It holds the id of the job that owns
+        it:
+
+        - a producer claims it in the same step as it stores the job (lua/submit.lua); if
+          another job holds it, nothing is stored and the caller gets that job's id;
+        - a job the router stored from a raw message (which never had it) claims it when it is
+          handed out (lua/dispatch.lua): held by another job, its run ends as a duplicate
+          without a call;
+        - the job keeps it through retries and waits (same task id), and its final ending
+          releases it (lua/close.lua); a later, separate request then finds no key: a new job.
+
+        The TTL only bounds the damage of a crash that skipped the release: were it to expire
+        under a job that is still pending, a second job could be enqueued, and the provider
+        would answer it "already archived": harmless."""
         action = "" if task == ARCHIVE_TASK else f"{task.rpartition('.')[2]}:"
         return f"{self.prefix}:pending:{action}{account}:{chat_id}"
 
@@ -198,10 +209,6 @@ class Keys:
     @property
     def metrics_sweeps(self) -> str:
         return f"{self.prefix}:metrics:sweeps"
-
-    def recent(self, account: str) -> str:
-        """list: the account's last outcomes (JSON), newest first."""
-        return f"{self.prefix}:recent:{account}"
 
 
 RESULT_PREFIX = "celery-task-meta-"

@@ -28,12 +28,6 @@ class MetricsRecorder:
         self.outcomes_key = self._keys.metrics_outcomes
         self.latency_key = self._keys.metrics_latency
 
-    @staticmethod
-    def latency_args(provider: str, account: str, seconds: float) -> list[str | float]:
-        """The bucket field, the sum field and the value."""
-        bucket = next((f"{le:g}" for le in LATENCY_BUCKETS if seconds <= le), "+Inf")
-        return [f"{provider}|{account}|{bucket}", f"{provider}|{account}|sum", seconds]
-
     def queue_outcome(
         self, pipe: Any, provider: str, account: str, outcome: str, reason: str | None
     ) -> None:
@@ -42,9 +36,9 @@ class MetricsRecorder:
 
     def queue_latency(self, pipe: Any, provider: str, account: str, seconds: float) -> None:
         """Record one provider call's duration in a pipeline (or Writes)."""
-        bucket, total, value = self.latency_args(provider, account, seconds)
-        pipe.hincrby(self.latency_key, str(bucket), 1)
-        pipe.hincrbyfloat(self.latency_key, str(total), float(value))
+        bucket = next((f"{le:g}" for le in LATENCY_BUCKETS if seconds <= le), "+Inf")
+        pipe.hincrby(self.latency_key, f"{provider}|{account}|{bucket}", 1)
+        pipe.hincrbyfloat(self.latency_key, f"{provider}|{account}|sum", float(seconds))
 
     def outcomes(self) -> dict[tuple[str, str, str, str], int]:
         found: dict[tuple[str, str, str, str], int] = {}

@@ -119,7 +119,8 @@ class _Parsed:
 
 def _parse(path: Path) -> _Parsed:
     headers: dict[str, list[str]] = {"keys": [], "args": [], "rest": [], "uses": []}
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8")
+    for line in text.splitlines():
         match = _HEADER.match(line.strip())
         if match:
             names = match.group(2).split()
@@ -137,18 +138,17 @@ def _parse(path: Path) -> _Parsed:
         args=tuple(headers["args"]),
         rest=headers["rest"][0] if headers["rest"] else None,
         uses=tuple(headers["uses"]),
-        body=path.read_text(encoding="utf-8"),
+        body=text,
     )
 
 
-def _libraries(uses: Sequence[str], seen: list[str]) -> list[str]:
-    """Library names in dependency order (a library's own `uses` first)."""
+def _libraries(uses: Sequence[str], seen: dict[str, str]) -> dict[str, str]:
+    """Library name -> body, in dependency order (a library's own `uses` first)."""
     for name in uses:
-        if name in seen:
-            continue
-        parsed = _parse(LUA_DIR / "lib" / f"{name}.lua")
-        _libraries(parsed.uses, seen)
-        seen.append(name)
+        if name not in seen:
+            parsed = _parse(LUA_DIR / "lib" / f"{name}.lua")
+            _libraries(parsed.uses, seen)
+            seen[name] = parsed.body
     return seen
 
 
@@ -156,7 +156,7 @@ def _libraries(uses: Sequence[str], seen: list[str]) -> list[str]:
 def load(name: str) -> LuaScript:
     """The script ``lua/{name}.lua`` with its libraries and prologue, parsed once per process."""
     parsed = _parse(LUA_DIR / f"{name}.lua")
-    libraries = [_parse(LUA_DIR / "lib" / f"{lib}.lua").body for lib in _libraries(parsed.uses, [])]
+    libraries = list(_libraries(parsed.uses, {}).values())
     prologue = ["local KEY = {"]
     prologue += [
         f"  {key.lstrip('*')} = KEYS," if key.startswith("*") else f"  {key} = KEYS[{i}],"

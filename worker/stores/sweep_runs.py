@@ -1,6 +1,6 @@
 """Sweep runs: every sweep gets an id and a record, kept ``ARCHIVER_SWEEP_RUN_RETENTION`` (30 days)
 so a bad sweep can be found and undone (``chat-archiver unarchive --sweep RUN_ID`` reads
-``SweepRuns.chats``).
+``SweepRuns.iter_chats``).
 
     {p}:sweep-runs                  zset    run id -> when it started: the index ``runs`` reads
     {p}:sweep-run:{id}              string  JSON: the run's record (account, times, status, why,
@@ -28,6 +28,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from itertools import islice
 from typing import Any
 
 import redis
@@ -61,26 +62,15 @@ class SweepRuns:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def add_chats(self, run_id: str, which: str, chats: Iterable[str]) -> int:
-        """Add chats to one of the run's sets, a batch per round trip; how many were given."""
+    def add_chats(self, run_id: str, which: str, chats: Iterable[str]) -> None:
+        """Add chats to one of the run's sets, a batch per round trip."""
         key = self._keys.sweep_run_chats(run_id, which)
-        total = 0
-        batch: list[str] = []
-        for chat in chats:
-            batch.append(chat)
-            if len(batch) >= _BATCH:
-                total += self._add(key, batch)
-                batch = []
-        if batch:
-            total += self._add(key, batch)
-        return total
-
-    def _add(self, key: str, batch: list[str]) -> int:
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.sadd(key, *batch)
-        pipe.expire(key, self.retention)
-        pipe.execute()
-        return len(batch)
+        rest = iter(chats)
+        while batch := list(islice(rest, _BATCH)):
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.sadd(key, *batch)
+            pipe.expire(key, self.retention)
+            pipe.execute()
 
     def end(
         self,
@@ -165,15 +155,9 @@ class SweepRuns:
                         break
         return found
 
-    def chats(self, run_id: str, which: str = "archived") -> set[str]:
-        """The chats the run archived (or ``which`` of the run's sets: selected, enqueued)."""
-        if which not in CHAT_SETS:
-            raise ValueError(f"which: one of {', '.join(CHAT_SETS)}")
-        members = self._redis.smembers(self._keys.sweep_run_chats(run_id, which))
-        return {str(chat) for chat in members}
-
     def iter_chats(self, run_id: str, which: str = "archived") -> Iterator[str]:
-        """The same chats, a batch at a time, for runs too large to hold at once."""
+        """The chats the run archived (or ``which`` of the run's sets: selected, enqueued), a
+        batch at a time, for runs too large to hold at once."""
         if which not in CHAT_SETS:
             raise ValueError(f"which: one of {', '.join(CHAT_SETS)}")
         for chat in self._redis.sscan_iter(self._keys.sweep_run_chats(run_id, which), count=_BATCH):
@@ -201,11 +185,3 @@ class SweepRuns:
         """account -> its last run's refusal or failure, while no later run completed."""
         raw = self._redis.hgetall(self._keys.sweep_problems)
         return {str(account): json.loads(value) for account, value in raw.items()}
-
-    def results(self) -> dict[tuple[str, str, str], int]:
-        """(provider, account, result) -> runs that ended so (the exporter's counter)."""
-        counts: dict[tuple[str, str, str], int] = {}
-        for field, value in self._redis.hgetall(self._keys.metrics_sweeps).items():
-            provider, account, result = str(field).split("|", 2)
-            counts[(provider, account, result)] = int(value)
-        return counts

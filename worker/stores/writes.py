@@ -23,17 +23,8 @@ class Writes:
         self.commands.append(command)
         return self
 
-    def hset(
-        self,
-        name: str,
-        key: str | None = None,
-        value: Any = None,
-        mapping: Mapping[str, Any] | None = None,
-    ) -> Writes:
-        pairs: list[Any] = [] if key is None else [key, value]
-        for field, field_value in (mapping or {}).items():
-            pairs += [field, field_value]
-        return self._add("HSET", name, *pairs)
+    def hset(self, name: str, key: str, value: Any) -> Writes:
+        return self._add("HSET", name, key, value)
 
     def hincrby(self, name: str, key: str, amount: int = 1) -> Writes:
         return self._add("HINCRBY", name, key, amount)
@@ -41,29 +32,14 @@ class Writes:
     def hincrbyfloat(self, name: str, key: str, amount: float = 1.0) -> Writes:
         return self._add("HINCRBYFLOAT", name, key, repr(float(amount)))
 
-    def hdel(self, name: str, *keys: str) -> Writes:
-        return self._add("HDEL", name, *keys)
-
     def zadd(self, name: str, mapping: Mapping[str, float]) -> Writes:
         pairs: list[Any] = []
         for member, score in mapping.items():
             pairs += [repr(float(score)), member]
         return self._add("ZADD", name, *pairs)
 
-    def zrem(self, name: str, *members: str) -> Writes:
-        return self._add("ZREM", name, *members)
-
     def sadd(self, name: str, *members: str) -> Writes:
         return self._add("SADD", name, *members)
-
-    def lpush(self, name: str, *values: Any) -> Writes:
-        return self._add("LPUSH", name, *values)
-
-    def ltrim(self, name: str, start: int, end: int) -> Writes:
-        return self._add("LTRIM", name, start, end)
-
-    def lrem(self, name: str, count: int, value: str) -> Writes:
-        return self._add("LREM", name, count, value)
 
     def expire(self, name: str, seconds: int) -> Writes:
         return self._add("EXPIRE", name, int(seconds))

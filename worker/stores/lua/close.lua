@@ -41,5 +41,5 @@ if ARG.result ~= '' then
   redis.call('SET', KEY.result, ARG.result, 'EX', ARG.result_ttl)
   redis.call('PUBLISH', KEY.result, ARG.result)
 end
-apply_writes(REST, 1)
+apply_writes(REST)
 return 1
