@@ -22,6 +22,7 @@ from redis.retry import Retry
 
 from tests.conftest import GREEN_ID, WASSENGER_ID, Env
 from tests.support import JobDesk, eventually
+from tests.unit.conftest import Fill
 from worker.celery_app import create_app
 from worker.contract.history import ATTEMPTS_HEADER, TICKET_HEADER, Ticket
 from worker.contract.tasks import ARCHIVE_TASK, SWEEP_TASK, UNPACED
@@ -481,3 +482,29 @@ def test_celerys_own_acknowledgements_of_a_handed_over_message_are_harmless(
         first.ack()  # what a message with no channel did
     second.ack()
     assert second.acknowledged
+
+
+def test_a_message_counts_as_waiting_until_the_consumer_holds_it() -> None:
+    """Celery's handler sends an event before it reserves the request, and the dispatcher's
+    thread runs meanwhile: a message taken out first would count nowhere, and the node would
+    take more jobs than its slots."""
+    handoff = Handoff("ready")
+    seen: list[int] = []
+    handoff.put([(f"{i}|1", Message(headers={"id": i})) for i in ("a", "b")])
+    handoff.attach(Consumer(), lambda message: seen.append(len(handoff)))
+    assert seen == [2, 1] and len(handoff) == 0
+
+
+def test_a_full_redis_hands_out_nothing(
+    archiver_env: Env, app: Celery, desk: JobDesk, consumer: Consumer, fill: Fill
+) -> None:
+    """A script that has written once runs to its end even when Redis is full: the dispatch
+    writes first what a full Redis refuses, so no job starts whose ending could not be
+    recorded (worker/stores/lua/dispatch.lua)."""
+    desk.put(chat_job(1), task_id="t-1")
+    fill()
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        dispatcher(archiver_env, app, consumer).step()
+    assert consumer.received == []
+    assert archiver_env.services.jobs.counts().active == 0
+    assert archiver_env.services.jobs.wait_head(f"green-api:{GREEN_ID}", 5) == ["t-1"]

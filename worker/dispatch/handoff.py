@@ -92,16 +92,22 @@ class Handoff:
         hub.call_soon(self._drain)
 
     def _drain(self) -> None:
-        """On the consumer's loop: every waiting message to its handler, oldest first."""
+        """On the consumer's loop: every waiting message to its handler, oldest first. A message
+        leaves only once its handler returns, when Celery holds it as a request: the node's free
+        slots always count it in one place or the other (the handler sends an event, and the
+        dispatcher's thread runs meanwhile)."""
         while True:
             with self._lock:
                 handler = self._handler
                 if handler is None or not self._inbox:
                     self._scheduled = False
                     return
-                _, message = self._inbox.popleft()
+                entry = self._inbox[0]
             try:
-                handler(message)
+                handler(entry[1])
             except Exception:
                 # The loop must go on; the job's lease brings it back.
-                logger.exception("the consumer refused job %s", message.headers.get("id"))
+                logger.exception("the consumer refused job %s", entry[1].headers.get("id"))
+            with self._lock:
+                if self._inbox and self._inbox[0] is entry:  # not cleared meanwhile
+                    self._inbox.popleft()

@@ -13,6 +13,10 @@
 -- job holding its chat ('' when it holds it itself), account, task, mark, body}.
 local now = clock_us(ARG.now)
 local lead, lease = tonumber(ARG.lead_us), tonumber(ARG.lease_us)
+-- The first write is one a full Redis refuses (maxmemory: INCR is denied, LPOP and ZREM are not,
+-- and a script that has written once runs on to its end): a full Redis then refuses the whole
+-- dispatch, and no job starts whose ending could not be recorded.
+local token_base = redis.call('INCR', KEY.tokens)
 
 -- The delayed set is one entry of the schedule, '@delayed', at its earliest job's time: delayed
 -- jobs whose time has come (within the lead) go to the front of their account's wait list, as
@@ -39,7 +43,6 @@ end
 local out = {}
 local handed = 0
 local budget = tonumber(ARG.budget)
-local token_base = nil
 local confs = {}
 
 local function conf_of(account)
@@ -73,7 +76,6 @@ end
 -- now, or found still held (the run ends as a duplicate).
 local function hand_out(id, record, slot, probe)
   local account, task, mark, lost, body = record_parts(record)
-  if not token_base then token_base = redis.call('INCR', KEY.tokens) end
   local token = token_base .. '.' .. (handed + 1)
   redis.call('ZADD', KEY.active, now + lease, id .. '|' .. token)
   local holder = ''
