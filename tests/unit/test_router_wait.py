@@ -5,9 +5,10 @@ ended as a TimeoutError instead, which redis-py retried on a new connection, aga
 from __future__ import annotations
 
 import pytest
+from kombu import Connection, Queue
 
 from tests.conftest import Env
-from worker.dispatch.router import Router
+from worker.dispatch.router import Router, intake_lists
 from worker.dispatch.service import INTAKE_BLOCK
 from worker.services import get_services
 
@@ -33,3 +34,18 @@ def test_an_idle_routers_wait_ends_in_redis_empty_answer_on_one_connection(
     assert router.wait(INTAKE_BLOCK) is False
     # Nothing but the test's own INFO connection (if it needed one) is new.
     assert int(archiver_env.redis.info("stats")["total_connections_received"]) - connections <= 1
+
+
+def test_the_intake_lists_are_those_kombu_publishes_to(archiver_env: Env) -> None:
+    """A producer's message lands in one list per priority step: the router reads them all."""
+    intake = archiver_env.settings.queue
+    with Connection(archiver_env.settings.broker_url) as connection:
+        producer = connection.Producer()
+        for priority in range(10):
+            producer.publish(
+                {"n": priority}, routing_key=intake, declare=[Queue(intake)], priority=priority
+            )
+    broker = get_services().broker
+    used = {str(key) for key in broker.keys(f"{intake}*")}
+    assert used == set(intake_lists(intake))
+    assert sum(int(broker.llen(name)) for name in intake_lists(intake)) == 10
