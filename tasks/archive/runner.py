@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -423,7 +423,7 @@ class ArchiveRunner:
         given: str = "",
     ) -> Failed | Quiet:
         entry = self._entry(run.delivery, reason, detail, run.ref.kwargs, answer, given)
-        error = self.end_dead_lettered(self.endings, run.ref, entry, run.latencies)
+        error = self.endings.dead_lettered(run.ref, entry, run.latencies)
         return self._failed(run, error) if error is not None else self._lost_hold(run)
 
     def _entry(
@@ -511,23 +511,6 @@ class ArchiveRunner:
         """The stored job a dispatched run (or the task's on_failure) ends, under its lease."""
         stored = StoredJob(task_id, ticket.account, task, ticket.mark, ticket.lost, body)
         return RunRef(stored, lease_member(task_id, ticket.token), parked=parked)
-
-    @staticmethod
-    def end_dead_lettered(
-        endings: Endings, ref: RunRef, entry: DeadLetter, latencies: Sequence[float] = ()
-    ) -> DeadLettered | None:
-        """End the job as dead-lettered with ``entry`` (its result FAILURE: DeadLettered), or None
-        when the run no longer holds it."""
-        error = DeadLettered(entry.reason, entry.detail, entry.id)
-        done = endings.final(
-            ref,
-            Outcome.DEAD_LETTERED,
-            error=error,
-            reason=entry.reason,
-            entry=entry,
-            latencies=latencies,
-        )
-        return error if done else None
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -116,7 +116,7 @@ class ChatTask(JobTask):
             trace_id=tracing.trace_id_of(self.request.headers),
         )
         ref = ArchiveRunner.ticket_ref(task_id, self.name, ticket, JobBody(dict(kwargs)))
-        ArchiveRunner.end_dead_lettered(endings(), ref, entry)
+        endings().dead_lettered(ref, entry)
 
 
 def _unrecorded(exc: BaseException) -> bool:

@@ -263,11 +263,21 @@ class Endings:
             task_id=task_id,
             trace_id=tracing.trace_id_of(stored.body.trace),
         )
+        done = self.dead_lettered(RunRef(stored, "", waited_in=waited_in), entry)
+        return entry if done is not None else None
+
+    def dead_lettered(
+        self, ref: RunRef, entry: DeadLetter, latencies: Sequence[float] = ()
+    ) -> DeadLettered | None:
+        """End the job as dead-lettered with ``entry`` (its result FAILURE: DeadLettered), or
+        None when the run no longer holds it."""
+        error = DeadLettered(entry.reason, entry.detail, entry.id)
         done = self.final(
-            RunRef(stored, "", waited_in=waited_in),
+            ref,
             Outcome.DEAD_LETTERED,
-            error=DeadLettered(str(reason), detail, entry.id),
-            reason=str(reason),
+            error=error,
+            reason=entry.reason,
             entry=entry,
+            latencies=latencies,
         )
-        return entry if done else None
+        return error if done else None
