@@ -332,6 +332,27 @@ class NodeRuntime:
             stop.wait(max(0.0, every - (time.monotonic() - started)))
 
 
+def _new_runtime(consumer: Any) -> NodeRuntime:
+    """The node's dispatch runtime, not started yet."""
+    services = get_services()
+    set_outage_grace(services.settings.redis_outage_grace)
+
+    def capacity() -> int:
+        # The slots the consumer may fill (its prefetch), less the jobs it holds and those
+        # handed out to it that wait in the handoff; none while it is away.
+        runtime = _runtime
+        qos = getattr(consumer, "qos", None)
+        if runtime is None or qos is None or not runtime.handoff.attached:
+            return 0
+        return int(qos.value) - len(_held_requests()) - len(runtime.handoff)
+
+    def on_refused(task_id: str, error: Exception) -> None:
+        consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
+
+    node = node_name(consumer.hostname)
+    return NodeRuntime(services, consumer.app, node, capacity, on_refused)
+
+
 class DispatchStep(bootsteps.StartStopStep):
     """Starts the node's dispatch runtime with the worker's consumer (once: a consumer restarted
     after a lost broker connection keeps it), stops it at shutdown."""
@@ -343,29 +364,16 @@ class DispatchStep(bootsteps.StartStopStep):
         if consumer.hub is None:
             # eventlet or gevent: no event loop of Celery's to hand jobs to.
             raise SystemExit("chat-archiver: a worker node needs the prefork, threads or solo pool")
-        if _runtime is not None:
-            # A new broker connection: the jobs handed out while it was down waited for it.
-            _runtime.handoff.attach(consumer.hub, consumer.create_task_handler())
-            return
-        services = get_services()
-        set_outage_grace(services.settings.redis_outage_grace)
-
-        def capacity() -> int:
-            # The slots the consumer may fill (its prefetch), less the jobs it holds and those
-            # handed out to it that wait in the handoff; none while it is away.
-            runtime = _runtime
-            qos = getattr(consumer, "qos", None)
-            if runtime is None or qos is None or not runtime.handoff.attached:
-                return 0
-            return int(qos.value) - len(_held_requests()) - len(runtime.handoff)
-
-        def on_refused(task_id: str, error: Exception) -> None:
-            consumer.app.backend.mark_as_failure(task_id, error, call_errbacks=False)
-
-        node = node_name(consumer.hostname)
-        _runtime = NodeRuntime(services, consumer.app, node, capacity, on_refused)
+        first = _runtime is None
+        if _runtime is None:
+            _runtime = _new_runtime(consumer)
+        # The first start, or a new broker connection: what was handed out meanwhile waited, and
+        # the dispatcher, which takes nothing while the consumer is away, looks again at once.
         _runtime.handoff.attach(consumer.hub, consumer.create_task_handler())
-        _runtime.start()
+        if first:
+            _runtime.start()
+        else:
+            _runtime.dispatcher.poke()
 
     def stop(self, consumer: Any) -> None:
         """A consumer restart (a lost broker connection): the runtime keeps running, and what it
