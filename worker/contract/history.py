@@ -10,7 +10,7 @@ the run's lease token, its permit's slot, and what the job store knows of the jo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import astuple, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 ATTEMPTS_HEADER = "archiver_attempts"
@@ -39,8 +39,17 @@ class Ticket:
     idle: bool = False
 
     def header(self) -> list[Any]:
-        token, account, mark, lost, slot, deadline, probe, holder, idle = astuple(self)
-        return [token, account, mark, lost, slot, deadline, int(probe), holder, int(idle)]
+        return [
+            self.token,
+            self.account,
+            self.mark,
+            self.lost,
+            self.slot,
+            self.deadline,
+            int(self.probe),
+            self.holder,
+            int(self.idle),
+        ]
 
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None) -> Ticket | None:
