@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from config import PROVIDERS
@@ -54,7 +54,15 @@ class ArchiveJob:
 
     def kwargs(self) -> dict[str, Any]:
         """The task's keyword arguments: what goes into the message."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
+        kwargs = {
+            "provider": self.provider,
+            "account": self.account,
+            "chat_id": self.chat_id,
+            "request_id": self.request_id,
+            "source": self.source,
+            "sweep_run": self.sweep_run,
+        }
+        return {key: value for key, value in kwargs.items() if value is not None}
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> ArchiveJob:
