@@ -122,9 +122,9 @@ def test_the_next_due_job_sets_the_wait_less_the_lead(
 ) -> None:
     desk.put(chat_job(1))
     desk.put(chat_job(2))
-    # 10/s at a 2.5% margin, the limit idle: the next slot is 102.5 ms + a 5 ms gap away.
+    # 10/s at a 2.5% margin, the limit idle: the next slot is 102.5 ms + a 25 ms gap away.
     wait = dispatcher(archiver_env, app, consumer).step()
-    assert wait == pytest.approx(0.1075 - DISPATCH_LEAD)
+    assert wait == pytest.approx(0.1275 - DISPATCH_LEAD)
     assert len(consumer.received) == 1
 
 
@@ -262,7 +262,7 @@ def test_a_slot_ahead_is_carried_on_this_hosts_clock(
     desk.put(chat_job(2))
     node = dispatcher(archiver_env, app, consumer)
     node.step()
-    clock.advance(0.1075 - DISPATCH_LEAD)  # the next slot is within the lead
+    clock.advance(0.1275 - DISPATCH_LEAD)  # the next slot is within the lead
     node.step()
     second = Ticket.from_headers(consumer.received[1].headers)
     assert second is not None

@@ -39,7 +39,7 @@ def limiter(archiver_env: Env) -> AccountLimiter:
 
 @pytest.fixture
 def pinned(archiver_env: Env, clock: PinnedClock) -> AccountLimiter:
-    """The default margin (2.5%: 102.5 ms at 10/s, an idle gap of 5 ms) on a pinned clock."""
+    """The default margin (2.5%: 102.5 ms at 10/s, an idle gap of 25 ms) on a pinned clock."""
     return AccountLimiter(archiver_env.redis, "t", margin=0.025, clock=clock)
 
 
@@ -56,37 +56,40 @@ def test_a_permit_names_its_slot_on_redis_clock(
     first = pinned.acquire(account, "archiveChat", max_wait=5)
     second = pinned.acquire(account, "archiveChat", max_wait=5)
     assert (first.granted, first.wait, first.slot) == (True, 0.0, clock.micros)
-    assert second.slot == clock.micros + 107_500
-    assert second.wait == pytest.approx(0.1075)
+    assert second.slot == clock.micros + 127_500
+    assert second.wait == pytest.approx(0.1275)
 
 
 def test_an_idle_limit_gives_its_slot_now_and_the_next_a_gap_further(
     pinned: AccountLimiter, account: Account, clock: PinnedClock
 ) -> None:
-    """The call that finds its limit idle travels to the provider after its slot was reserved:
-    the next slot keeps a whole interval behind it, plus the late allowance (5 ms at 10/s)."""
+    """The call that finds its limit idle travels to the provider after its slot was reserved,
+    and may leave later still: the next slot keeps a whole interval behind it, plus the slack
+    the margin leaves in a window (25 ms at 10/s)."""
     waits = [pinned.acquire(account, "archiveChat", max_wait=5).wait for _ in range(3)]
-    assert waits == pytest.approx([0.0, 0.1075, 0.21])  # the gap once, then intervals
-    clock.advance(0.3125)  # the slot after the last has come unused: idle again
+    assert waits == pytest.approx([0.0, 0.1275, 0.23])  # the gap once, then intervals
+    clock.advance(0.332)  # the slot after the last (332.5 ms) is still to come: busy
+    assert pinned.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.0005)
+    clock.advance(0.5)  # the slot after that has come unused: idle again
     assert pinned.acquire(account, "archiveChat", max_wait=5).wait == 0
-    assert pinned.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.1075)
+    assert pinned.acquire(account, "archiveChat", max_wait=5).wait == pytest.approx(0.1275)
 
 
-def test_the_gap_is_the_late_allowance_in_what_the_dispatcher_reads(
+def test_the_idle_gap_is_the_margins_slack_in_what_the_dispatcher_reads(
     archiver_env: Env, account: Account
 ) -> None:
     limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025)
     assert limiter.conf(account, "archiveChat") == LimitConf(
-        tat=f"t:limiter:{account.key}:archiveChat", interval_us=102_500, gap_us=5_000
+        tat=f"t:limiter:{account.key}:archiveChat", interval_us=102_500, gap_us=25_000
     )
     assert limiter.conf(account, "archiveChat").as_list() == [
         f"t:limiter:{account.key}:archiveChat",
         102_500,
-        5_000,
+        25_000,
     ]
     services = archiver_env.services
     entry = dispatch_entry(account, services.limiter)
-    assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 5_000]
+    assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 25_000]
     # Published, the limit is kept under the limiter's own key: the one dispatch.lua reads.
     services.jobs.publish_accounts({account.key: entry})
     [key, *_] = services.jobs.published_accounts()[account.key]["l"]["archive.chat"]
@@ -110,8 +113,8 @@ def test_a_refused_permit_names_the_next_free_slot(
 ) -> None:
     pinned.acquire(account, "archiveChat", max_wait=5)
     refused = pinned.acquire(account, "archiveChat", max_wait=0.1)
-    assert (refused.granted, refused.slot) == (False, clock.micros + 107_500)
-    assert refused.wait == pytest.approx(0.1075)
+    assert (refused.granted, refused.slot) == (False, clock.micros + 127_500)
+    assert refused.wait == pytest.approx(0.1275)
 
 
 def test_accounts_and_methods_do_not_share_a_limit(
@@ -189,7 +192,7 @@ def test_a_limits_state_reports_its_own_counts_and_times(
     pinned.acquire(account, "archiveChat", max_wait=0.05)  # refused
     state = pinned.state(account, "archiveChat")
     assert state.deferred == 1
-    assert state.next_permit_in == pytest.approx(0.005 + 3 * 0.1025)
+    assert state.next_permit_in == pytest.approx(0.025 + 3 * 0.1025)
     clock.advance(10)  # long past: nothing to wait for
     assert pinned.state(account, "archiveChat").next_permit_in == 0.0
 
@@ -253,7 +256,7 @@ def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(
     state = late_calls.state()
     assert state.late == 1
     # The idle slot's next one (interval and gap) pushed by 45 ms, counted from now.
-    assert state.next_permit_in == pytest.approx(0.1075 + 0.045 - 0.05, abs=1e-6)
+    assert state.next_permit_in == pytest.approx(0.1275 + 0.045 - 0.05, abs=1e-6)
     tat_key = late_calls.limiter.conf(late_calls.account, "archiveChat").tat
     stats = archiver_env.redis.hgetall(f"{tat_key}:stats")
     assert stats["pushed_us"] == "45000"
@@ -275,7 +278,7 @@ def test_a_call_within_its_allowance_moves_nothing_and_costs_no_round_trip(
     assert late_calls.send(permit, 0.004) == 0
     assert sends.count == 0
     state = late_calls.state()
-    assert state.late == 0 and state.next_permit_in == pytest.approx(0.1075 - 0.004)
+    assert state.late == 0 and state.next_permit_in == pytest.approx(0.1275 - 0.004)
 
 
 def test_a_call_with_no_slot_moves_nothing(late_calls: LateCalls) -> None:
@@ -321,11 +324,11 @@ def test_a_late_run_pushes_the_slots_the_dispatcher_reserves(
     clock.advance(0.05)
     pushed = services.limiter.keep_distance(account, "archiveChat", 0.05, first.slot)
     assert pushed == pytest.approx(0.045)
-    clock.advance(0.1075 - 0.05 - 0.02)  # the unpushed slot is within the lead now
+    clock.advance(0.1275 - 0.05 - 0.02)  # the unpushed slot is within the lead now
     assert services.jobs.dispatch(10).jobs == []
     clock.advance(0.045)
     [second] = services.jobs.dispatch(10).jobs
-    assert second.slot == first.slot + 107_500 + 45_000
+    assert second.slot == first.slot + 127_500 + 45_000
 
 
 def test_a_sweeps_listing_call_measures_its_lateness(archiver_env: Env, account: Account) -> None:

@@ -13,8 +13,9 @@ undocumented and a call reaches it some milliseconds after its slot. A call may 
 of the slack absorbs what happens after the send. A call later than that pushes the limit's later
 slots back by the excess, at most one interval (``keep_distance``, lua/push_back.lua), so the call
 a period after it cannot share its provider window. A limit that was idle gives its call the slot
-"now" and keeps the next one ``late_allowance`` further, since that call travels to a worker
-after its slot was reserved.
+"now" and keeps the next one ``idle_gap`` further: that call travels to a worker after its slot
+was reserved, and is the likeliest to leave late after its lateness was read (a pool process
+waking, a connection to open again), which nothing measures.
 
 Archive and unarchive calls get their permit when the dispatcher hands the job out
 (lua/dispatch.lua); retries and sweeps' listing calls ask here (``acquire``).
@@ -95,12 +96,17 @@ class AccountLimiter:
         a fifth of the slack the margin leaves in each window of the provider's period."""
         return rate.period * self._margin * LATE_SHARE
 
+    def idle_gap(self, rate: Rate) -> float:
+        """How much further than an interval the next slot is kept after an idle limit's slot:
+        the whole slack the margin leaves in a window (25 ms at 10/s), at most an interval."""
+        return min(rate.period * self._margin, self.interval(rate))
+
     def conf(self, account: Account, method: str) -> LimitConf:
         rate = account.rate(method)
         return LimitConf(
             tat=self._keys(account, method)[0],
             interval_us=int(self.interval(rate) * MICROS),
-            gap_us=int(self.late_allowance(rate) * MICROS),
+            gap_us=int(self.idle_gap(rate) * MICROS),
         )
 
     def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
@@ -123,7 +129,7 @@ class AccountLimiter:
     ) -> float:
         """Call just before sending, ``late`` seconds past the slot ``slot`` by this process's
         clock. Beyond ``late_allowance`` (twice that for a slot given by an idle limit, whose
-        next slot was kept the allowance further), Redis reads the lateness on its own clock and
+        next slot was kept ``idle_gap`` further), Redis reads the lateness on its own clock and
         pushes the later slots back by the excess, at most one interval. Returns the seconds
         pushed. Calls on time cost no round trip."""
         rate = account.rate(method)
