@@ -88,7 +88,7 @@ class Circuit:
     def conf(self) -> dict[str, Any]:
         return self.services.jobs.published_accounts()[self.account.key]
 
-    def janitor_turn(self) -> Any:
+    def janitor_turn(self) -> None:
         services = self.services
         settings = services.settings
         router = Router(
@@ -105,7 +105,7 @@ class Circuit:
             "janitor", [], janitor_ms=1000, node_timeout=3600, unknown_grace=3600
         )
         assert tick.janitor
-        return Janitor(services, router, "janitor", self.endings).after(tick)
+        Janitor(services, router, "janitor", self.endings).after(tick)
 
 
 @pytest.fixture
@@ -354,9 +354,8 @@ def test_a_probe_that_fails_again_keeps_its_clock_until_the_maximum_pause(
     assert circuit.parked() == ["task-1", "task-2"]
     assert dict(circuit.services.jobs.parked_head(circuit.account.key, 1))["task-1"] == first_parked
     circuit.clock.seconds = first_parked + 1.25  # past the maximum pause since first parked
-    turn = circuit.janitor_turn()
+    circuit.janitor_turn()
     # Past the maximum pause since it was first parked, however often it was released.
-    assert turn.paused_dead_lettered == 1
     [entry] = list(circuit.services.dead_letters.iter())
     assert entry.reason == "unauthorized" and entry.task_id == "task-1"
     assert entry.job["chat_id"] == "79000000001@c.us" and entry.attempts == 2
