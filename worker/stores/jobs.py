@@ -148,11 +148,6 @@ class Dispatch:
     jobs: list[DispatchedJob]
     next_in: float | None  # seconds until something is next due; None: nothing, or full
     now_us: int  # Redis's clock when it was made
-    full: bool = False  # the budget was spent: whether more is due was not looked at
-
-    @property
-    def now(self) -> float:
-        return self.now_us / MICROS
 
 
 @dataclass(frozen=True)
@@ -310,12 +305,7 @@ class JobStore:
             for i in range(0, len(items), 10)
         ]
         wait = int(next_in)
-        return Dispatch(
-            jobs,
-            wait / MICROS if wait >= 0 else None,
-            int(now_us),
-            full=wait == -2,
-        )
+        return Dispatch(jobs, wait / MICROS if wait >= 0 else None, int(now_us))
 
     # -- endings --------------------------------------------------------------------------------
 
