@@ -220,7 +220,7 @@ def test_a_run_late_for_its_slot_calls_on_it_and_pushes_the_later_slots_back(
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     services = archiver_env.services
     assert services.limiter.state(account, "archiveChat").late == 1
-    tat = int(services.redis.get(services.limiter.conf(account, "archiveChat").tat))
+    tat = int(services.redis.get(services.limiter.keys(account, "archiveChat")[0]))
     # The next slot: one interval and the idle gap (5 ms) after the reserved one, pushed by 40 ms
     # or more less the 10 a call from an idle limit may use (the allowance and the gap): at most
     # one interval more.
@@ -776,4 +776,4 @@ def test_an_answer_that_needs_the_accounts_state_reads_it_under_the_limit(
     assert isinstance(end, Failed) and end.result["reason"] == "unexpected_response"
     account = archiver_env.accounts.get("green-api", GREEN_ID)
     limiter = archiver_env.services.limiter
-    assert archiver_env.redis.exists(limiter.conf(account, "getStateInstance").tat)
+    assert archiver_env.redis.exists(limiter.keys(account, "getStateInstance")[0])

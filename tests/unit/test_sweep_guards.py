@@ -160,7 +160,7 @@ def test_the_settings_are_read_at_the_listing_rate_through_the_limiter(
     state = env.services.limiter.state(env.account(), "getSettings")
     assert state.allowed_per_second == 50  # the account's getSettings limit
     # Its one permit came from the limiter every worker shares: its key holds the next slot.
-    tat = env.services.limiter.conf(env.account(), "getSettings").tat
+    tat = env.services.limiter.keys(env.account(), "getSettings")[0]
     assert env.services.redis.exists(tat)
     assert dict(env.sweeper().sweep(env.account(), dry_run=True).calls)["getSettings"] == 1
 

@@ -45,7 +45,7 @@ def dispatch_entry(account: Account, limiter: AccountLimiter) -> dict[str, Any]:
     entry: dict[str, Any] = {"l": {}}
     for task in CHAT_TASKS:
         method = task_method(account, task)
-        entry["l"][task] = [method, *limiter.conf(account, method).as_list()[1:]]
+        entry["l"][task] = [method, *limiter.spacing(account, method)]
     return entry
 
 
