@@ -467,8 +467,8 @@ class ArchiveRunner:
         """Wait behind the account's open circuit; a probe that failed goes back to the head of
         the parked list and keeps its parked time (its maximum pause runs on)."""
         reason, why = self.pauses.describe(account)
-        self.endings.park(
-            run.ref, run.delivery, why, again=run.ticket.probe, latencies=run.latencies
+        self.endings.wait(
+            run.ref, run.delivery, why, park=True, front=run.ticket.probe, latencies=run.latencies
         )
         logger.info(
             "parked %s %s job=%s (%s)",

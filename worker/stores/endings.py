@@ -155,43 +155,22 @@ class Endings:
         *,
         delay: float = 0.0,
         front: bool = False,
+        park: bool = False,
         latencies: Sequence[float] = (),
     ) -> bool:
         """Run the job again: after ``delay`` seconds (Redis's clock), or when its account's turn
-        comes."""
-        return self._again(ref, Ending.WAIT, delivery, why, latencies, delay=delay, front=front)
-
-    def park(
-        self,
-        ref: RunRef,
-        delivery: Delivery,
-        why: str,
-        *,
-        again: bool = False,
-        latencies: Sequence[float] = (),
-    ) -> bool:
-        """Wait behind the account's open circuit; ``again``: a probe the account failed, back at
-        the head of the parked list (which stays oldest first)."""
-        return self._again(ref, Ending.PARK, delivery, why, latencies, front=again)
-
-    def _again(
-        self,
-        ref: RunRef,
-        ending: Ending,
-        delivery: Delivery,
-        why: str,
-        latencies: Sequence[float],
-        **kwargs: Any,
-    ) -> bool:
-        """The job waits again (WAIT or PARK): its record updated, its result RETRY with why."""
+        comes. ``park``: wait behind the account's open circuit instead; ``front`` then means a
+        probe the account failed, back at the head of the parked list (which stays oldest
+        first)."""
         deferred = self.backend.prepare_exception(Deferred(why))
         return self._close(
             ref,
-            ending,
+            Ending.PARK if park else Ending.WAIT,
             record=self._record(ref, delivery),
+            delay=delay,
+            front=front,
             result=self._meta(ref.task_id, states.RETRY, deferred),
             writes=self._writes(ref, latencies),
-            **kwargs,
         )
 
     def _close(self, ref: RunRef, ending: Ending, **kwargs: Any) -> bool:
