@@ -1,7 +1,6 @@
 """Tasks ``archive.chat`` and ``archive.unarchive``: one chat, one action, exactly one outcome.
 
 runner.py     one run of a job, from its dispatch ticket to its ending (plain Python)
-pauses.py     what runs do around an account's circuit breaker
 task.py       the Celery tasks, and how endings read in Flower
 """
 
