@@ -28,7 +28,7 @@ from tests.conftest import (
     green_accounts_toml,
     use_environment,
 )
-from tests.support import JobDesk
+from tests.support import JobDesk, published_accounts
 from worker.celery_app import create_app
 from worker.dispatch.dispatcher import run_headers, slot_deadline
 from worker.dispatch.janitor import Janitor
@@ -86,7 +86,7 @@ class Circuit:
         return [task_id for task_id, _ in self.services.jobs.parked_head(self.account.key, 100)]
 
     def conf(self) -> dict[str, Any]:
-        return self.services.jobs.published_accounts()[self.account.key]
+        return published_accounts(self.services.jobs)[self.account.key]
 
     def janitor_turn(self) -> None:
         services = self.services
@@ -467,7 +467,7 @@ def test_a_trip_for_an_account_no_worker_published_holds_no_probe_time(circuit: 
     circuit.services.jobs.publish_accounts({account.key: None})
     assert breaker.trip(account, "unauthorized", "401", probing=False) == COOLDOWN
     assert breaker.state(account).state == "open"
-    assert account.key not in circuit.services.jobs.published_accounts()
+    assert account.key not in published_accounts(circuit.services.jobs)
     assert circuit.services.redis.zscore(circuit.services.keys.due, account.key) is None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.support import published_accounts
 from worker.contract.tasks import ARCHIVE_TASK, SWEEP_TASK, UNARCHIVE_TASK, UNPACED
 from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.jobs import (
@@ -334,7 +335,7 @@ def test_jobs_of_an_account_nobody_knows_wait_until_a_worker_publishes_it(
         store.publish_accounts({A: conf(keys, A)})
         assert heard() == ["1"]
     assert store.unknown_accounts() == {}
-    assert store.published_accounts() == {A: stored_conf(keys, A)}
+    assert published_accounts(store) == {A: stored_conf(keys, A)}
     assert ids(store.dispatch(10)) == ["j1"]
 
 
@@ -344,7 +345,7 @@ def test_an_account_withdrawn_from_the_file_turns_unknown_at_its_next_turn(
     store.publish_accounts({A: conf(keys, A)})
     submit(store, job("j1"))
     store.publish_accounts({A: None})
-    assert store.published_accounts() == {}
+    assert published_accounts(store) == {}
     assert store.dispatch(10).jobs == []
     assert list(store.unknown_accounts()) == [A]
     assert store.wait_head(A, 10) == ["j1"]  # still waiting, nothing lost
@@ -355,7 +356,7 @@ def test_an_account_withdrawn_from_the_file_turns_unknown_at_its_next_turn(
 def test_accounts_are_published_in_batches(store: JobStore, keys: Keys) -> None:
     many = {f"green-api:{n}": conf(keys, f"green-api:{n}") for n in range(1_201)}
     store.publish_accounts(many)
-    assert store.published_accounts() == {name: stored_conf(keys, name) for name in many}
+    assert published_accounts(store) == {name: stored_conf(keys, name) for name in many}
 
 
 # --- dispatch: order, permits, leases -----------------------------------------------------------
@@ -951,9 +952,9 @@ def test_a_heartbeat_on_redis_clock_is_stamped_with_redis_time(
     stamped = client.zscore(keys.nodes, "node-a")
     assert stamped is not None
     assert abs(stamped / MICROS - (seconds + micros / MICROS)) < 5
-    assert store.live_nodes(within=60) == 1
+    assert store.nodes(within=60) == ["node-a"]
     client.zadd(keys.nodes, {"node-b": (seconds - 120) * MICROS})
-    assert store.live_nodes(within=60) == 1 and sorted(store.nodes()) == ["node-a", "node-b"]
+    assert store.nodes(within=60) == ["node-a"] and sorted(store.nodes()) == ["node-a", "node-b"]
 
 
 # --- reading ------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from config import Account, parse_rate
 from tasks.sweep.calls import ListingCalls
 from tasks.sweep.policy import SweepSummary
 from tests.conftest import GREEN_ID, Env, RoundTrips
-from tests.support import JobDesk
+from tests.support import JobDesk, published_accounts
 from worker.dispatch.registry import dispatch_entry
 from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.limiter import AccountLimiter, LimiterState, Permit
@@ -83,7 +83,7 @@ def test_the_gap_is_the_late_allowance_in_what_the_dispatcher_reads(
     assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 5_000]
     # Published, the limit is kept under the limiter's own key: the one dispatch.lua reads.
     services.jobs.publish_accounts({account.key: entry})
-    [key, *_] = services.jobs.published_accounts()[account.key]["l"]["archive.chat"]
+    [key, *_] = published_accounts(services.jobs)[account.key]["l"]["archive.chat"]
     assert key == services.limiter.keys(account, "archiveChat")[0]
 
 

@@ -432,10 +432,6 @@ class JobStore:
         since: float | str = "-inf" if within is None else _us(self.clock.now(self.redis) - within)
         return [str(node) for node in self.redis.zrangebyscore(self.keys.nodes, since, "+inf")]
 
-    def live_nodes(self, within: float) -> int:
-        """How many nodes said they were alive within ``within`` seconds."""
-        return len(self.nodes(within))
-
     # -- accounts -------------------------------------------------------------------------------
 
     def publish_accounts(self, entries: Mapping[str, Mapping[str, Any] | str | None]) -> None:
@@ -477,12 +473,6 @@ class JobStore:
                     },
                     rest=rest,
                 )
-
-    def published_accounts(self) -> dict[str, dict[str, Any]]:
-        return {
-            str(account): json.loads(conf)
-            for account, conf in self.redis.hgetall(self.keys.accounts).items()
-        }
 
     # -- reading ----------------------------------------------------------------------------------
 
