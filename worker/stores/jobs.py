@@ -42,8 +42,6 @@ PUBLISH_PER_CALL = 1000
 DISPATCH_LEAD = 0.02
 # Expired leases given back per janitor turn: bounds the work of one turn.
 REQUEUE_PER_TURN = 500
-# The delayed set's entry in the schedule, due at its earliest job (lua/lib/schedule.lua).
-DELAYED = "@delayed"
 
 
 class Ending(StrEnum):
@@ -167,8 +165,6 @@ class StoreCounts:
     jobs: int
     delayed: int
     active: int
-    due_accounts: int
-    unknown_accounts: int
 
 
 def lease_member(task_id: str, token: str) -> str:
@@ -506,18 +502,8 @@ class JobStore:
         pipe.hlen(k.jobs)
         pipe.zcard(k.delayed)
         pipe.zcard(k.active)
-        pipe.zcard(k.due)
-        pipe.zscore(k.due, DELAYED)
-        pipe.zcard(k.unknown)
-        jobs, delayed, active, due, delayed_due, unknown = pipe.execute()
-        due_accounts = int(due) - (delayed_due is not None)
-        return StoreCounts(int(jobs), int(delayed), int(active), due_accounts, int(unknown))
-
-    def due_accounts(self, count: int) -> list[tuple[str, float]]:
-        """The accounts next in line, with when each is due (unix time)."""
-        found = self.redis.zrange(self.keys.due, 0, count, withscores=True)
-        accounts = [(str(member[0]), float(member[1]) / MICROS) for member in found]
-        return [entry for entry in accounts if entry[0] != DELAYED][:count]
+        jobs, delayed, active = pipe.execute()
+        return StoreCounts(int(jobs), int(delayed), int(active))
 
     def unknown_accounts(self) -> dict[str, float]:
         """Accounts with jobs waiting that no worker knows, with when they were first seen."""
