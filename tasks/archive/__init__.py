@@ -4,17 +4,6 @@ runner.py     one run of a job, from its dispatch ticket to its ending (plain Py
 task.py       the Celery tasks, and how endings read in Flower
 """
 
-from tasks.archive.runner import ArchiveRunner, Done, Failed, Quiet, RunContext, RunEnd, Waiting
 from tasks.archive.task import archive_chat, unarchive_chat
 
-__all__ = [
-    "ArchiveRunner",
-    "Done",
-    "Failed",
-    "Quiet",
-    "RunContext",
-    "RunEnd",
-    "Waiting",
-    "archive_chat",
-    "unarchive_chat",
-]
+__all__ = ["archive_chat", "unarchive_chat"]

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from config import Account, get_settings
-from tasks.archive import ArchiveRunner, RunContext
+from tasks.archive.runner import ArchiveRunner, RunContext
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
 from tests.support import JobDesk, run_cli, stored_jobs

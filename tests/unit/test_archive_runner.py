@@ -19,7 +19,8 @@ from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying
 
-from tasks.archive import ArchiveRunner, Done, Failed, Quiet, RunContext, Waiting, archive_chat
+from tasks.archive import archive_chat
+from tasks.archive.runner import ArchiveRunner, Done, Failed, Quiet, RunContext, Waiting
 from tasks.providers import transient_backoff
 from tests.conftest import (
     CANARY,

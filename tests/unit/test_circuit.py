@@ -19,7 +19,7 @@ import respx
 from celery import Celery
 
 from config import Account
-from tasks.archive import ArchiveRunner, Done, RunContext, RunEnd, Waiting
+from tasks.archive.runner import ArchiveRunner, Done, RunContext, RunEnd, Waiting
 from tests.conftest import (
     CANARY,
     GREEN_ID,
