@@ -275,7 +275,8 @@ class ArchiveRunner:
             self.settings.retry_countdown_max,
         )
         run.delivery = replace(delivery, transient_rounds=delivery.transient_rounds + 1)
-        countdown = self._jittered(countdown)
+        # Spread jobs that were stopped together so they do not come back together.
+        countdown = max(0.05, countdown * random.uniform(1.0, 1.2))
         waiting = f"{why}: again in {countdown:.0f}s"
         # The countdown runs on Redis's clock, which every host agrees on.
         self.endings.wait(run.ref, run.delivery, waiting, delay=countdown, latencies=run.latencies)
@@ -538,11 +539,6 @@ class ArchiveRunner:
     def _describe(answer: ProviderAnswer) -> str:
         status = f"HTTP {answer.status}" if answer.status is not None else "no answer"
         return f"{status}: {answer.meaning}"
-
-    @staticmethod
-    def _jittered(seconds: float) -> float:
-        # Spread jobs that were stopped together so they do not come back together.
-        return max(0.05, seconds * random.uniform(1.0, 1.2))
 
     def _log_transient(self, job: ArchiveJob, state: RetryCallState) -> None:
         answer = state.outcome.result() if state.outcome and not state.outcome.failed else None
