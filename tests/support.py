@@ -3,6 +3,7 @@ the dispatcher would (so a runner can be tested without a worker)."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from worker.stores.jobs import (
     DispatchedJob,
     Held,
     JobBody,
+    JobStore,
     NewJob,
     StoredJob,
     Submitted,
@@ -77,6 +79,14 @@ def stored_jobs(services: Services) -> list[StoredJob]:
         StoredJob.parse(str(task_id), str(record))
         for task_id, record in services.redis.hgetall(services.keys.jobs).items()
     ]
+
+
+def published_accounts(store: JobStore) -> dict[str, dict[str, Any]]:
+    """What the nodes published for dispatch.lua (publish_accounts.lua): account -> its entry."""
+    return {
+        str(account): json.loads(conf)
+        for account, conf in store.redis.hgetall(store.keys.accounts).items()
+    }
 
 
 class JobDesk:

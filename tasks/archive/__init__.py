@@ -1,21 +1,9 @@
 """Tasks ``archive.chat`` and ``archive.unarchive``: one chat, one action, exactly one outcome.
 
 runner.py     one run of a job, from its dispatch ticket to its ending (plain Python)
-pauses.py     what runs do around an account's circuit breaker
 task.py       the Celery tasks, and how endings read in Flower
 """
 
-from tasks.archive.runner import ArchiveRunner, Done, Failed, Quiet, RunContext, RunEnd, Waiting
 from tasks.archive.task import archive_chat, unarchive_chat
 
-__all__ = [
-    "ArchiveRunner",
-    "Done",
-    "Failed",
-    "Quiet",
-    "RunContext",
-    "RunEnd",
-    "Waiting",
-    "archive_chat",
-    "unarchive_chat",
-]
+__all__ = ["archive_chat", "unarchive_chat"]

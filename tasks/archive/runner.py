@@ -18,6 +18,8 @@ The dispatcher checked the lease, the permit, the chat's pending mark and the ac
 in the step that handed the job out (lua/dispatch.lua): a run needs no Redis round trip before
 its call. Every ending is written by worker/stores/endings.py in one atomic step, with the job's
 result. Nothing waits in a worker's memory: a job that must run later goes back to the job store.
+A probe run (the parked job its paused account's circuit lets through) that gets any answer but
+an account problem closes the circuit (worker/stores/circuit.py), which releases every parked job.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from celery.exceptions import SoftTimeLimitExceeded
 from tenacity import RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from config import Account, AccountRegistry, excerpt
-from tasks.archive.pauses import AccountPauses
 from tasks.providers import (
     ProviderAdapter,
     ProviderAnswer,
@@ -156,7 +157,6 @@ class ArchiveRunner:
         self.endings = endings
         self.client_factory = client_factory
         self.sleep = sleep
-        self.pauses = AccountPauses(services)
         self.reload_accounts = reload_accounts
 
     # -- the job ------------------------------------------------------------------------------
@@ -231,15 +231,33 @@ class ArchiveRunner:
     def _conclude(self, run: _Run, account: Account, answer: ProviderAnswer | None) -> RunEnd:
         kind = answer.verdict.kind if answer is not None else Kind.TRANSIENT
         probing = run.ticket.probe
+        circuit = self.services.circuit
         if kind is Kind.ACCOUNT:
             assert answer is not None and answer.verdict.reason is not None
-            self.pauses.trip(account, str(answer.verdict.reason), self._describe(answer), probing)
+            reason, detail = str(answer.verdict.reason), self._describe(answer)
+            # Open the account's circuit (or keep it open after a failed probe, the cooldown
+            # doubled).
+            probe_in = circuit.trip(account, reason, detail, probing)
+            logger.warning(
+                "%s paused (%s): %s; next probe in %.0fs", account.key, reason, detail, probe_in
+            )
             return self._park(run, account)
         if probing and kind is Kind.TRANSIENT:
-            self.services.circuit.release_probe(account.key)  # could not tell: the next probes
+            circuit.release_probe(account.key)  # could not tell: the next probes
         elif probing:
             # The account answered something other than an account problem: it works again.
-            self.pauses.resume_or_leave_it(account)
+            # Close the circuit and release the parked jobs; should that fail, the run still has
+            # its answer, and the account's next probe tries again.
+            try:
+                released = circuit.resume(account)
+            except Exception:
+                logger.exception("could not release the parked jobs of %s", account.key)
+            else:
+                logger.info(
+                    "%s answers again: circuit closed, %d parked jobs released",
+                    account.key,
+                    released,
+                )
         if answer is not None and answer.verdict.kind is Kind.SUCCESS:
             assert answer.verdict.outcome is not None
             return self._finish(run, answer.verdict.outcome)
@@ -257,7 +275,8 @@ class ArchiveRunner:
             self.settings.retry_countdown_max,
         )
         run.delivery = replace(delivery, transient_rounds=delivery.transient_rounds + 1)
-        countdown = self._jittered(countdown)
+        # Spread jobs that were stopped together so they do not come back together.
+        countdown = max(0.05, countdown * random.uniform(1.0, 1.2))
         waiting = f"{why}: again in {countdown:.0f}s"
         # The countdown runs on Redis's clock, which every host agrees on.
         self.endings.wait(run.ref, run.delivery, waiting, delay=countdown, latencies=run.latencies)
@@ -466,9 +485,11 @@ class ArchiveRunner:
     def _park(self, run: _Run, account: Account) -> Waiting:
         """Wait behind the account's open circuit; a probe that failed goes back to the head of
         the parked list and keeps its parked time (its maximum pause runs on)."""
-        reason, why = self.pauses.describe(account)
-        self.endings.park(
-            run.ref, run.delivery, why, again=run.ticket.probe, latencies=run.latencies
+        state = self.services.circuit.state(account)
+        reason = state.reason or str(Reason.ACCOUNT_UNAVAILABLE)
+        why = f"{account.key} paused ({reason}): {state.detail or 'waiting for a probe'}"
+        self.endings.wait(
+            run.ref, run.delivery, why, park=True, front=run.ticket.probe, latencies=run.latencies
         )
         logger.info(
             "parked %s %s job=%s (%s)",
@@ -518,11 +539,6 @@ class ArchiveRunner:
     def _describe(answer: ProviderAnswer) -> str:
         status = f"HTTP {answer.status}" if answer.status is not None else "no answer"
         return f"{status}: {answer.meaning}"
-
-    @staticmethod
-    def _jittered(seconds: float) -> float:
-        # Spread jobs that were stopped together so they do not come back together.
-        return max(0.05, seconds * random.uniform(1.0, 1.2))
 
     def _log_transient(self, job: ArchiveJob, state: RetryCallState) -> None:
         answer = state.outcome.result() if state.outcome and not state.outcome.failed else None

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from config import Account, get_settings
-from tasks.archive import ArchiveRunner, RunContext
+from tasks.archive.runner import ArchiveRunner, RunContext
 from tasks.sweep import Sweeper, SweepSummary
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, use_environment
 from tests.support import JobDesk, run_cli, stored_jobs
@@ -262,7 +262,7 @@ def test_listing_calls_take_permits_of_the_shared_limiter(env: SweepEnv) -> None
     assert counters["rate_limited"] == 0 and counters["peak_1s"] <= 2
     # The permits came from the limiter every worker shares: its key holds the next slot.
     limiter = env.services.limiter
-    assert env.services.redis.exists(limiter.conf(env.account("wassenger"), "listChats").tat)
+    assert env.services.redis.exists(limiter.keys(env.account("wassenger"), "listChats")[0])
 
 
 def test_sweep_command_dry_run_then_for_real(env: SweepEnv) -> None:

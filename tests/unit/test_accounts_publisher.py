@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from tests.conftest import Env, green_accounts_toml
+from tests.support import published_accounts
 from worker.dispatch.registry import PUBLISH_BATCH, AccountsPublisher, dispatch_entry
 from worker.services import AccountsFile
 from worker.stores.jobs import JobStore
@@ -76,7 +77,7 @@ def test_every_account_is_published_a_batch_at_a_time(
     path.write_text(text.replace('"7100000007"', '"7100000007"\nrate_limit = "2/s"', 1))
     node = publisher(archiver_env, path)
     node.publish(node.accounts.get())
-    published = archiver_env.services.jobs.published_accounts()
+    published = published_accounts(archiver_env.services.jobs)
     assert published == stored(archiver_env, expected(archiver_env, path))
     assert published["green-api:7100000007"] != published["green-api:7100000008"]
     assert [len(batch) for batch in batches] == [PUBLISH_BATCH, PUBLISH_BATCH, 234]
@@ -103,7 +104,7 @@ def test_a_changed_file_sends_only_what_changed(
             "green-api:7100000000": None,
         }
     ]
-    assert archiver_env.services.jobs.published_accounts() == stored(archiver_env, entries)
+    assert published_accounts(archiver_env.services.jobs) == stored(archiver_env, entries)
     batches.clear()
     node.check()
     assert batches == []  # nothing changed since
@@ -128,9 +129,9 @@ def test_a_publish_that_did_not_finish_is_sent_again_at_the_next_check(
     monkeypatch.setattr(JobStore, "publish_accounts", failing_second)
     with pytest.raises(redis.ConnectionError):
         node.publish(node.accounts.get())
-    assert len(archiver_env.services.jobs.published_accounts()) == PUBLISH_BATCH
+    assert len(published_accounts(archiver_env.services.jobs)) == PUBLISH_BATCH
     node.check()  # the file did not change, and Redis holds some of it: all of it goes again
-    assert archiver_env.services.jobs.published_accounts() == stored(
+    assert published_accounts(archiver_env.services.jobs) == stored(
         archiver_env, expected(archiver_env, path)
     )
 
@@ -142,6 +143,6 @@ def test_accounts_redis_lost_are_published_again(archiver_env: Env, tmp_path: Pa
     node.publish(node.accounts.get())
     archiver_env.redis.delete(archiver_env.services.keys.accounts)  # a Redis restarted empty
     node.check()
-    assert archiver_env.services.jobs.published_accounts() == stored(
+    assert published_accounts(archiver_env.services.jobs) == stored(
         archiver_env, expected(archiver_env, path)
     )

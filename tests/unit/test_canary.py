@@ -26,7 +26,7 @@ import pytest
 import respx
 
 from config import Account, AccountRegistry, ConfigError, Secret, load_accounts
-from tasks.archive import ArchiveRunner, Failed, RunContext, RunEnd, Waiting
+from tasks.archive.runner import ArchiveRunner, Failed, RunContext, RunEnd, Waiting
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_CANARY, WASSENGER_ID, Env
 from tests.support import JobDesk
 from worker.celery_app import create_app

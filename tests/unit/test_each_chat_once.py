@@ -6,7 +6,7 @@ import httpx
 import pytest
 import respx
 
-from tasks.archive import ArchiveRunner, Done, RunContext, Waiting
+from tasks.archive.runner import ArchiveRunner, Done, RunContext, Waiting
 from tests.conftest import CANARY, GREEN_ID, Env
 from tests.support import JobDesk
 from worker.producer import ArchiveProducer, PublishFailed

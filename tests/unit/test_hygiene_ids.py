@@ -9,7 +9,7 @@ import pytest
 import respx
 
 from config import PROVIDERS
-from tasks.archive import ArchiveRunner, Done, RunContext
+from tasks.archive.runner import ArchiveRunner, Done, RunContext
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID, Env
 from tests.support import JobDesk
 from worker.contract.jobs import ArchiveJob, InvalidJob

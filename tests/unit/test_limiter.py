@@ -15,10 +15,10 @@ from config import Account, parse_rate
 from tasks.sweep.calls import ListingCalls
 from tasks.sweep.policy import SweepSummary
 from tests.conftest import GREEN_ID, Env, RoundTrips
-from tests.support import JobDesk
+from tests.support import JobDesk, published_accounts
 from worker.dispatch.registry import dispatch_entry
 from worker.stores.clock import MICROS, PinnedClock
-from worker.stores.limiter import AccountLimiter, LimitConf, LimiterState, Permit
+from worker.stores.limiter import AccountLimiter, LimiterState, Permit
 
 
 @pytest.fixture
@@ -79,21 +79,15 @@ def test_the_idle_gap_is_the_margins_slack_in_what_the_dispatcher_reads(
     archiver_env: Env, account: Account
 ) -> None:
     limiter = AccountLimiter(archiver_env.redis, "t", margin=0.025)
-    assert limiter.conf(account, "archiveChat") == LimitConf(
-        tat=f"t:limiter:{account.key}:archiveChat", interval_us=102_500, gap_us=25_000
-    )
-    assert limiter.conf(account, "archiveChat").as_list() == [
-        f"t:limiter:{account.key}:archiveChat",
-        102_500,
-        25_000,
-    ]
+    assert limiter.keys(account, "archiveChat")[0] == f"t:limiter:{account.key}:archiveChat"
+    assert limiter.spacing(account, "archiveChat") == (102_500, 25_000)
     services = archiver_env.services
     entry = dispatch_entry(account, services.limiter)
     assert entry["l"]["archive.chat"] == ["archiveChat", 102_500, 25_000]
     # Published, the limit is kept under the limiter's own key: the one dispatch.lua reads.
     services.jobs.publish_accounts({account.key: entry})
-    [key, *_] = services.jobs.published_accounts()[account.key]["l"]["archive.chat"]
-    assert key == services.limiter.conf(account, "archiveChat").tat
+    [key, *_] = published_accounts(services.jobs)[account.key]["l"]["archive.chat"]
+    assert key == services.limiter.keys(account, "archiveChat")[0]
 
 
 def test_far_permit_is_refused_without_reserving(limiter: AccountLimiter, account: Account) -> None:
@@ -149,7 +143,7 @@ def test_a_penalty_is_counted_and_timed_on_redis_clock(
     pinned: AccountLimiter, account: Account, clock: PinnedClock, archiver_env: Env
 ) -> None:
     assert pinned.penalize(account, "archiveChat", 3.0) == 3.0
-    tat_key = pinned.conf(account, "archiveChat").tat
+    tat_key = pinned.keys(account, "archiveChat")[0]
     assert int(archiver_env.redis.get(tat_key)) == clock.micros + 3 * MICROS
     stats = archiver_env.redis.hgetall(f"{tat_key}:stats")
     assert stats == {"rate_limited": "1", "last_rate_limited_at": str(clock.micros)}
@@ -257,7 +251,7 @@ def test_a_call_later_than_its_allowance_pushes_the_later_slots_back(
     assert state.late == 1
     # The idle slot's next one (interval and gap) pushed by 45 ms, counted from now.
     assert state.next_permit_in == pytest.approx(0.1275 + 0.045 - 0.05, abs=1e-6)
-    tat_key = late_calls.limiter.conf(late_calls.account, "archiveChat").tat
+    tat_key = late_calls.limiter.keys(late_calls.account, "archiveChat")[0]
     stats = archiver_env.redis.hgetall(f"{tat_key}:stats")
     assert stats["pushed_us"] == "45000"
 
@@ -304,7 +298,7 @@ def test_a_push_on_a_limit_whose_slot_key_is_gone_starts_from_now(
     late_calls: LateCalls, archiver_env: Env
 ) -> None:
     permit = late_calls.permit()
-    archiver_env.redis.delete(late_calls.limiter.conf(late_calls.account, "archiveChat").tat)
+    archiver_env.redis.delete(late_calls.limiter.keys(late_calls.account, "archiveChat")[0])
     late_calls.send(permit, 0.05)
     assert late_calls.permit().wait == pytest.approx(0.045)
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 import respx
 
-from tasks.archive import ArchiveRunner, Done, RunContext
+from tasks.archive.runner import ArchiveRunner, Done, RunContext
 from tests.conftest import CANARY, GREEN_ID, Env, use_environment
 from tests.support import JobDesk, stored_jobs
 from tests.unit.conftest import Fill

@@ -120,7 +120,7 @@ def test_a_job_that_waits_has_a_retry_result_saying_why(
     if ending == "wait":
         assert endings.wait(ref, delivery, "HTTP 503: again in 30s", delay=30)
     else:
-        assert endings.park(ref, delivery, "paused (unauthorized)")
+        assert endings.wait(ref, delivery, "paused (unauthorized)", park=True)
     read = app.AsyncResult("t-1")
     assert read.state == "RETRY" and not read.ready()
     assert isinstance(read.result, Deferred)
@@ -354,7 +354,7 @@ def test_a_run_that_waits_or_parks_keeps_its_call_latencies_and_its_history(
     if ending == "wait":
         assert endings.wait(ref, delivery, "again", delay=60, latencies=[0.5, 1.5])
     else:
-        assert endings.park(ref, delivery, "paused", latencies=[0.5, 1.5])
+        assert endings.wait(ref, delivery, "paused", park=True, latencies=[0.5, 1.5])
     assert services.metrics.latency()[("green-api", GREEN_ID)]["sum"] == 2.0
     assert services.metrics.outcomes() == {}  # not an outcome: the job has not ended
     stored = services.jobs.record("t-1")

@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import GREEN_ID
 from tests.unit.sweep_support import DAY, Sweeps, days_ago, simulator, sweeps
-from worker.stores.journal_evidence import JournalEvidence
 
 __all__ = ["simulator", "sweeps"]
 
@@ -108,9 +107,10 @@ def test_a_sighting_off_resets_the_evidence(sweeps: Callable[..., Sweeps]) -> No
     # 40 days of sightings, broken 10 days ago: 9 days of evidence.
     assert summary.status == "skipped"
     assert "9d of the 30d inactive_after window" in (summary.reason or "")
-    sightings = JournalEvidence(env.services.redis, env.services.keys).sightings(env.account().key)
-    assert sightings.on_since == pytest.approx(now - 9 * DAY)
-    assert sightings.off_settings == "outgoingMessageWebhook"
+    # What the sweeps saw, as worker/stores/journal_evidence.py keeps it.
+    seen = env.services.redis.hgetall(env.services.keys.journals(env.account().key))
+    assert float(seen["on_since"]) == pytest.approx(now - 9 * DAY)
+    assert seen["off_settings"] == "outgoingMessageWebhook"
 
 
 def test_a_sighting_off_after_the_statement_overrules_it(sweeps: Callable[..., Sweeps]) -> None:
@@ -160,7 +160,7 @@ def test_the_settings_are_read_at_the_listing_rate_through_the_limiter(
     state = env.services.limiter.state(env.account(), "getSettings")
     assert state.allowed_per_second == 50  # the account's getSettings limit
     # Its one permit came from the limiter every worker shares: its key holds the next slot.
-    tat = env.services.limiter.conf(env.account(), "getSettings").tat
+    tat = env.services.limiter.keys(env.account(), "getSettings")[0]
     assert env.services.redis.exists(tat)
     assert dict(env.sweeper().sweep(env.account(), dry_run=True).calls)["getSettings"] == 1
 

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import respx
 
-from tasks.archive import ArchiveRunner, RunContext
+from tasks.archive.runner import ArchiveRunner, RunContext
 from tasks.sweep import SweepError
 from tests.conftest import CANARY, GREEN_ID, WASSENGER_ID
 from tests.support import JobDesk, run_cli

@@ -16,7 +16,6 @@ ARCHIVER_JANITOR_INTERVAL of their last sign of life), and then, here:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 from worker.contract.outcomes import Reason
 from worker.dispatch.router import Router
@@ -30,14 +29,6 @@ logger = logging.getLogger("chat_archiver.janitor")
 EXPIRE_PER_TURN = 500
 
 
-@dataclass
-class Turn:
-    requeued: list[str] = field(default_factory=list)
-    nodes_recovered: dict[str, int] = field(default_factory=dict)  # node -> messages given back
-    unknown_dead_lettered: int = 0
-    paused_dead_lettered: int = 0
-
-
 class Janitor:
     def __init__(self, services: Services, router: Router, node: str, endings: Endings) -> None:
         self.services = services
@@ -46,9 +37,8 @@ class Janitor:
         self.node = node
         self.endings = endings
 
-    def after(self, tick: Tick) -> Turn:
+    def after(self, tick: Tick) -> None:
         """The rest of a janitor's turn, after the tick that gave it to this node."""
-        turn = Turn(requeued=tick.requeued)
         if tick.requeued:
             logger.warning(
                 "gave back %d jobs whose lease ran out (their worker died?): %s",
@@ -60,24 +50,17 @@ class Janitor:
                 continue
             moved = self.router.give_back(self.services.keys.routing(node))
             self.store.forget_node(node)
-            turn.nodes_recovered[node] = moved
             logger.warning(
                 "node %s stopped: %d messages it held went back to the intake", node, moved
             )
         budget = EXPIRE_PER_TURN
         for account in tick.unknown:
-            count = self._expire_unknown(account, budget)
-            turn.unknown_dead_lettered += count
-            budget -= count
+            budget -= self._expire_unknown(account, budget)
+        unknown = EXPIRE_PER_TURN - budget
         for account in tick.paused:
-            count = self._expire_parked(account, budget)
-            turn.paused_dead_lettered += count
-            budget -= count
-        if turn.unknown_dead_lettered:
-            logger.warning(
-                "dead-lettered %d jobs for accounts no worker knows", turn.unknown_dead_lettered
-            )
-        return turn
+            budget -= self._expire_parked(account, budget)
+        if unknown:
+            logger.warning("dead-lettered %d jobs for accounts no worker knows", unknown)
 
     def _expire_unknown(self, account: str, budget: int) -> int:
         grace = self.services.settings.unknown_account_grace

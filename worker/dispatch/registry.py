@@ -45,27 +45,8 @@ def dispatch_entry(account: Account, limiter: AccountLimiter) -> dict[str, Any]:
     entry: dict[str, Any] = {"l": {}}
     for task in CHAT_TASKS:
         method = task_method(account, task)
-        entry["l"][task] = [method, *limiter.conf(account, method).as_list()[1:]]
+        entry["l"][task] = [method, *limiter.spacing(account, method)]
     return entry
-
-
-class _Entries:
-    """``dispatch_entry`` as JSON text, worked out once for all the accounts that share their
-    limits (one mapping: config/accounts.py): a node with 100,000 accounts has a handful."""
-
-    def __init__(self, limiter: AccountLimiter) -> None:
-        self.limiter = limiter
-        # By id() of the accounts' rates: the registry being published keeps them alive.
-        self._texts: dict[tuple[str, int], str] = {}
-
-    def __call__(self, account: Account) -> str:
-        group = (account.provider, id(account.rates))
-        text = self._texts.get(group)
-        if text is None:
-            text = self._texts[group] = json.dumps(
-                dispatch_entry(account, self.limiter), sort_keys=True
-            )
-        return text
 
 
 def _limits(account: Account) -> tuple[Rate, ...]:
@@ -99,11 +80,19 @@ class AccountsPublisher:
 
     def _changes(self, registry: AccountRegistry) -> Iterator[tuple[str, str | None]]:
         before = self._published
-        entry = _Entries(self.limiter)
+        # ``dispatch_entry`` as JSON text, worked out once for all the accounts that share their
+        # limits (one mapping: config/accounts.py): a node with 100,000 accounts has a handful.
+        # By id() of the accounts' rates: the registry being published keeps them alive.
+        texts: dict[tuple[str, int], str] = {}
         for account in registry:
             old = before.find(account.provider, account.id) if before is not None else None
             if old is None or (old.rates is not account.rates and _limits(old) != _limits(account)):
-                yield account.key, entry(account)
+                group = (account.provider, id(account.rates))
+                text = texts.get(group)
+                if text is None:
+                    entry = dispatch_entry(account, self.limiter)
+                    text = texts[group] = json.dumps(entry, sort_keys=True)
+                yield account.key, text
         for account in before if before is not None else ():
             if registry.find(account.provider, account.id) is None:
                 yield account.key, None

@@ -17,7 +17,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import redis
@@ -49,13 +49,6 @@ PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 def intake_lists(intake: str) -> list[str]:
     """The Redis lists kombu publishes the intake queue's messages to, highest priority first."""
     return [intake + suffix for suffix in PRIORITY_SUFFIXES]
-
-
-@dataclass
-class Routed:
-    taken: int = 0
-    accepted: int = 0
-    refused: int = 0
 
 
 class Router:
@@ -94,16 +87,14 @@ class Router:
         moved = self.broker.blmove(self.intake, self.routing, int(timeout), "RIGHT", "LEFT")
         return moved is not None
 
-    def route(self, limit: int = BATCH) -> Routed:
+    def route(self, limit: int = BATCH) -> int:
         """Take up to ``limit`` messages (plus any left in the routing list), store the good ones,
-        dead-letter the others, then forget the batch."""
+        dead-letter the others, then forget the batch. Returns how many it took."""
         raws = load("take_intake").run(
             self.broker, keys={"routing": self.routing}, args={"limit": limit}, rest=self.lists
         )
-        report = Routed()
         if not raws:
-            return report
-        report.taken = len(raws)
+            return 0
         now = time.time()
         tracer = self.tracer
         jobs: list[NewJob] = []
@@ -115,7 +106,6 @@ class Router:
                 )
             except Refused as refused:
                 self._refuse(raw, refused, now)
-                report.refused += 1
                 continue
             job = self._stored(intake)
             if tracer is not None:
@@ -139,11 +129,9 @@ class Router:
             # Everything in the routing list now is this batch: only this thread writes to it.
             self.broker.delete(self.routing)
         for job, status in zip(jobs, statuses, strict=True):
-            if status == Submitted.NEW:
-                report.accepted += 1
-            else:
+            if status != Submitted.NEW:
                 logger.info("job %s is %s already: not stored twice", job.task_id, status)
-        return report
+        return len(raws)
 
     def _stored(self, intake: Intake) -> NewJob:
         mark = ""

@@ -255,7 +255,7 @@ class NodeRuntime:
         backoff = 0.1
         while not stop.is_set():
             try:
-                if not self.router.route().taken:
+                if not self.router.route():
                     self.router.wait(INTAKE_BLOCK)
                 backoff = 0.1
             except redis.RedisError as error:  # the batch waits in the routing list

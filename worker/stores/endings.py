@@ -139,15 +139,11 @@ class Endings:
             else self._meta(ref.task_id, states.SUCCESS, result)
         )
         return self._close(
-            ref.task_id,
-            ref.member,
+            ref,
             Ending.FINAL,
-            account=ref.job.account,
             mark=ref.job.mark,
-            waited_in=ref.waited_in,
             parked=ref.parked or bool(ref.waited_in),
             result=meta,
-            result_ttl=self.result_ttl,
             writes=writes,
         )
 
@@ -159,56 +155,42 @@ class Endings:
         *,
         delay: float = 0.0,
         front: bool = False,
+        park: bool = False,
         latencies: Sequence[float] = (),
     ) -> bool:
         """Run the job again: after ``delay`` seconds (Redis's clock), or when its account's turn
-        comes."""
+        comes. ``park``: wait behind the account's open circuit instead; ``front`` then means a
+        probe the account failed, back at the head of the parked list (which stays oldest
+        first)."""
+        deferred = self.backend.prepare_exception(Deferred(why))
         return self._close(
-            ref.task_id,
-            ref.member,
-            Ending.WAIT,
-            account=ref.job.account,
+            ref,
+            Ending.PARK if park else Ending.WAIT,
             record=self._record(ref, delivery),
             delay=delay,
             front=front,
-            waited_in=ref.waited_in,
-            result=self._meta(ref.task_id, states.RETRY, self._deferred(why)),
-            result_ttl=self.result_ttl,
+            result=self._meta(ref.task_id, states.RETRY, deferred),
             writes=self._writes(ref, latencies),
         )
 
-    def park(
-        self,
-        ref: RunRef,
-        delivery: Delivery,
-        why: str,
-        *,
-        again: bool = False,
-        latencies: Sequence[float] = (),
-    ) -> bool:
-        """Wait behind the account's open circuit; ``again``: a probe the account failed, back at
-        the head of the parked list (which stays oldest first)."""
-        return self._close(
-            ref.task_id,
-            ref.member,
-            Ending.PARK,
-            account=ref.job.account,
-            record=self._record(ref, delivery),
-            front=again,
-            result=self._meta(ref.task_id, states.RETRY, self._deferred(why)),
-            result_ttl=self.result_ttl,
-            writes=self._writes(ref, latencies),
-        )
-
-    def _close(self, *args: Any, **kwargs: Any) -> bool:
-        """The store's close, waiting while Redis refuses writes (for the outage grace): a run
-        that has its provider's answer records it once Redis takes it, instead of losing it.
-        Connection errors are ridden out by the client itself (worker/stores/client.py)."""
+    def _close(self, ref: RunRef, ending: Ending, **kwargs: Any) -> bool:
+        """The store's close of ``ref``'s job, waiting while Redis refuses writes (for the outage
+        grace): a run that has its provider's answer records it once Redis takes it, instead of
+        losing it. Connection errors are ridden out by the client itself
+        (worker/stores/client.py)."""
         give_up = time.monotonic() + self.services.settings.redis_outage_grace
         pause = 0.2
         while True:
             try:
-                return self.store.close(*args, **kwargs)
+                return self.store.close(
+                    ref.task_id,
+                    ref.member,
+                    ending,
+                    account=ref.job.account,
+                    waited_in=ref.waited_in,
+                    result_ttl=self.result_ttl,
+                    **kwargs,
+                )
             except redis.ResponseError as error:
                 if not refuses_writes(error) or time.monotonic() + pause > give_up:
                     raise
@@ -227,9 +209,6 @@ class Endings:
                 result_key(entry.task_id), self._failure(entry.task_id, error), ex=self.result_ttl
             )
         pipe.execute()
-
-    def _deferred(self, why: str) -> Any:
-        return self.backend.prepare_exception(Deferred(why))
 
     def _record(self, ref: RunRef, delivery: Delivery) -> str:
         """The job as it waits again: its history, and, while tracing is on, the context of

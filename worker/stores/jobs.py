@@ -42,8 +42,6 @@ PUBLISH_PER_CALL = 1000
 DISPATCH_LEAD = 0.02
 # Expired leases given back per janitor turn: bounds the work of one turn.
 REQUEUE_PER_TURN = 500
-# The delayed set's entry in the schedule, due at its earliest job (lua/lib/schedule.lua).
-DELAYED = "@delayed"
 
 
 class Ending(StrEnum):
@@ -148,11 +146,6 @@ class Dispatch:
     jobs: list[DispatchedJob]
     next_in: float | None  # seconds until something is next due; None: nothing, or full
     now_us: int  # Redis's clock when it was made
-    full: bool = False  # the budget was spent: whether more is due was not looked at
-
-    @property
-    def now(self) -> float:
-        return self.now_us / MICROS
 
 
 @dataclass(frozen=True)
@@ -172,8 +165,6 @@ class StoreCounts:
     jobs: int
     delayed: int
     active: int
-    due_accounts: int
-    unknown_accounts: int
 
 
 def lease_member(task_id: str, token: str) -> str:
@@ -310,12 +301,7 @@ class JobStore:
             for i in range(0, len(items), 10)
         ]
         wait = int(next_in)
-        return Dispatch(
-            jobs,
-            wait / MICROS if wait >= 0 else None,
-            int(now_us),
-            full=wait == -2,
-        )
+        return Dispatch(jobs, wait / MICROS if wait >= 0 else None, int(now_us))
 
     # -- endings --------------------------------------------------------------------------------
 
@@ -442,10 +428,6 @@ class JobStore:
         since: float | str = "-inf" if within is None else _us(self.clock.now(self.redis) - within)
         return [str(node) for node in self.redis.zrangebyscore(self.keys.nodes, since, "+inf")]
 
-    def live_nodes(self, within: float) -> int:
-        """How many nodes said they were alive within ``within`` seconds."""
-        return len(self.nodes(within))
-
     # -- accounts -------------------------------------------------------------------------------
 
     def publish_accounts(self, entries: Mapping[str, Mapping[str, Any] | str | None]) -> None:
@@ -488,12 +470,6 @@ class JobStore:
                     rest=rest,
                 )
 
-    def published_accounts(self) -> dict[str, dict[str, Any]]:
-        return {
-            str(account): json.loads(conf)
-            for account, conf in self.redis.hgetall(self.keys.accounts).items()
-        }
-
     # -- reading ----------------------------------------------------------------------------------
 
     def record(self, task_id: str) -> StoredJob | None:
@@ -526,18 +502,8 @@ class JobStore:
         pipe.hlen(k.jobs)
         pipe.zcard(k.delayed)
         pipe.zcard(k.active)
-        pipe.zcard(k.due)
-        pipe.zscore(k.due, DELAYED)
-        pipe.zcard(k.unknown)
-        jobs, delayed, active, due, delayed_due, unknown = pipe.execute()
-        due_accounts = int(due) - (delayed_due is not None)
-        return StoreCounts(int(jobs), int(delayed), int(active), due_accounts, int(unknown))
-
-    def due_accounts(self, count: int) -> list[tuple[str, float]]:
-        """The accounts next in line, with when each is due (unix time)."""
-        found = self.redis.zrange(self.keys.due, 0, count, withscores=True)
-        accounts = [(str(member[0]), float(member[1]) / MICROS) for member in found]
-        return [entry for entry in accounts if entry[0] != DELAYED][:count]
+        jobs, delayed, active = pipe.execute()
+        return StoreCounts(int(jobs), int(delayed), int(active))
 
     def unknown_accounts(self) -> dict[str, float]:
         """Accounts with jobs waiting that no worker knows, with when they were first seen."""

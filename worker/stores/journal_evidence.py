@@ -41,20 +41,13 @@ class JournalEvidence:
         _, (on_since, off_at, off_settings) = pipe.execute()
         return Sightings(_float(on_since), _float(off_at), _text(off_settings))
 
-    def saw_off(self, account: str, now: float, settings: list[str]) -> Sightings:
+    def saw_off(self, account: str, now: float, settings: list[str]) -> None:
         """A setting was off: whatever was seen before proves nothing any more."""
         key = self._keys.journals(account)
         pipe = self._redis.pipeline(transaction=True)
         pipe.hdel(key, "on_since")
         pipe.hset(key, mapping={"off_at": repr(now), "off_settings": ", ".join(settings)})
         pipe.execute()
-        return Sightings(None, now, ", ".join(settings))
-
-    def sightings(self, account: str) -> Sightings:
-        on_since, off_at, off_settings = self._redis.hmget(
-            self._keys.journals(account), "on_since", "off_at", "off_settings"
-        )
-        return Sightings(_float(on_since), _float(off_at), _text(off_settings))
 
 
 def _float(value: object) -> float | None:

@@ -48,18 +48,6 @@ class Permit:
 
 
 @dataclass(frozen=True)
-class LimitConf:
-    """What dispatch.lua reads of one limit: its TAT key, interval and idle gap (µs)."""
-
-    tat: str
-    interval_us: int
-    gap_us: int
-
-    def as_list(self) -> list[str | int]:
-        return [self.tat, self.interval_us, self.gap_us]
-
-
-@dataclass(frozen=True)
 class LimiterState:
     account: str
     method: str
@@ -84,7 +72,8 @@ class AccountLimiter:
         self._margin = margin
         self.clock: Clock = clock or RedisClock()
 
-    def _keys(self, account: Account, method: str) -> tuple[str, str]:
+    def keys(self, account: Account, method: str) -> tuple[str, str]:
+        """The limit's TAT key and its stats key."""
         base = self._keys_registry.limiter(account.key, method)
         return base, f"{base}:stats"
 
@@ -101,24 +90,21 @@ class AccountLimiter:
         the whole slack the margin leaves in a window (25 ms at 10/s), at most an interval."""
         return min(rate.period * self._margin, self.interval(rate))
 
-    def conf(self, account: Account, method: str) -> LimitConf:
+    def spacing(self, account: Account, method: str) -> tuple[int, int]:
+        """What dispatch.lua and acquire.lua read of one limit: its interval and idle gap (µs)."""
         rate = account.rate(method)
-        return LimitConf(
-            tat=self._keys(account, method)[0],
-            interval_us=int(self.interval(rate) * MICROS),
-            gap_us=int(self.idle_gap(rate) * MICROS),
-        )
+        return int(self.interval(rate) * MICROS), int(self.idle_gap(rate) * MICROS)
 
     def acquire(self, account: Account, method: str, max_wait: float) -> Permit:
-        tat, stats = self._keys(account, method)
-        conf = self.conf(account, method)
+        tat, stats = self.keys(account, method)
+        interval_us, gap_us = self.spacing(account, method)
         granted, wait, slot = load("acquire").run(
             self._redis,
             keys={"tat": tat, "stats": stats},
             args={
                 "now": self.clock.arg(),
-                "interval_us": conf.interval_us,
-                "gap_us": conf.gap_us,
+                "interval_us": interval_us,
+                "gap_us": gap_us,
                 "max_wait_us": int(max_wait * MICROS),
             },
         )
@@ -136,7 +122,7 @@ class AccountLimiter:
         allowance = self.late_allowance(rate) * (2 if idle else 1)
         if late <= allowance or not slot:
             return 0.0
-        tat_key, stats_key = self._keys(account, method)
+        tat_key, stats_key = self.keys(account, method)
         pushed = load("push_back").run(
             self._redis,
             keys={"tat": tat_key, "stats": stats_key},
@@ -156,7 +142,7 @@ class AccountLimiter:
         slot, which other jobs may have booked further away still."""
         rate = account.rate(method)
         delay = rate.period if delay is None else delay
-        tat_key, stats_key = self._keys(account, method)
+        tat_key, stats_key = self.keys(account, method)
         result = load("penalize").run(
             self._redis,
             keys={"tat": tat_key, "stats": stats_key},
@@ -174,7 +160,7 @@ class AccountLimiter:
         for start in range(0, len(limits), READ_BATCH):
             pipe = self._redis.pipeline(transaction=False)
             for account, method in limits[start : start + READ_BATCH]:
-                tat_key, stats_key = self._keys(account, method)
+                tat_key, stats_key = self.keys(account, method)
                 pipe.get(tat_key)
                 pipe.hgetall(stats_key)
             replies.extend(pipe.execute())

@@ -191,7 +191,7 @@ class ArchiverCollector(Collector):
         # Each node renews its heartbeat every third of a lease; the janitor takes a node for gone
         # after two leases without one (worker/dispatch/janitor.py), and so does this count.
         services = self.services
-        alive = services.jobs.live_nodes(2 * services.settings.lease_timeout)
+        alive = len(services.jobs.nodes(2 * services.settings.lease_timeout))
         yield GaugeMetricFamily(
             "chat_archiver_workers_alive",
             "Worker nodes whose heartbeat is within two lease timeouts",

@@ -7,7 +7,7 @@
 -- run sleeps to the slot, at most `lead_us` away). A paused account's waiting jobs are parked;
 -- when its probe is due one job is handed out as the probe. Each account's limits and next
 -- probe come from the accounts hash (worker/dispatch/registry.py, lua/circuit_trip.lua).
--- Returns {now (µs), µs until something is next due (-1: nothing; -2: the budget is spent), then
+-- Returns {now (µs), µs until something is next due (-1: nothing, or the budget is spent), then
 -- ten items per job:
 -- id, token, slot (µs on Redis's clock; 0: no limit), lost, probe ('1' or ''), the id of the
 -- job holding its chat ('' when it holds it itself), account, task, mark, body}.
@@ -191,12 +191,10 @@ while handed < budget and steps < 1000 do
   end
 end
 
--- When to look again: at the next due account or delayed job (less the lead); -2 when the budget
--- stopped us (the caller is full: a freed slot will wake it).
+-- When to look again: at the next due account or delayed job (less the lead); -1 when nothing is
+-- due, or when the budget stopped us (the caller is full: a freed slot will wake it).
 local next_in = -1
-if handed >= budget and budget > 0 then
-  next_in = -2
-else
+if handed < budget or budget == 0 then
   local first = head or redis.call('ZRANGE', KEY.due, 0, 0, 'WITHSCORES')
   if #first > 0 then next_in = math.max(0, tonumber(first[2]) - lead - now) end
 end

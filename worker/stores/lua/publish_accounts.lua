@@ -12,7 +12,6 @@ local now = clock_us(ARG.now)
 local woken = false
 -- No account waits as unknown, as a rule: then each new account costs one command.
 local unknown = redis.call('ZCARD', KEY.unknown) > 0
-local count = 0
 local function publish(account, conf)
   if conf == '' then
     redis.call('HDEL', KEY.accounts, account)
@@ -52,8 +51,6 @@ for i = 1, #REST, 2 do
       conf = cjson.encode(entry)
     end
     publish(account, conf)
-    count = count + 1
   end
 end
 if woken then redis.call('PUBLISH', ARG.wake, '1') end
-return count
