@@ -67,8 +67,8 @@ def poke() -> None:
 
 
 class JobRequest(Request):
-    """Celery's request, in the worker's main process. Its message came from a queue read
-    without acknowledgements, so acknowledging or rejecting it sends nothing to Redis: it tells
+    """Celery's request, in the worker's main process. Its message came from the node's
+    dispatcher, not a broker, so acknowledging or rejecting it sends nothing to Redis: it tells
     the dispatcher that a slot freed. It knows its run's lease member, which the node renews."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
