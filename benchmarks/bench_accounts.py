@@ -56,7 +56,7 @@ TOKEN_ENV = "BENCH_ACCOUNTS_TOKEN"
 TOKEN = "0123456789abcdef" * 3 + "ab"
 API_URL = "http://127.0.0.1:9"  # loopback: allowed without allow_private; nothing is called
 ACCOUNTS_KEY = "chat-archiver:accounts"
-# Celery's own line, not a line of the banner.
+# Celery's own line, not the banner's queue name (archive.ready.<node>).
 READY_LINE = WORKER_READY
 
 

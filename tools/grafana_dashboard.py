@@ -134,7 +134,7 @@ ROWS: list[tuple[str, list[Panel]]] = [
                     q("chat_archiver_queue_depth", "queue {{queue}}"),
                     q("chat_archiver_jobs_stored", "stored: {{state}}"),
                 ],
-                description="The intake queue (broker), jobs in the job store by state.",
+                description="Intake and ready queues (broker), jobs in the job store by state.",
             ),
             Panel(
                 "Jobs waiting, the 10 busiest accounts",

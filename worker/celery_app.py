@@ -6,7 +6,8 @@ Every reliability setting below has a reason written next to it.
 Producers write jobs into the job store (worker/stores/jobs.py), or publish them to the intake
 queue (``ARCHIVER_QUEUE``) from which each node's router stores them. A worker's Celery consumer
 takes the jobs that may run now from its node's dispatcher, in the same process
-(worker/dispatch/), and reads no queue from Redis. Everything else waits in the job store.
+(worker/dispatch/), and reads only its node's ready queue from Redis. Everything else waits in
+the job store.
 """
 
 from __future__ import annotations
@@ -98,6 +99,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_send_sent_event": True,
         # Not task_track_started: Flower shows "started" from the events above, and the extra
         # result-backend write per job is a round trip nothing of ours reads.
+        # Our consumer dead-letters undecodable and unknown messages instead of dropping them.
+        "worker_consumer": "worker.consumer:ArchiverConsumer",
         # Beat: RedBeat keeps the schedule in Redis behind a lock (worker/beat.py).
         "beat_scheduler": "worker.beat:SweepScheduler",
         "beat_max_loop_interval": 30,
@@ -172,13 +175,18 @@ def _pool_process(**_: Any) -> None:
 
 
 @signals.celeryd_after_setup.connect
-def _consume_no_queue(instance: Any = None, **_: Any) -> None:
-    """Celery's consumer reads no queue: jobs reach it in memory from its node's dispatcher
-    (worker/dispatch/handoff.py), so nothing the job store does not hold can reach a worker; the
-    intake is read by the node's router (worker/dispatch/router.py)."""
+def _consume_ready_queue(sender: str = "", instance: Any = None, **_: Any) -> None:
+    """Consume this node's ready queue and nothing else: Celery's consumer needs a queue, and the
+    dispatcher's jobs come in memory (worker/dispatch/handoff.py); the intake is read by the
+    node's router (worker/dispatch/)."""
+    from worker.dispatch.service import node_name, ready
+
+    queue = ready(get_settings().queue, node_name(instance.hostname or sender))
     queues = instance.app.amqp.queues
+    queues.select_add(queue)
     for name in list(queues.consume_from):
-        queues.deselect(name)
+        if name != queue.name:
+            queues.deselect(name)
 
 
 @signals.after_setup_logger.connect

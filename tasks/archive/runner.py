@@ -513,8 +513,8 @@ class ArchiveRunner:
         args: tuple[Any, ...],
         kwargs: Mapping[str, Any],
     ) -> Failed:
-        """A run no dispatcher of ours handed out (the task applied by hand: a worker's consumer
-        reads no queue): it is not in the job store, so it is dead-lettered as it came, once."""
+        """A message that no dispatcher of ours handed out reached a ready queue (pushed there
+        by hand): it is not in the job store, so it is dead-lettered as it came, once."""
         given = excerpt(f"args={args!r} kwargs={dict(kwargs)!r}")
         detail = "not handed out by a chat-archiver dispatcher (publish to the intake queue)"
         # Its dead letter counts no attempt, whatever its headers say.

@@ -486,7 +486,8 @@ def test_a_malformed_job_that_got_past_the_router_is_dead_lettered(
 def test_a_message_no_dispatcher_handed_out_is_dead_lettered_as_it_came(
     runner: ArchiveRunner, archiver_env: Env
 ) -> None:
-    """Applied by hand, with no ticket: not a job of the store, but nothing is dropped either."""
+    """Pushed onto a ready queue by hand, with no ticket: not a job of the store, but nothing
+    is dropped either."""
     with respx.mock(assert_all_called=False) as mock:
         end = runner.run((), JOB, RunContext("by-hand", "test@host"))
         assert not mock.calls

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, replace
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from config import excerpt
 from tests.conftest import CANARY, KEYS, Env
+from worker.consumer import dead_letter_message
 from worker.stores import deadletters
 from worker.stores.deadletters import CorruptEntry, DeadLetter, DeadLetterStore
 
@@ -119,9 +120,9 @@ def test_secrets_are_redacted_on_the_way_in(store: DeadLetterStore) -> None:
 
 def test_a_malformed_message_never_leaves_half_a_token_in_its_excerpt(archiver_env: Env) -> None:
     # The token straddles the excerpt's length: cutting before redacting would keep its start.
-    body = "x" * 190 + f" {CANARY} " + "y" * 50
-    entry = DeadLetter("invalid_request", {}, "not JSON", excerpt=excerpt(body), task_id="raw-1")
-    archiver_env.services.dead_letters.add(entry)
+    body = ("x" * 190 + f" {CANARY} " + "y" * 50).encode()
+    message = SimpleNamespace(body=body, headers={"id": "raw-1"})
+    dead_letter_message(message, "undecodable message (ValueError)")  # type: ignore[arg-type]
     [stored] = list(archiver_env.services.dead_letters.iter())
     assert stored.task_id == "raw-1" and stored.reason == "invalid_request"
     assert len(stored.excerpt) <= 200 and CANARY[:8] not in stored.excerpt

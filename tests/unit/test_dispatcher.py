@@ -37,6 +37,7 @@ from worker.dispatch.handoff import Handoff
 from worker.dispatch.service import DispatchStep
 from worker.stores.clock import MICROS, PinnedClock
 from worker.stores.jobs import DISPATCH_LEAD, Dispatch, DispatchedJob, Held, JobBody, NewJob
+from worker.stores.keys import ready_queue
 
 NODE = "w1@host#1-abc"
 LOCAL_NOW = 5_000.0  # the dispatcher's monotonic clock, pinned
@@ -78,7 +79,7 @@ def consumer() -> Consumer:
 
 
 def dispatcher(env: Env, app: Celery, consumer: Consumer, capacity: int = 4) -> Dispatcher:
-    handoff = Handoff(NODE)
+    handoff = Handoff(ready_queue(env.settings.queue, NODE))
     handoff.attach(consumer, consumer.received.append)
     return Dispatcher(env.services.jobs, app, handoff, lambda: capacity, clock=lambda: LOCAL_NOW)
 
@@ -156,7 +157,7 @@ def test_a_poke_wakes_a_waiting_dispatcher(
 # --- what it publishes ------------------------------------------------------------------------
 
 
-def test_each_job_is_a_celery_message_naming_its_node_with_its_ticket(
+def test_each_job_is_a_celery_message_on_the_nodes_ready_queue_with_its_ticket(
     archiver_env: Env, app: Celery, desk: JobDesk, clock: PinnedClock, consumer: Consumer
 ) -> None:
     services = archiver_env.services
@@ -183,7 +184,7 @@ def test_each_job_is_a_celery_message_naming_its_node_with_its_ticket(
     )
     assert headers[ATTEMPTS_HEADER] == 2  # the job's history goes with it
     assert message.decode()[:2] == [[], chat_job(1)]
-    assert message.delivery_info["routing_key"] == NODE
+    assert message.delivery_info["routing_key"] == ready_queue(archiver_env.settings.queue, NODE)
     ticket = Ticket.from_headers(headers)
     assert ticket is not None
     [member] = archiver_env.redis.zrange(services.keys.active, 0, -1)

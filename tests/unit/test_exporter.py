@@ -37,12 +37,16 @@ def test_queue_depths_come_from_the_broker(
     assert env.services.broker is not env.services.redis
     env.services.broker.rpush("archive", "a", "b")
     env.services.broker.rpush("archive\x06\x169", "a priority message")
+    # Two nodes' ready queues (nodes are named in the state Redis, their queues in the broker's).
+    env.services.redis.zadd(KEYS.nodes, {"w1@h#1": 1, "w2@h#2": 2})
+    env.services.broker.rpush("archive.ready.w1@h#1", "c")
+    env.services.broker.rpush("archive.ready.w2@h#2", "d", "e")
     env.services.redis.rpush("archive", "not a queue of the broker's")
     env.services.redis.rpush(KEYS.wait(f"green-api:{GREEN_ID}"), "j1", "j2")
 
     families = {f.name: f for f in ArchiverCollector(env.services, get_accounts()).collect()}
     depths = {s.labels["queue"]: s.value for s in families["chat_archiver_queue_depth"].samples}
-    assert depths == {"archive": 3}
+    assert depths == {"archive": 3, "archive.ready": 3}
     [waiting] = families["chat_archiver_jobs_waiting"].samples
     assert waiting.labels == {"provider": "green-api", "account": GREEN_ID} and waiting.value == 2
 

@@ -38,7 +38,7 @@ def test_status_says_redis_is_full_and_needs_a_person(archiver_env: Env, fill: F
         report["attention"][0],
     ), report["attention"]
     # The rest is read too.
-    assert report["queues"] == {"intake": 0}
+    assert report["queues"] == {"intake": 0, "ready": 0}
     assert report["jobs"]["stored"] == 0
     assert report["attention"][1:] == [
         "no worker heartbeat (a heartbeat is a write: Redis refuses them)"
@@ -76,11 +76,11 @@ def test_status_says_a_read_only_replica_or_misconf(
         assert report["attention"][1:] == [
             "no worker heartbeat (a heartbeat is a write: Redis refuses them)"
         ]
-        assert report["queues"] == {"intake": 0}
+        assert report["queues"] == {"intake": 0, "ready": 0}
         text = status()
         assert text.exit_code == 1, text.output
         assert f"redis: refuses writes ({refusal})" in text.stdout
-        assert "intake queue 0\n" in text.stdout
+        assert "intake queue 0, ready queues 0" in text.stdout
 
 
 def test_status_says_what_it_can_read_when_the_rest_fails_while_redis_refuses_writes(

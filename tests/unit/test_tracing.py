@@ -43,6 +43,7 @@ from worker.services import reset_services
 from worker.stores.client import connect
 from worker.stores.deadletters import DeadLetter
 from worker.stores.endings import Endings
+from worker.stores.keys import ready_queue
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 NODE = "w1@host#1-abc"
@@ -92,7 +93,7 @@ class Hops:
         self.app = app
         self.producer = ArchiveProducer(app, env.settings, env.redis)
         self.received: list[Message] = []
-        handoff = Handoff(NODE)
+        handoff = Handoff(ready_queue(env.settings.queue, NODE))
         handoff.attach(self, self.received.append)  # a consumer's loop runs callbacks at once
         self.dispatcher = Dispatcher(
             env.services.jobs, app, handoff, lambda: 1, tracer=tracing.active(env.settings)

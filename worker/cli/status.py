@@ -101,7 +101,7 @@ def _print(report: dict[str, Any]) -> None:
     say(f"workers answering: {', '.join(report['workers']) or 'none'}")
     _print_redis(report["redis"])
     queues, jobs = report["queues"], report["jobs"]
-    say(f"intake queue {queues['intake']}")
+    say(f"intake queue {queues['intake']}, ready queues {queues['ready']}")
     say(
         f"jobs: {jobs['stored']} stored, {jobs['waiting']} waiting for their account's turn, "
         f"{jobs['delayed']} delayed, {jobs['running_or_dispatched']} running or dispatched"

@@ -4,8 +4,9 @@ The dispatcher runs in a thread of the worker's main process, beside the consume
 message it builds (with Celery's API) goes to the consumer's own task handler on the consumer's
 event loop (kombu's ``Hub.call_soon``, which is safe from another thread and wakes the loop).
 While the consumer is away (a lost broker connection), messages wait here until it is back, and
-their node renews their leases (``members``). One waiting here when the process dies, or one the
-consumer drops, is brought back by the job's lease (worker/dispatch/janitor.py).
+their node renews their leases (``members``). One waiting here when the process dies dies with
+it, as one in a dead node's Redis list would: the job's lease brings it back
+(worker/dispatch/janitor.py).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ logger = logging.getLogger("chat_archiver.dispatch")
 
 class Handoff:
     def __init__(self, name: str) -> None:
-        """``name``: the node's, which its messages give as their routing key (Flower shows it)."""
+        """``name``: the node's ready queue's, which its messages name as their routing key."""
         self.name = name
         self._lock = threading.Lock()
         self._inbox: deque[tuple[str, Message]] = deque()  # (lease member, message)

@@ -6,7 +6,8 @@ their message was lost on its way to a worker: they run again within ARCHIVER_LE
 ARCHIVER_JANITOR_INTERVAL of their last sign of life), and then, here:
 
 - gives a dead node's routing list (messages it took from the intake and had not stored) back to
-  the intake (what its dispatcher handed out comes back through the leases);
+  the intake, and deletes its ready queue (what its dispatcher handed out comes back through
+  the leases);
 - dead-letters the jobs that waited longer than ARCHIVER_UNKNOWN_ACCOUNT_GRACE for an account no
   worker knows (``unknown_account``), to be replayed once the account is configured;
 - dead-letters jobs parked behind a paused account longer than ARCHIVER_CIRCUIT_MAX_PAUSE, with
@@ -22,6 +23,7 @@ from worker.dispatch.router import Router
 from worker.services import Services
 from worker.stores.endings import Endings
 from worker.stores.jobs import Tick
+from worker.stores.keys import ready_queue
 
 logger = logging.getLogger("chat_archiver.janitor")
 
@@ -49,6 +51,7 @@ class Janitor:
             if node == self.node:
                 continue
             moved = self.router.give_back(self.services.keys.routing(node))
+            self.services.broker.delete(ready_queue(self.services.settings.queue, node))
             self.store.forget_node(node)
             logger.warning(
                 "node %s stopped: %d messages it held went back to the intake", node, moved

@@ -27,6 +27,7 @@ import redis
 from celery import Celery, bootsteps, signals
 from celery.worker import state as worker_state
 from celery.worker.request import Request
+from kombu import Queue
 
 from worker import tracing
 from worker.contract.history import Ticket
@@ -39,6 +40,7 @@ from worker.services import Services, accounts_file, get_services
 from worker.stores.client import SOCKET_TIMEOUT, connect, set_outage_grace
 from worker.stores.endings import Endings
 from worker.stores.jobs import lease_member
+from worker.stores.keys import ready_queue
 
 logger = logging.getLogger("chat_archiver.dispatch")
 
@@ -51,12 +53,19 @@ INTAKE_BLOCK = SOCKET_TIMEOUT - 3
 
 
 def node_name(hostname: str) -> str:
-    """This worker process's node name, made once: its routing list and heartbeat are named
-    after it (a restarted node is a new one; the janitor cleans up after the old)."""
+    """This worker process's node name, made once: its ready queue, routing list and heartbeat
+    are named after it (a restarted node is a new one; the janitor cleans up after the old)."""
     global _node
     if _node is None or not _node.startswith(f"{hostname}#"):
         _node = f"{hostname}#{os.getpid()}-{uuid.uuid4().hex[:6]}"
     return _node
+
+
+def ready(queue: str, node: str) -> Queue:
+    """A node's ready queue as its consumer reads it: no kombu acknowledgement (the job store's
+    lease brings back a job whose run is lost, so kombu's unacked copy would be a second way to
+    the same end), and nothing to declare (a Redis list needs none)."""
+    return Queue(ready_queue(queue, node), no_ack=True, no_declare=True)
 
 
 def poke() -> None:
@@ -68,8 +77,9 @@ def poke() -> None:
 
 class JobRequest(Request):
     """Celery's request, in the worker's main process. Its message came from the node's
-    dispatcher, not a broker, so acknowledging or rejecting it sends nothing to Redis: it tells
-    the dispatcher that a slot freed. It knows its run's lease member, which the node renews."""
+    dispatcher (or from its ready queue, read without acknowledgements), so acknowledging or
+    rejecting it sends nothing to Redis: it tells the dispatcher that a slot freed. It knows its
+    run's lease member, which the node renews."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -186,7 +196,7 @@ class NodeRuntime:
             on_refused=on_refused,
             tracer=tracer,
         )
-        self.handoff = Handoff(node)
+        self.handoff = Handoff(ready_queue(settings.queue, node))
         self.dispatcher = Dispatcher(services.jobs, app, self.handoff, capacity, tracer=tracer)
         self.wake = WakeListener(services.redis, services.keys.wake, self.dispatcher.poke)
         self.publisher = AccountsPublisher(

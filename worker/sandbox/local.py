@@ -450,5 +450,5 @@ def worker_process(
 
 
 # What Celery logs when a node is ready ("<node> ready."), in text or JSON lines: at the end of
-# the line, so that no other line of the banner matches.
+# the line, since the banner before it names the node's ready queue ("archive.ready.<node>").
 WORKER_READY = re.compile(r' ready\.("\})?$', re.MULTILINE)

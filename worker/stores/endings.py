@@ -199,8 +199,8 @@ class Endings:
                 pause = min(pause * 2, 2.0)
 
     def dead_letter_unstored(self, entry: DeadLetter) -> None:
-        """Dead-letter a job that is not in the job store (a run applied by hand), with its
-        FAILURE result, in one MULTI."""
+        """Dead-letter a job that is not in the job store (a message pushed onto a ready queue
+        by hand), with its FAILURE result, in one MULTI."""
         pipe = self.services.redis.pipeline(transaction=True)
         self.services.dead_letters.queue_add(pipe, entry)
         if entry.task_id:

@@ -28,9 +28,10 @@ The other stores' keys (limiter, circuit, pending marks, unarchivable chats, dea
 metrics, sweep runs) are named below too, each described in its store's module (pending marks:
 at ``Keys.pending``).
 
-Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what raw producers publish to) and
-``{p}:routing:{node}``, the messages a node took from the intake and has not yet stored (a
-node's Celery consumer reads no queue: its dispatcher's jobs reach it in memory).
+Broker Redis: the intake queue (``ARCHIVER_QUEUE``, what raw producers publish to), each node's
+ready queue ``{queue}.ready.{node}`` (the only queue its Celery consumer reads: the dispatcher's
+jobs reach the consumer in memory, so it holds only messages pushed there by hand), and
+``{p}:routing:{node}``, the messages a node took from the intake and has not yet stored.
 """
 
 from __future__ import annotations
@@ -216,3 +217,8 @@ RESULT_PREFIX = "celery-task-meta-"
 def result_key(task_id: str) -> str:
     """Where Celery's Redis result backend keeps a task's result (its ``get_key_for_task``)."""
     return RESULT_PREFIX + task_id
+
+
+def ready_queue(intake: str, node: str) -> str:
+    """The queue one node's Celery consumer reads: the jobs its dispatcher handed out."""
+    return f"{intake}.ready.{node}"

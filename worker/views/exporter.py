@@ -102,10 +102,11 @@ class ArchiverCollector(Collector):
         depths = queue_depths(self.services)
         family = GaugeMetricFamily(
             "chat_archiver_queue_depth",
-            "Messages in the intake queue (raw producers' jobs not yet stored)",
+            "Messages in a queue: the intake (raw producers), the nodes' ready queues (by hand)",
             labels=["queue"],
         )
         family.add_metric([settings.queue], depths["intake"])
+        family.add_metric([f"{settings.queue}.ready"], depths["ready"])
         yield family
         store = self.services.jobs
         counts = store.counts()

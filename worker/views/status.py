@@ -23,6 +23,7 @@ import redis
 from config import Account, AccountRegistry, Settings
 from worker.dispatch.router import intake_lists
 from worker.services import Services
+from worker.stores.keys import ready_queue
 from worker.stores.sweep_runs import SweepRuns
 from worker.write_refusals import memory, read_refusal
 
@@ -163,12 +164,19 @@ def collect_status(
 
 
 def queue_depths(services: Services) -> dict[str, int]:
-    """Messages in the intake queue: raw producers' jobs not yet stored (a node's Celery
-    consumer reads no queue)."""
+    """Messages in the intake queue (raw producers' jobs not yet stored) and in the nodes'
+    ready queues (only messages pushed there by hand: dispatched jobs reach a node's consumer in
+    memory)."""
+    settings = services.settings
+    nodes = services.jobs.nodes()
     broker = services.broker.pipeline(transaction=False)
-    for name in intake_lists(services.settings.queue):
+    for name in intake_lists(settings.queue):
         broker.llen(name)
-    return {"intake": sum(int(n) for n in broker.execute())}
+    for node in nodes:
+        broker.llen(ready_queue(settings.queue, node))
+    depths = [int(n) for n in broker.execute()]
+    lists = len(intake_lists(settings.queue))
+    return {"intake": sum(depths[:lists]), "ready": sum(depths[lists:])}
 
 
 def sweep_findings(services: Services, attention: list[str]) -> dict[str, Any]:
