@@ -26,6 +26,7 @@ from kombu import Message, serialization
 
 from worker.contract.history import TICKET_HEADER, Ticket
 from worker.dispatch.handoff import Handoff
+from worker.stores.clock import MICROS
 from worker.stores.jobs import Dispatch, DispatchedJob, JobStore
 
 if TYPE_CHECKING:
@@ -165,7 +166,7 @@ def run_headers(job: DispatchedJob, deadline: float, now_us: int) -> dict[str, A
 def slot_deadline(job: DispatchedJob, dispatch: Dispatch, local_now: float) -> float:
     """The job's slot on this host's monotonic clock (0: no limit), counted from ``local_now``,
     when Redis's answer arrived: Redis read its clock before it replied, so never early."""
-    return local_now + (job.slot / 1_000_000 - dispatch.now_us / 1_000_000) if job.slot else 0.0
+    return local_now + (job.slot - dispatch.now_us) / MICROS if job.slot else 0.0
 
 
 class WakeListener:
